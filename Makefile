@@ -1,0 +1,49 @@
+# Two entry points a newcomer needs: `make demo` and `make test`. Both set up everything themselves:
+# a virtual environment in .venv, offline tiktoken encodings and (for tests) the control-plane binaries,
+# all cached outside git under $(CACHE).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CACHE ?= $(or $(TOKENBUDGET_CACHE),$(HOME)/.cache/tokenbudget)
+export TOKENBUDGET_CACHE := $(CACHE)
+export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
+
+.PHONY: setup tiktoken envtest lint test test-fast demo crds benchmarks clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed tiktoken
+
+tiktoken: $(VENV)/.installed
+	$(PY) scripts/tiktoken_cache.py "$(TIKTOKEN_CACHE_DIR)"
+
+envtest:
+	@scripts/envtest.sh >/dev/null
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+crds: $(VENV)/.installed
+	$(PY) -m tokenbudget_api.crdgen
+
+test: setup envtest lint
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) -m pytest
+
+# The suite without the control-plane build (tests that need it are skipped, not faked).
+test-fast: setup
+	$(PY) -m pytest -m "not kube"
+
+demo: setup
+	$(PY) -m tokenbudget_sidecar.demo
+
+benchmarks: setup
+	$(PY) benchmarks/sidecar_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

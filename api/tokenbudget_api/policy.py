@@ -1,0 +1,115 @@
+"""The operator -> sidecar contract: one pod's effective policy.
+
+The operator computes it from every TokenBudget and ThinkTier that selects the pod and PUTs it to the
+sidecar's admin port; in standalone mode (no Kubernetes) the sidecar reads the same document from a
+YAML or JSON file. The version lets the sidecar answer "already applied" to a repeated push.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import Field, model_validator
+
+from tokenbudget_api.common import ApiModel, Money, Name
+from tokenbudget_api.thinktier import ThinkTierSpec
+from tokenbudget_api.tokenbudget import (
+    HTTP_URL_PATTERN,
+    Dialect,
+    FailMode,
+    ModelPrice,
+    OnDisconnect,
+    TokenBudgetSpec,
+)
+
+PUBLIC_ENDPOINTS: dict[Dialect, str] = {
+    Dialect.OPENAI: "https://api.openai.com",
+    Dialect.ANTHROPIC: "https://api.anthropic.com",
+    Dialect.GEMINI: "https://generativelanguage.googleapis.com",
+}
+
+
+class PolicyUpstream(ApiModel):
+    """A provider as the sidecar sees it; the key, if any, is a file mounted into the sidecar only."""
+
+    name: Name = Field(description="Path prefix on the sidecar's data port.")
+    base_url: str = Field(alias="baseURL", pattern=HTTP_URL_PATTERN, description="Provider base URL.")
+    dialect: Dialect = Field(description="Wire format.")
+    api_key_file: str | None = Field(default=None, description="File holding the key to inject.")
+
+
+def default_upstreams() -> list[PolicyUpstream]:
+    return [
+        PolicyUpstream(name=d.value.lower(), base_url=url, dialect=d) for d, url in PUBLIC_ENDPOINTS.items()
+    ]
+
+
+class Lease(ApiModel):
+    """A slice of a shared window granted to one sidecar for one period (Doorman-style)."""
+
+    window: str = Field(description="Limit name within the budget.")
+    key: str | None = Field(default=None, description="User or model for per-key windows.")
+    granted: Money = Field(description="Amount this sidecar may admit in the period, in the window's unit.")
+    period_start: dt.datetime = Field(description="Start of the period the grant is for.")
+    expires_at: dt.datetime = Field(description="After this, failMode applies until renewed.")
+
+
+class BudgetPolicy(ApiModel):
+    """One TokenBudget that selects the pod."""
+
+    namespace: str = Field(default="default", description="Budget namespace.")
+    name: str = Field(description="Budget name.")
+    generation: int = Field(default=0, ge=0, description="metadata.generation pushed.")
+    spec: TokenBudgetSpec = Field(description="The budget's spec.")
+    leases: list[Lease] | None = Field(default=None, description="Grants for shared windows; none = local.")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class ThinkTierPolicy(ApiModel):
+    """One ThinkTier that selects the pod, and which of its Required tiers this pod may use."""
+
+    namespace: str = Field(default="default", description="ThinkTier namespace.")
+    name: str = Field(description="ThinkTier name.")
+    generation: int = Field(default=0, ge=0, description="metadata.generation pushed.")
+    spec: ThinkTierSpec = Field(description="The ThinkTier's spec.")
+    authorized_tiers: list[str] = Field(
+        default_factory=list, description="Required tiers the pod's annotation authorizes."
+    )
+
+
+class SidecarPolicy(ApiModel):
+    """Everything one sidecar enforces."""
+
+    version: str = Field(default="", description="Opaque; derived from generations and content if empty.")
+    upstreams: list[PolicyUpstream] = Field(default_factory=default_upstreams, description="Providers.")
+    budgets: list[BudgetPolicy] = Field(default_factory=list, description="Budgets selecting the pod.")
+    think_tiers: list[ThinkTierPolicy] = Field(default_factory=list, description="ThinkTiers selecting the pod.")
+    prices: list[ModelPrice] = Field(default_factory=list, description="Price overrides (all budgets merged).")
+    on_disconnect: OnDisconnect = Field(default=OnDisconnect.DRAIN, description="Client hang-up handling.")
+    fail_mode: FailMode = Field(default=FailMode.CLOSED, description="When leases cannot be renewed.")
+
+    @model_validator(mode="after")
+    def _fill_version(self) -> SidecarPolicy:
+        names = [u.name for u in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError("upstream names must be unique")
+        if not self.version:
+            body = self.model_dump(mode="json", by_alias=True, exclude={"version"})
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+            self.version = f"sha256-{digest}"
+        return self
+
+    def upstream(self, name: str) -> PolicyUpstream | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+    @classmethod
+    def load(cls, path: Path) -> SidecarPolicy:
+        """Read a standalone policy file (YAML or JSON; JSON is YAML)."""
+        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
