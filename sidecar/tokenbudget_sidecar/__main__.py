@@ -1,0 +1,44 @@
+"""`tokenbudget-sidecar`: run the data port (loopback) and the admin port side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+
+from tokenbudget_sidecar import logs
+from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
+from tokenbudget_sidecar.settings import Settings
+
+log = logging.getLogger("tokenbudget_sidecar")
+
+
+async def serve(settings: Settings) -> None:
+    state = create_state(settings)
+    data = web.AppRunner(create_app(settings, state), access_log=None)
+    admin = web.AppRunner(create_admin_app(state), access_log=None)
+    await data.setup()
+    await admin.setup()
+    await web.TCPSite(data, settings.data_host, settings.data_port, backlog=1024).start()
+    await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
+    log.info("listening", extra={"record": {"data": f"{settings.data_host}:{settings.data_port}",
+                                            "admin": f"{settings.admin_host}:{settings.admin_port}",
+                                            "policy": state.policy.version}})
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await data.cleanup()
+        await admin.cleanup()
+
+
+def main() -> None:
+    settings = Settings()
+    logs.configure(settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

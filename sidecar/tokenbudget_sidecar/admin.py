@@ -1,0 +1,106 @@
+"""The admin port: health, metrics, policy push and usage pull for the operator.
+
+Bearer-token protected (the token is a file mounted only into the sidecar container); /healthz,
+/readyz and /metrics stay open so kubelet probes and Prometheus need no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+import pydantic
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tokenbudget_api.policy import SidecarPolicy
+
+from tokenbudget_sidecar.proxy import STATE, State
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _token(state: State) -> str | None:
+    path = state.settings.admin_token_file
+    return path.read_text(encoding="utf-8").strip() if path else None
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS:
+        expected = _token(request.app[STATE])
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ready = state.session is not None
+    return web.json_response({"ready": ready, "policyVersion": state.policy.version}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].policy.model_dump(mode="json", by_alias=True))
+
+
+async def put_policy(request: web.Request) -> web.Response:
+    """Apply a policy; the same version twice is a no-op that answers the version already applied."""
+    state = request.app[STATE]
+    try:
+        policy = SidecarPolicy.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        return web.json_response({"error": f"policy is not valid JSON: {exc}"}, status=400)
+    except pydantic.ValidationError as exc:
+        return web.json_response({"error": "invalid policy", "details": json.loads(exc.json())}, status=422)
+    changed = policy.version != state.policy.version
+    if changed:
+        state.apply(policy)
+    return web.json_response({"applied": state.policy.version, "changed": changed})
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        cursor = int(request.query.get("after", "0"))
+        limit = min(int(request.query.get("limit", "1000")), 10_000)
+    except ValueError:
+        return web.json_response({"error": "after and limit must be integers"}, status=400)
+    records = state.usage_log.after(cursor, limit)
+    return web.json_response({
+        "records": [r.model_dump(mode="json") for r in records],
+        "cursor": records[-1].seq if records else max(cursor, state.usage_log.acked),
+        "lastSeq": state.usage_log.last_seq,
+    })
+
+
+async def ack_usage(request: web.Request) -> web.Response:
+    try:
+        cursor = int((await request.json())["cursor"])
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'body must be {"cursor": <int>}'}, status=400)
+    remaining = request.app[STATE].usage_log.ack(cursor)
+    return web.json_response({"acked": cursor, "remaining": remaining})
+
+
+def create_admin_app(state: State) -> web.Application:
+    app = web.Application(middlewares=[require_token])
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/policy", get_policy)
+    app.router.add_put("/policy", put_policy)
+    app.router.add_get("/usage", get_usage)
+    app.router.add_post("/usage/ack", ack_usage)
+    return app

@@ -1,0 +1,56 @@
+"""App factories: the data app (the proxy) and the admin app share one State."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import aiohttp
+from aiohttp import web
+from tokenbudget_api.policy import SidecarPolicy
+
+from tokenbudget_sidecar import tokens
+from tokenbudget_sidecar.admin import create_admin_app
+from tokenbudget_sidecar.proxy import STATE, Proxy, State
+from tokenbudget_sidecar.settings import Settings
+
+
+def load_policy(settings: Settings) -> SidecarPolicy:
+    """The policy file in standalone mode, else the embedded default (public endpoints, no budget)."""
+    if settings.policy_file is not None:
+        return SidecarPolicy.load(settings.policy_file)
+    with resources.as_file(resources.files("tokenbudget_sidecar") / "default_policy.yaml") as path:
+        return SidecarPolicy.load(path)
+
+
+def create_state(settings: Settings, policy: SidecarPolicy | None = None) -> State:
+    return State(settings=settings, policy=policy or load_policy(settings))
+
+
+def create_app(settings: Settings, state: State | None = None) -> web.Application:
+    """The data app. The admin app for the same state: `create_admin_app(app[STATE])`."""
+    state = state or create_state(settings)
+    app = web.Application(client_max_size=settings.max_body_bytes + 1, handler_args={"max_field_size": 65536})
+    app[STATE] = state
+
+    async def client_session(_: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(tokens.preload)
+        connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, ttl_dns_cache=300,
+                                         enable_cleanup_closed=True)
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s,
+                                        sock_connect=settings.connect_timeout_s,
+                                        sock_read=settings.read_timeout_s)
+        state.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                              skip_auto_headers=("User-Agent",))
+        yield
+        await state.session.close()
+        state.session = None
+
+    app.cleanup_ctx.append(client_session)
+    proxy = Proxy(state)
+    app.router.add_route("*", "/{upstream}/{tail:.*}", proxy.handle)
+    return app
+
+
+__all__ = ["STATE", "create_admin_app", "create_app", "create_state"]

@@ -1,0 +1,116 @@
+"""Anthropic Messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenbudget_sidecar.dialects.base import (
+    JSON,
+    PASSTHROUGH,
+    BadRequest,
+    Call,
+    Dialect,
+    Reading,
+    StreamTracker,
+    as_int,
+    load_json,
+    texts_of,
+)
+from tokenbudget_sidecar.sse import Event
+from tokenbudget_sidecar.usage import Usage
+
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large",
+               415: "invalid_request_error", 429: "rate_limit_error", 502: "api_error", 504: "timeout_error"}
+
+
+def usage_of(raw: Any, previous: Usage | None = None) -> Usage | None:
+    """Anthropic's input_tokens excludes cache reads and writes; we add them back (see usage.py).
+
+    In a stream, message_delta repeats only some fields; the others keep their message_start value.
+    """
+    if not isinstance(raw, dict):
+        return previous
+    prev = previous or Usage()
+    base = prev.input_tokens - prev.cached_input_tokens - prev.cache_creation_input_tokens
+
+    def pick(key: str, old: int) -> int:
+        return as_int(raw[key]) if key in raw and raw[key] is not None else old
+
+    uncached = pick("input_tokens", base)
+    read = pick("cache_read_input_tokens", prev.cached_input_tokens)
+    write = pick("cache_creation_input_tokens", prev.cache_creation_input_tokens)
+    details = raw.get("output_tokens_details") or {}
+    return Usage(
+        input_tokens=uncached + read + write,
+        cached_input_tokens=read,
+        cache_creation_input_tokens=write,
+        output_tokens=pick("output_tokens", prev.output_tokens),
+        reasoning_tokens=as_int(details.get("thinking_tokens")) if details else prev.reasoning_tokens,
+    )
+
+
+class AnthropicDialect(Dialect):
+    name = "anthropic"
+    auth_header = "x-api-key"
+
+    def operation(self, method: str, path: str) -> str | None:
+        if method == "POST" and path == "/v1/messages":
+            return "messages"
+        if (method == "POST" and path == "/v1/messages/count_tokens") or (
+            method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/"))
+        ):
+            return PASSTHROUGH
+        return None
+
+    def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model: Field required")
+        cap = body.get("max_tokens")
+        metadata = body.get("metadata")
+        user = user_header or (metadata.get("user_id") if isinstance(metadata, dict) else None)
+        return Call(operation, model, stream=body.get("stream") is True,
+                    user=user if isinstance(user, str) else None,
+                    output_cap=cap if isinstance(cap, int) else None)
+
+    def prompt_texts(self, body: JSON) -> list[str]:
+        return texts_of([body.get(k) for k in ("system", "messages", "tools")])
+
+    def read_response(self, call: Call, body: JSON) -> Reading:
+        reading = Reading(usage=usage_of(body.get("usage")), finished=True,
+                          truncated=body.get("stop_reason") == "max_tokens")
+        for block in body.get("content") or []:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                reading.text.append(block["text"])
+        return reading
+
+    def tracker(self, call: Call) -> StreamTracker:
+        return MessagesTracker(call)
+
+    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+        kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+class MessagesTracker(StreamTracker):
+    def on_event(self, event: Event) -> bool:
+        r = self.reading
+        data = load_json(event.data)
+        if data is None:
+            return True
+        kind = data.get("type", event.event)
+        if kind == "message_start":
+            r.usage = usage_of((data.get("message") or {}).get("usage"))
+        elif kind == "message_delta":
+            r.usage = usage_of(data.get("usage"), r.usage)
+            r.truncated = (data.get("delta") or {}).get("stop_reason") == "max_tokens"
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            text = delta.get("text", delta.get("thinking"))
+            if isinstance(text, str):
+                r.text.append(text)
+        elif kind == "message_stop":
+            r.finished = True
+        elif kind == "error":
+            r.error = True
+        return True

@@ -1,0 +1,114 @@
+"""What the proxy needs to know about a provider's wire format, and nothing more.
+
+One `Dialect` per provider; the proxy stays the same for all three. A dialect reads requests (model,
+stream, output cap, user, prompt text), reads usage from whole responses and from SSE streams, and
+writes errors in the shape that provider's SDK parses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tokenbudget_sidecar.sse import Event
+from tokenbudget_sidecar.usage import Usage
+
+JSON = dict[str, Any]
+PASSTHROUGH = "passthrough"
+
+
+class BadRequest(Exception):
+    """The app's request is malformed in a way the provider would also reject; answered as a 400."""
+
+
+@dataclass
+class Call:
+    """What the sidecar learned from one request."""
+
+    operation: str
+    model: str
+    stream: bool = False
+    user: str | None = None
+    output_cap: int | None = None
+    injected_usage: bool = False  # we asked upstream for a usage chunk the app did not ask for
+
+
+@dataclass
+class Reading:
+    """What a response (whole, or streamed so far) said about usage."""
+
+    usage: Usage | None = None
+    truncated: bool = False
+    finished: bool = False  # the provider's terminal event or whole body was seen
+    error: bool = False  # an in-stream error event
+    text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
+
+
+class StreamTracker:
+    """Follows one SSE stream; `on_event` returns False for an event the app must not see."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.reading = Reading()
+
+    def on_event(self, event: Event) -> bool:
+        raise NotImplementedError
+
+
+def as_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def load_json(data: str) -> JSON | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Dialect:
+    name: ClassVar[str]
+    auth_header: ClassVar[str]
+
+    def operation(self, method: str, path: str) -> str | None:
+        """`path` is relative to the upstream base URL. None: not a route we know (404)."""
+        raise NotImplementedError
+
+    def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
+        raise NotImplementedError
+
+    def prepare(self, call: Call, body: JSON) -> bool:
+        """Rewrite the body in place before forwarding; True if it changed."""
+        return False
+
+    def prompt_texts(self, body: JSON) -> list[str]:
+        raise NotImplementedError
+
+    def read_response(self, call: Call, body: JSON) -> Reading:
+        raise NotImplementedError
+
+    def tracker(self, call: Call) -> StreamTracker:
+        raise NotImplementedError
+
+    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+        raise NotImplementedError
+
+    def auth(self, key: str) -> dict[str, str]:
+        return {self.auth_header: key}
+
+
+def texts_of(value: Any) -> list[str]:
+    """Every string under a JSON value: a conservative basis for counting prompt tokens."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return out

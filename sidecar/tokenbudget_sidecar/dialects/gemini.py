@@ -1,0 +1,111 @@
+"""Google Gemini generateContent / streamGenerateContent (v1 and v1beta)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tokenbudget_sidecar.dialects.base import (
+    JSON,
+    PASSTHROUGH,
+    Call,
+    Dialect,
+    Reading,
+    StreamTracker,
+    as_int,
+    load_json,
+    texts_of,
+)
+from tokenbudget_sidecar.sse import Event
+from tokenbudget_sidecar.usage import Usage
+
+ROUTE = re.compile(r"^/(v1|v1beta|v1alpha)/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
+STATUSES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT",
+            429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def usage_of(raw: Any) -> Usage | None:
+    """candidatesTokenCount excludes thoughts; we add them so output means all generated tokens."""
+    if not isinstance(raw, dict):
+        return None
+    thoughts = as_int(raw.get("thoughtsTokenCount"))
+    return Usage(
+        input_tokens=as_int(raw.get("promptTokenCount")) + as_int(raw.get("toolUsePromptTokenCount")),
+        cached_input_tokens=as_int(raw.get("cachedContentTokenCount")),
+        output_tokens=as_int(raw.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def _read_chunk(reading: Reading, body: JSON) -> None:
+    usage = usage_of(body.get("usageMetadata"))
+    if usage is not None:
+        reading.usage = usage  # a running snapshot: the last one wins
+    for cand in body.get("candidates") or []:
+        if not isinstance(cand, dict):
+            continue
+        reason = cand.get("finishReason")
+        if reason:
+            reading.finished = True
+            reading.truncated = reason == "MAX_TOKENS"
+        for part in (cand.get("content") or {}).get("parts") or []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                reading.text.append(part["text"])
+
+
+class GeminiDialect(Dialect):
+    name = "gemini"
+    auth_header = "x-goog-api-key"
+
+    def operation(self, method: str, path: str) -> str | None:
+        match = ROUTE.match(path)
+        if method == "POST" and match:
+            verb = match.group(3)
+            if verb in ("generateContent", "streamGenerateContent"):
+                return "generate"
+            if verb == "countTokens":
+                return PASSTHROUGH
+        if method == "GET" and re.match(r"^/(v1|v1beta)/models(/[^/]+)?$", path):
+            return PASSTHROUGH
+        return None
+
+    def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
+        match = ROUTE.match(path)
+        assert match is not None  # operation() matched it
+        config = body.get("generationConfig") or body.get("generation_config") or {}
+        cap = config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict) else None
+        return Call(operation, match.group(2), stream=match.group(3) == "streamGenerateContent",
+                    user=user_header, output_cap=cap if isinstance(cap, int) else None)
+
+    def prompt_texts(self, body: JSON) -> list[str]:
+        keys = ("contents", "systemInstruction", "system_instruction", "tools")
+        return texts_of([body.get(k) for k in keys])
+
+    def read_response(self, call: Call, body: JSON) -> Reading:
+        reading = Reading()
+        _read_chunk(reading, body)
+        reading.finished = True
+        return reading
+
+    def tracker(self, call: Call) -> StreamTracker:
+        return GenerateTracker(call)
+
+    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+        details: list[JSON] = []
+        if retry_after is not None:
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{max(retry_after, 0):.0f}s"})
+        status_name = STATUSES.get(status, "INVALID_ARGUMENT" if status < 500 else "INTERNAL")
+        return {"error": {"code": status, "message": message, "status": status_name, "details": details}}
+
+
+class GenerateTracker(StreamTracker):
+    def on_event(self, event: Event) -> bool:
+        data = load_json(event.data)
+        if data is None:
+            return True
+        if "error" in data:
+            self.reading.error = True
+        else:
+            _read_chunk(self.reading, data)
+        return True

@@ -1,0 +1,154 @@
+"""OpenAI Chat Completions, Responses and Embeddings (also vLLM, Ollama, DashScope compatible mode)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenbudget_sidecar.dialects.base import (
+    JSON,
+    PASSTHROUGH,
+    BadRequest,
+    Call,
+    Dialect,
+    Reading,
+    StreamTracker,
+    as_int,
+    load_json,
+    texts_of,
+)
+from tokenbudget_sidecar.sse import Event
+from tokenbudget_sidecar.usage import Usage
+
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+}
+ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
+               415: "invalid_request_error", 429: "rate_limit_exceeded", 502: "server_error",
+               504: "server_error"}
+
+
+def usage_of(raw: Any) -> Usage | None:
+    """Chat (`prompt_tokens`...) and Responses/Embeddings (`input_tokens`...) usage, normalized."""
+    if not isinstance(raw, dict):
+        return None
+    in_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
+    out_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
+    return Usage(
+        input_tokens=as_int(raw.get("prompt_tokens", raw.get("input_tokens"))),
+        cached_input_tokens=as_int(in_details.get("cached_tokens")),
+        cache_creation_input_tokens=as_int(in_details.get("cache_write_tokens")),
+        output_tokens=as_int(raw.get("completion_tokens", raw.get("output_tokens"))),
+        reasoning_tokens=as_int(out_details.get("reasoning_tokens")),
+    )
+
+
+class OpenAIDialect(Dialect):
+    name = "openai"
+    auth_header = "authorization"
+
+    def operation(self, method: str, path: str) -> str | None:
+        if method == "POST" and path in OPERATIONS:
+            return OPERATIONS[path]
+        if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            return PASSTHROUGH
+        return None
+
+    def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide a model parameter")
+        cap = body.get("max_output_tokens") if operation == "responses" else (
+            body.get("max_completion_tokens", body.get("max_tokens")))
+        user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
+        return Call(operation, model, stream=body.get("stream") is True, user=user,
+                    output_cap=cap if isinstance(cap, int) else None)
+
+    def prepare(self, call: Call, body: JSON) -> bool:
+        """Chat streams report usage only when asked; ask, and hide the extra chunk from the app."""
+        if call.operation != "chat" or not call.stream:
+            return False
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        call.injected_usage = True
+        return True
+
+    def prompt_texts(self, body: JSON) -> list[str]:
+        keys = ("messages", "input", "instructions", "tools", "response_format", "text")
+        return texts_of([body.get(k) for k in keys])
+
+    def read_response(self, call: Call, body: JSON) -> Reading:
+        reading = Reading(usage=usage_of(body.get("usage")), finished=True)
+        if call.operation == "chat":
+            for choice in body.get("choices") or []:
+                if isinstance(choice, dict):
+                    reading.truncated |= choice.get("finish_reason") == "length"
+                    content = (choice.get("message") or {}).get("content")
+                    if isinstance(content, str):
+                        reading.text.append(content)
+        elif call.operation == "responses":
+            reading.truncated = body.get("status") == "incomplete"
+        return reading
+
+    def tracker(self, call: Call) -> StreamTracker:
+        return ResponsesTracker(call) if call.operation == "responses" else ChatTracker(call)
+
+    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+        kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        code = "rate_limit_exceeded" if status == 429 else None
+        return {"error": {"message": message, "type": "tokens" if status == 429 else kind, "param": None,
+                          "code": code}}
+
+    def auth(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+
+class ChatTracker(StreamTracker):
+    def on_event(self, event: Event) -> bool:
+        r = self.reading
+        if event.data.startswith("[DONE]"):
+            r.finished = True
+            return True
+        chunk = load_json(event.data)
+        if chunk is None:
+            return True
+        if "error" in chunk:
+            r.error = True
+            return True
+        usage = usage_of(chunk.get("usage"))
+        if usage is not None:
+            r.usage = usage
+        choices = chunk.get("choices")
+        for choice in choices or []:
+            if not isinstance(choice, dict):
+                continue
+            r.truncated |= choice.get("finish_reason") == "length"
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                r.text.append(content)
+        # The usage-only chunk we asked for on the app's behalf: the app never asked to see it.
+        return not (self.call.injected_usage and usage is not None and choices == [])
+
+
+class ResponsesTracker(StreamTracker):
+    TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+    def on_event(self, event: Event) -> bool:
+        r = self.reading
+        data = load_json(event.data)
+        if data is None:
+            return True
+        kind = data.get("type", event.event)
+        if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
+            r.text.append(data["delta"])
+        elif kind in self.TERMINAL:
+            response = data.get("response") or {}
+            r.usage = usage_of(response.get("usage")) or r.usage
+            r.truncated = kind == "response.incomplete"
+            r.finished = True
+        elif kind == "error":
+            r.error = True
+        return True

@@ -1,0 +1,307 @@
+"""The data path: parse, forward, stream back, meter, record.
+
+One call: read the body under a size cap, decode it, learn model/stream/cap/user from it (the dialect),
+count the prompt with tiktoken, forward with one long-lived client session, stream the upstream's bytes
+to the app as they arrive while parsing a copy of the SSE on the side, then settle one usage record.
+
+Streams are forwarded chunk by chunk exactly as read, except OpenAI chat streams where we asked for the
+usage chunk on the app's behalf: those are forwarded per complete SSE event so the extra usage chunk
+can be dropped (each OpenAI event is one line, so this adds no measurable delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from tokenbudget_api.policy import PolicyUpstream, SidecarPolicy
+from tokenbudget_api.tokenbudget import OnDisconnect
+
+from tokenbudget_sidecar import tokens
+from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
+from tokenbudget_sidecar.metrics import Metrics
+from tokenbudget_sidecar.pricing import PriceBook
+from tokenbudget_sidecar.records import UsageLog
+from tokenbudget_sidecar.settings import Settings
+from tokenbudget_sidecar.sse import SSEParser
+from tokenbudget_sidecar.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
+})
+AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+@dataclass
+class State:
+    """Everything the data path shares; the policy is replaced whole when a new one is applied."""
+
+    settings: Settings
+    policy: SidecarPolicy
+    metrics: Metrics = field(default_factory=Metrics)
+    usage_log: UsageLog = field(default_factory=UsageLog)
+    prices: PriceBook = field(init=False)
+    counter: tokens.TokenCounter = field(init=False)
+    session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.prices = PriceBook(self.policy.prices)
+        self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
+                                           self.settings.count_hard_cap_bytes)
+
+    def apply(self, policy: SidecarPolicy) -> None:
+        self.policy = policy
+        self.prices = PriceBook(policy.prices)
+
+    def user_header(self) -> str | None:
+        budgets = self.policy.budgets
+        return budgets[0].spec.user_header if budgets else None
+
+
+STATE = web.AppKey("state", State)
+
+
+def error_response(dialect: Dialect, status: int, message: str, *, retry_after: float | None = None,
+                   request_id: str | None = None) -> web.Response:
+    headers = {"x-tokenbudget-request-id": request_id} if request_id else {}
+    if retry_after is not None:
+        headers["retry-after"] = str(max(int(retry_after + 0.999), 0))
+    return web.json_response(dialect.error(status, message, retry_after=retry_after), status=status,
+                             headers=headers)
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The body, or None when it exceeds `cap` (checked as it streams in, not after)."""
+    if request.content_length is not None and request.content_length > cap:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upstream_headers(incoming: CIMultiDictProxy[str], upstream: PolicyUpstream, dialect: Dialect) -> CIMultiDict[str]:
+    out = CIMultiDict((k, v) for k, v in incoming.items()
+                      if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-tokenbudget-"))
+    out["accept-encoding"] = "identity"  # we parse what comes back; compression would hide the usage
+    if upstream.api_key_file:
+        for name in AUTH_HEADERS:
+            out.popall(name, None)
+        with open(upstream.api_key_file, encoding="utf-8") as fh:
+            out.update(dialect.auth(fh.read().strip()))
+    return out
+
+
+def client_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP)
+    out["x-tokenbudget-request-id"] = request_id
+    return out
+
+
+class Proxy:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        name = request.match_info["upstream"]
+        path = "/" + request.match_info["tail"]
+        upstream = self.state.policy.upstream(name)
+        if upstream is None:
+            configured = ", ".join(u.name for u in self.state.policy.upstreams)
+            return error_response(DIALECTS[next(iter(DIALECTS))], 404,
+                                  f"tokenbudget: no upstream named {name!r} (configured: {configured})")
+        dialect = DIALECTS[upstream.dialect]
+        operation = dialect.operation(request.method, path)
+        if operation is None:
+            return error_response(dialect, 404, f"tokenbudget: {request.method} {path} is not a "
+                                  f"{upstream.dialect.value} API route this proxy serves", request_id=request_id)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            return error_response(dialect, 415, f"tokenbudget: Content-Encoding {encoding!r} is not supported; "
+                                  "send the body uncompressed", request_id=request_id)
+        raw = await read_capped(request, self.state.settings.max_body_bytes)
+        if raw is None:
+            return error_response(dialect, 413, "tokenbudget: request body exceeds "
+                                  f"{self.state.settings.max_body_bytes} bytes", request_id=request_id)
+        if operation == PASSTHROUGH:
+            return await self.passthrough(request, upstream, dialect, path, raw, request_id)
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return error_response(dialect, 400, f"tokenbudget: request body is not valid UTF-8 ({exc.reason} "
+                                  f"at byte {exc.start})", request_id=request_id)
+        except ValueError as exc:
+            return error_response(dialect, 400, f"tokenbudget: request body is not valid JSON: {exc}",
+                                  request_id=request_id)
+        if not isinstance(body, dict):
+            return error_response(dialect, 400, "tokenbudget: request body must be a JSON object, not "
+                                  f"{type(body).__name__}", request_id=request_id)
+        user_header = self.state.user_header()
+        try:
+            call = dialect.parse(operation, path, body, request.headers.get(user_header) if user_header else None)
+        except BadRequest as exc:
+            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
+        prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body))
+        payload = json.dumps(body).encode() if dialect.prepare(call, body) else raw
+        record = UsageRecord(request_id=request_id, time=dt.datetime.now(dt.UTC), upstream=upstream.name,
+                             dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
+                             stream=call.stream, prompt_estimate=prompt_estimate)
+        gauge = self.state.metrics.in_flight.labels(dialect.name)
+        gauge.inc()
+        try:
+            return await self.forward(request, upstream, dialect, path, call, payload, record, started)
+        finally:
+            gauge.dec()
+
+    async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
+                      call: Call, payload: bytes, record: UsageRecord, started: float) -> web.StreamResponse:
+        session = self.state.session
+        assert session is not None, "the client session starts with the app"
+        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        headers = upstream_headers(request.headers, upstream, dialect)
+        reading = Reading()
+        resp: web.StreamResponse
+        added = time.perf_counter() - started
+        try:
+            async with session.request(request.method, url, data=payload, headers=headers) as up:
+                record.status = up.status
+                if up.status >= 400:
+                    record.outcome = Outcome.UPSTREAM_ERROR
+                    body = await up.read()
+                    resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
+                                                                                            record.request_id))
+                elif up.content_type == "text/event-stream":
+                    resp, reading = await self.relay_stream(request, up, dialect, call, record)
+                else:
+                    body = await up.read()
+                    after = time.perf_counter()
+                    parsed = _json_object(body)
+                    if parsed is not None:
+                        reading = dialect.read_response(call, parsed)
+                    resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
+                                                                                            record.request_id))
+                    try:
+                        await resp.prepare(request)
+                        await resp.write_eof()
+                    except CLIENT_GONE:
+                        record.outcome = Outcome.CLIENT_DISCONNECTED
+                    added += time.perf_counter() - after
+        except UPSTREAM_FAILED as exc:
+            # Streams handle their own failures; here nothing has reached the app yet, so it gets an
+            # answer in its provider's shape (and its SDK's usual retry on 502/504).
+            record.outcome = Outcome.UPSTREAM_FAILED
+            resp = error_response(dialect, 504 if isinstance(exc, asyncio.TimeoutError) else 502,
+                                  f"tokenbudget: upstream {upstream.name} failed: {type(exc).__name__}",
+                                  request_id=record.request_id)
+        finally:
+            self.settle(record, reading, started, added)
+        return resp
+
+    async def relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, dialect: Dialect, call: Call,
+                           record: UsageRecord) -> tuple[web.StreamResponse, Reading]:
+        resp = web.StreamResponse(status=up.status, headers=client_headers(up.headers, record.request_id))
+        tracker = dialect.tracker(call)
+        parser = SSEParser()
+        client_gone = False
+        on_disconnect = self.state.policy.on_disconnect
+        try:
+            await resp.prepare(request)
+        except CLIENT_GONE:
+            client_gone = True
+        try:
+            async for chunk in up.content.iter_any():
+                events = parser.feed(chunk)
+                if call.injected_usage:
+                    out = b"".join(ev.raw for ev in events if tracker.on_event(ev))
+                else:
+                    for ev in events:
+                        tracker.on_event(ev)
+                    out = chunk
+                if out and not client_gone:
+                    try:
+                        await resp.write(out)
+                    except CLIENT_GONE:
+                        client_gone = True
+                if client_gone:
+                    record.disconnect = Disconnect(on_disconnect.value)
+                    record.outcome = Outcome.CLIENT_DISCONNECTED
+                    if on_disconnect is OnDisconnect.CUT:
+                        break
+            tail = parser.close()
+            out = b"".join(ev.raw for ev in tail if tracker.on_event(ev))
+            if call.injected_usage and out and not client_gone:
+                await resp.write(out)
+            if not client_gone:
+                await resp.write_eof()
+        except CLIENT_GONE:
+            record.outcome = Outcome.CLIENT_DISCONNECTED
+            record.disconnect = Disconnect(on_disconnect.value)
+        except UPSTREAM_FAILED:
+            # The provider dropped the stream: drop the app's too, so its SDK sees the same failure
+            # instead of a stream that ends as if complete.
+            record.outcome = Outcome.UPSTREAM_FAILED
+            if request.transport is not None:
+                request.transport.close()
+        return resp, tracker.reading
+
+    async def passthrough(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
+                          raw: bytes, request_id: str) -> web.StreamResponse:
+        """Model lists and token counting: not billed, forwarded as they are."""
+        session = self.state.session
+        assert session is not None
+        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        try:
+            async with session.request(request.method, url, data=raw or None,
+                                       headers=upstream_headers(request.headers, upstream, dialect)) as up:
+                body = await up.read()
+                return web.Response(body=body, status=up.status, headers=client_headers(up.headers, request_id))
+        except UPSTREAM_FAILED as exc:
+            return error_response(dialect, 502, f"tokenbudget: upstream {upstream.name} failed: "
+                                  f"{type(exc).__name__}", request_id=request_id)
+
+    def settle(self, record: UsageRecord, reading: Reading, started: float, added: float) -> None:
+        """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
+        if reading.usage is not None and reading.usage.total_tokens > 0:
+            record.usage, record.source = reading.usage, UsageSource.PROVIDER
+        elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
+            record.usage, record.source = Usage(), UsageSource.NONE
+        else:
+            generated = tokens.count_sync(record.model, reading.text) - tokens.REPLY_PRIMING if reading.text else 0
+            record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=generated)
+            record.source = UsageSource.ESTIMATED
+        record.truncated = reading.truncated
+        if record.usage.total_tokens:
+            upstream = self.state.policy.upstream(record.upstream)
+            base = upstream.base_url if upstream else ""
+            record.cost_usd, record.price_source = self.state.prices.cost(record.model, base, record.usage)
+        record.duration_ms = int((time.perf_counter() - started) * 1000)
+        self.state.usage_log.append(record)
+        self.state.metrics.observe(record)
+        self.state.metrics.added_latency.labels(record.dialect).observe(added)
+        log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

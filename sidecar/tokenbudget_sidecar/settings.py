@@ -1,0 +1,31 @@
+"""Process settings, from TOKENBUDGET_* environment variables (the webhook sets them in pods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tokenbudget_api import names
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENBUDGET_")
+
+    data_host: str = "127.0.0.1"  # loopback: only the pod's own containers reach the data port
+    data_port: int = names.SIDECAR_DATA_PORT
+    admin_host: str = "0.0.0.0"  # the operator reaches the admin port on the pod IP
+    admin_port: int = names.SIDECAR_ADMIN_PORT
+    admin_token_file: Path | None = None  # bearer token for the admin API; None: admin API is open
+    policy_file: Path | None = None  # standalone mode; None: the embedded default
+    ledger_dir: Path | None = None  # write-ahead log of usage records (an emptyDir in pods)
+
+    max_body_bytes: int = 16 * 1024 * 1024  # larger requests get 413 before any JSON decoding
+    count_thread_threshold_bytes: int = 32 * 1024  # above this, tiktoken runs in a worker thread
+    count_hard_cap_bytes: int = 4 * 1024 * 1024  # above this, a byte-count upper bound instead of tiktoken
+
+    pool_size: int = 1024  # upstream connections; aiohttp's default of 100 silently caps concurrency
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0  # longest silence between upstream bytes (reasoning calls think long)
+    # No total deadline: a long reasoning stream that keeps sending must never be cut by a timer.
+
+    log_level: str = "INFO"

@@ -1,0 +1,52 @@
+"""Pre-flight prompt counting with tiktoken, kept off the event loop for large bodies.
+
+tiktoken releases the GIL while encoding, so a worker thread really runs in parallel with the loop.
+Above a hard cap we do not tokenize at all: the UTF-8 byte count is a safe upper bound (no BPE token is
+shorter than one byte), which is what an admission check needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+
+import tiktoken
+
+OFFLINE_ENCODINGS = ("o200k_base", "cl100k_base")
+REPLY_PRIMING = 3  # <|start|>assistant<|message|>, per OpenAI's cookbook rule
+
+
+@lru_cache(maxsize=1024)
+def encoding_name(model: str) -> str:
+    """tiktoken's own model table; models it does not know (Claude, Gemini, Qwen) get o200k_base."""
+    try:
+        name = str(tiktoken.encoding_name_for_model(model))
+    except KeyError:
+        return "o200k_base"
+    return name if name in OFFLINE_ENCODINGS else "o200k_base"
+
+
+def preload() -> None:
+    """Load both encodings (about a second each) before the first call needs them."""
+    for name in OFFLINE_ENCODINGS:
+        tiktoken.get_encoding(name)
+
+
+def count_sync(model: str, texts: list[str]) -> int:
+    enc = tiktoken.get_encoding(encoding_name(model))
+    return sum(len(t) for t in enc.encode_ordinary_batch(texts, num_threads=1)) + REPLY_PRIMING
+
+
+class TokenCounter:
+    def __init__(self, thread_threshold_bytes: int, hard_cap_bytes: int) -> None:
+        self.thread_threshold = thread_threshold_bytes
+        self.hard_cap = hard_cap_bytes
+
+    async def count(self, model: str, texts: list[str]) -> tuple[int, bool]:
+        """(tokens, exact); exact is False when the byte bound was used instead of tiktoken."""
+        size = sum(len(t) for t in texts)  # characters; cheap, and a lower bound of bytes
+        if size > self.hard_cap:
+            return sum(len(t.encode("utf-8")) for t in texts) + REPLY_PRIMING, False
+        if size > self.thread_threshold:
+            return await asyncio.to_thread(count_sync, model, texts), True
+        return count_sync(model, texts), True

@@ -1,0 +1,82 @@
+"""One normalized usage shape for every provider, and the per-call record the sidecar keeps.
+
+Providers disagree on what their counts include. We normalize to supersets so sums are meaningful:
+
+field                        OpenAI chat / responses        Anthropic                      Gemini
+input_tokens (all prompt)    prompt_/input_tokens (incl.    input_tokens + cache_read_ +   promptTokenCount (incl.
+                             cached)                        cache_creation_input_tokens    cached)
+cached_input_tokens          *_details.cached_tokens        cache_read_input_tokens        cachedContentTokenCount
+cache_creation_input_tokens  *_details.cache_write_tokens   cache_creation_input_tokens    (none)
+output_tokens (all output)   completion_/output_tokens      output_tokens (incl. thinking) candidatesTokenCount +
+                             (incl. reasoning)                                             thoughtsTokenCount
+reasoning_tokens (subset)    *_details.reasoning_tokens     output_tokens_details.         thoughtsTokenCount
+                                                            thinking_tokens
+
+Streaming usage is a snapshot (Anthropic message_delta, Gemini usageMetadata): the last value of each
+field wins; values are never summed across events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class UsageSource(StrEnum):
+    PROVIDER = "provider"  # the provider's own usage report
+    ESTIMATED = "estimated"  # tiktoken over what we saw: no usage arrived (cut stream, old server)
+    NONE = "none"  # nothing billable (refused before forwarding, upstream error)
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    UPSTREAM_ERROR = "upstream_error"  # provider answered 4xx/5xx
+    UPSTREAM_FAILED = "upstream_failed"  # connect/reset/timeout
+    CLIENT_DISCONNECTED = "client_disconnected"
+    REFUSED = "refused"  # the sidecar refused (bad input, policy)
+
+
+class Disconnect(StrEnum):
+    DRAIN = "Drain"
+    CUT = "Cut"
+
+
+class UsageRecord(BaseModel):
+    """What one call cost: the unit the ledger stores and the operator aggregates."""
+
+    seq: int = 0  # monotonic per sidecar, assigned when the record is appended
+    request_id: str
+    time: dt.datetime
+    upstream: str
+    dialect: str
+    operation: str  # chat, responses, embeddings, messages, generate
+    model: str
+    user: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: Outcome = Outcome.OK
+    usage: Usage = Usage()
+    source: UsageSource = UsageSource.PROVIDER
+    cost_usd: Decimal | None = None  # None: the model has no known price
+    price_source: str | None = None  # "catalog", "override", or None when unpriced
+    truncated: bool = False
+    disconnect: Disconnect | None = None
+    prompt_estimate: int = 0  # tiktoken's pre-flight count, for comparison with the provider's
+    duration_ms: int = 0
