@@ -288,6 +288,7 @@ class Proxy:
             record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=generated)
             record.source = UsageSource.ESTIMATED
         record.truncated = reading.truncated
+        record.response_id = reading.response_id
         if record.usage.total_tokens:
             upstream = self.state.policy.upstream(record.upstream)
             base = upstream.base_url if upstream else ""

@@ -78,5 +78,6 @@ class UsageRecord(BaseModel):
     price_source: str | None = None  # "catalog", "override", or None when unpriced
     truncated: bool = False
     disconnect: Disconnect | None = None
+    response_id: str | None = None  # the provider's id for the answer, to reconcile with its bill
     prompt_estimate: int = 0  # tiktoken's pre-flight count, for comparison with the provider's
     duration_ms: int = 0

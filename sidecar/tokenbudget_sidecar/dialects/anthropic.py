@@ -13,6 +13,7 @@ from tokenbudget_sidecar.dialects.base import (
     Reading,
     StreamTracker,
     as_int,
+    first_id,
     load_json,
     texts_of,
 )
@@ -79,6 +80,7 @@ class AnthropicDialect(Dialect):
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True,
                           truncated=body.get("stop_reason") == "max_tokens")
+        first_id(reading, body.get("id"))
         for block in body.get("content") or []:
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 reading.text.append(block["text"])
@@ -101,6 +103,7 @@ class MessagesTracker(StreamTracker):
         kind = data.get("type", event.event)
         if kind == "message_start":
             r.usage = usage_of((data.get("message") or {}).get("usage"))
+            first_id(r, (data.get("message") or {}).get("id"))
         elif kind == "message_delta":
             r.usage = usage_of(data.get("usage"), r.usage)
             r.truncated = (data.get("delta") or {}).get("stop_reason") == "max_tokens"

@@ -42,6 +42,7 @@ class Reading:
     truncated: bool = False
     finished: bool = False  # the provider's terminal event or whole body was seen
     error: bool = False  # an in-stream error event
+    response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
 
 
@@ -54,6 +55,11 @@ class StreamTracker:
 
     def on_event(self, event: Event) -> bool:
         raise NotImplementedError
+
+
+def first_id(reading: Reading, value: object) -> None:
+    if reading.response_id is None and isinstance(value, str) and value:
+        reading.response_id = value
 
 
 def as_int(value: object) -> int:

@@ -13,6 +13,7 @@ from tokenbudget_sidecar.dialects.base import (
     Reading,
     StreamTracker,
     as_int,
+    first_id,
     load_json,
     texts_of,
 )
@@ -38,6 +39,7 @@ def usage_of(raw: Any) -> Usage | None:
 
 
 def _read_chunk(reading: Reading, body: JSON) -> None:
+    first_id(reading, body.get("responseId"))
     usage = usage_of(body.get("usageMetadata"))
     if usage is not None:
         reading.usage = usage  # a running snapshot: the last one wins

@@ -13,6 +13,7 @@ from tokenbudget_sidecar.dialects.base import (
     Reading,
     StreamTracker,
     as_int,
+    first_id,
     load_json,
     texts_of,
 )
@@ -82,6 +83,7 @@ class OpenAIDialect(Dialect):
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
+        first_id(reading, body.get("id"))
         if call.operation == "chat":
             for choice in body.get("choices") or []:
                 if isinstance(choice, dict):
@@ -118,6 +120,7 @@ class ChatTracker(StreamTracker):
         if "error" in chunk:
             r.error = True
             return True
+        first_id(r, chunk.get("id"))
         usage = usage_of(chunk.get("usage"))
         if usage is not None:
             r.usage = usage
@@ -142,6 +145,7 @@ class ResponsesTracker(StreamTracker):
         if data is None:
             return True
         kind = data.get("type", event.event)
+        first_id(r, (data.get("response") or {}).get("id"))
         if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
             r.text.append(data["delta"])
         elif kind in self.TERMINAL:

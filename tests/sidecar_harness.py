@@ -1,0 +1,134 @@
+"""Run the real sidecar and the test upstream on loopback, each on its own event loop in a thread.
+
+Threads, not the test's own loop, so the official SDKs' synchronous clients can call them without
+deadlocking, and so the servers never share a loop with the code that drives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
+from tokenbudget_sidecar.proxy import State
+from tokenbudget_sidecar.settings import Settings
+from tokenbudget_sidecar.usage import UsageRecord
+from tokenbudget_testupstream.app import LEDGER, serve_in_thread
+from tokenbudget_testupstream.app import create_app as create_upstream
+from tokenbudget_testupstream.ledger import Ledger
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+        return str(resp.read().decode())
+
+
+def http_post(url: str, body: Any, method: str = "POST") -> str:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+@contextlib.contextmanager
+def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "127.0.0.1") -> Iterator[list[str]]:
+    """Serve each app on a free port of `host`; yields their base URLs; always stops them."""
+    loop = asyncio.new_event_loop()
+    urls: list[str] = []
+    errors: list[BaseException] = []
+    started, stop = threading.Event(), threading.Event()
+    runners: list[web.AppRunner] = []
+
+    async def main() -> None:
+        try:
+            for app in make_apps():
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+                await runner.setup()
+                runners.append(runner)
+                await web.TCPSite(runner, host, 0).start()
+                urls.append(f"http://{host}:{runner.addresses[0][1]}")
+        except BaseException as exc:
+            errors.append(exc)
+        started.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True, name="sidecar")
+    thread.start()
+    started.wait(30)
+    try:
+        if errors:
+            raise errors[0]
+        yield urls
+    finally:
+        stop.set()
+        thread.join(15)
+        loop.close()
+
+
+def policy_for(upstream_url: str, **extra: Any) -> SidecarPolicy:
+    return SidecarPolicy.model_validate({
+        "upstreams": [
+            {"name": "openai", "baseURL": upstream_url, "dialect": "OpenAI"},
+            {"name": "anthropic", "baseURL": upstream_url, "dialect": "Anthropic"},
+            {"name": "gemini", "baseURL": upstream_url, "dialect": "Gemini"},
+        ],
+        **extra,
+    })
+
+
+@dataclass
+class Stack:
+    sidecar: str  # data port base URL
+    admin: str
+    upstream: str
+    state: State
+    ledger: Ledger
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.sidecar}/openai/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        return f"{self.sidecar}/anthropic"
+
+    @property
+    def gemini_url(self) -> str:
+        return f"{self.sidecar}/gemini"
+
+    def records(self, count: int, timeout: float = 10.0) -> list[UsageRecord]:
+        """Wait until the sidecar has settled `count` records (settling follows the response)."""
+        deadline = time.monotonic() + timeout
+        while len(self.state.usage_log.all()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} usage records, have {len(self.state.usage_log.all())}")
+            time.sleep(0.01)
+        return self.state.usage_log.all()
+
+    def reset(self) -> None:
+        self.state.usage_log.ack(self.state.usage_log.last_seq)
+        self.ledger.clear()
+
+
+@contextlib.contextmanager
+def stack(settings: Settings | None = None, ledger_dir: Path | None = None, **policy: Any) -> Iterator[Stack]:
+    upstream_app = create_upstream()
+    with serve_in_thread(app=upstream_app) as upstream_url:
+        settings = settings or Settings(data_port=0, admin_port=0, ledger_dir=ledger_dir)
+        state = create_state(settings, policy_for(upstream_url, **policy))
+        with app_in_thread(lambda: [create_app(settings, state), create_admin_app(state)]) as (data, admin):
+            yield Stack(data, admin, upstream_url, state, upstream_app[LEDGER])
