@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import urllib.request
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
 from tokenbudget_sidecar.proxy import State
@@ -61,8 +60,7 @@ def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "1
         except BaseException as exc:
             errors.append(exc)
         started.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(stop.wait)
         for runner in reversed(runners):
             await runner.cleanup()
 
