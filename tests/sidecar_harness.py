@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
 from tokenbudget_sidecar.proxy import State

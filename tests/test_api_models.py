@@ -10,6 +10,7 @@ import pydantic
 import pytest
 import yaml
 from invalid_specs import EXAMPLES, INVALID, Invalid
+
 from tokenbudget_api import crdgen
 from tokenbudget_api.thinktier import ThinkTier
 from tokenbudget_api.tokenbudget import TokenBudget

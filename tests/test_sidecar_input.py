@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from sidecar_harness import Stack, stack
+
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.usage import Disconnect, Outcome, UsageSource
 

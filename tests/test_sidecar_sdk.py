@@ -15,6 +15,7 @@ import pytest
 from google import genai
 from google.genai import types as gtypes
 from sidecar_harness import Stack, http_get, http_post, stack
+
 from tokenbudget_sidecar.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_testupstream.ledger import ServedRecord
 

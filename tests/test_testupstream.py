@@ -25,6 +25,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+
 from tokenbudget_testupstream import (
     LEDGER,
     Ledger,

@@ -13,8 +13,8 @@ import pydantic
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tokenbudget_api.policy import SidecarPolicy
 
+from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.proxy import STATE, State
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -69,6 +69,22 @@ async def put_policy(request: web.Request) -> web.Response:
     return web.json_response({"applied": state.policy.version, "changed": changed})
 
 
+async def get_budgets(request: web.Request) -> web.Response:
+    """Per-budget windows, stage, leases and dry-run counts; alerts after a cursor (`?alertsAfter=`)."""
+    admission = request.app[STATE].admission
+    try:
+        after = int(request.query.get("alertsAfter", "0"))
+    except ValueError:
+        return web.json_response({"error": "alertsAfter must be an integer"}, status=400)
+    alerts = [
+        {"seq": a.seq, "budget": a.budget, "window": a.window, "stage": a.stage.value, "percent": a.percent,
+         "time": a.time.isoformat()}
+        for b in admission.budgets for a in b.alerts if a.seq > after
+    ]
+    return web.json_response({"budgets": [b.snapshot() for b in admission.budgets],
+                              "alerts": sorted(alerts, key=lambda a: int(str(a["seq"])))})
+
+
 async def get_usage(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -102,5 +118,6 @@ def create_admin_app(state: State) -> web.Application:
     app.router.add_get("/policy", get_policy)
     app.router.add_put("/policy", put_policy)
     app.router.add_get("/usage", get_usage)
+    app.router.add_get("/budgets", get_budgets)
     app.router.add_post("/usage/ack", ack_usage)
     return app

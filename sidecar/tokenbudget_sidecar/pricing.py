@@ -10,8 +10,8 @@ from decimal import Decimal
 from functools import lru_cache
 
 import genai_prices
-from tokenbudget_api.tokenbudget import ModelPrice
 
+from tokenbudget_api.tokenbudget import ModelPrice
 from tokenbudget_sidecar.usage import Usage
 
 MILLION = Decimal(1_000_000)

@@ -12,7 +12,6 @@ can be dropped (each OpenAI event is one line, so this adds no measurable delay)
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import time
@@ -22,10 +21,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
 from tokenbudget_api.policy import PolicyUpstream, SidecarPolicy
 from tokenbudget_api.tokenbudget import OnDisconnect
-
+from tokenbudget_api.windows import Clock, SystemClock
 from tokenbudget_sidecar import tokens
+from tokenbudget_sidecar.admission import Admission, Ticket
+from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.pricing import PriceBook
@@ -55,16 +57,28 @@ class State:
     usage_log: UsageLog = field(default_factory=UsageLog)
     prices: PriceBook = field(init=False)
     counter: tokens.TokenCounter = field(init=False)
+    clock: Clock = field(default_factory=SystemClock)
+    admission: Admission = field(init=False)
     session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
-        self.prices = PriceBook(self.policy.prices)
         self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
                                            self.settings.count_hard_cap_bytes)
+        self._build(self.policy)
+        self.admission.replay(self.usage_log.all())  # a restart resumes the windows from the ledger
 
-    def apply(self, policy: SidecarPolicy) -> None:
+    def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy
         self.prices = PriceBook(policy.prices)
+        s = self.settings
+        self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
+                                   s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
+        return self.admission
+
+    def apply(self, policy: SidecarPolicy) -> None:
+        """Switch policy without a restart, keeping window use and holds (see Admission.adopt)."""
+        old = self.admission
+        self._build(policy).adopt(old)
 
     def user_header(self) -> str | None:
         budgets = self.policy.budgets
@@ -159,20 +173,34 @@ class Proxy:
             call = dialect.parse(operation, path, body, request.headers.get(user_header) if user_header else None)
         except BadRequest as exc:
             return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
-        prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body))
-        payload = json.dumps(body).encode() if dialect.prepare(call, body) else raw
-        record = UsageRecord(request_id=request_id, time=dt.datetime.now(dt.UTC), upstream=upstream.name,
+        prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
+                                                                 dialect.prompt_messages(body))
+        record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
                              stream=call.stream, prompt_estimate=prompt_estimate)
+        admission = self.state.admission
+        try:
+            ticket, path = await admission.admit(dialect, call, body, path, prompt_estimate, upstream.base_url)
+        except Refused as refused:
+            record.status, record.outcome, record.source = refused.status, Outcome.REFUSED, UsageSource.NONE
+            record.decisions = [refused.message]
+            self.record(record, started, 0.0)
+            return error_response(dialect, refused.status, refused.message, retry_after=refused.retry_after,
+                                  request_id=request_id)
+        record.model = call.model  # after a Downgrade, the model actually called
+        changed = dialect.prepare(call, body)
+        payload = json.dumps(body).encode() if changed or ticket.rewrote else raw
         gauge = self.state.metrics.in_flight.labels(dialect.name)
         gauge.inc()
         try:
-            return await self.forward(request, upstream, dialect, path, call, payload, record, started)
+            return await self.forward(request, upstream, dialect, path, call, payload, record, started, ticket)
         finally:
             gauge.dec()
+            admission.settle(ticket, record)  # a no-op when settle() below already did it
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
-                      call: Call, payload: bytes, record: UsageRecord, started: float) -> web.StreamResponse:
+                      call: Call, payload: bytes, record: UsageRecord, started: float,
+                      ticket: Ticket) -> web.StreamResponse:
         session = self.state.session
         assert session is not None, "the client session starts with the app"
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
@@ -188,8 +216,9 @@ class Proxy:
                     body = await up.read()
                     resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
                                                                                             record.request_id))
+                    resp.headers.update(ticket.headers)
                 elif up.content_type == "text/event-stream":
-                    resp, reading = await self.relay_stream(request, up, dialect, call, record)
+                    resp, reading = await self.relay_stream(request, up, dialect, call, record, ticket)
                 else:
                     body = await up.read()
                     after = time.perf_counter()
@@ -198,6 +227,9 @@ class Proxy:
                         reading = dialect.read_response(call, parsed)
                     resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
                                                                                             record.request_id))
+                    resp.headers.update(ticket.headers)
+                    if reading.usage is not None:
+                        resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
                     try:
                         await resp.prepare(request)
                         await resp.write_eof()
@@ -212,12 +244,13 @@ class Proxy:
                                   f"tokenbudget: upstream {upstream.name} failed: {type(exc).__name__}",
                                   request_id=record.request_id)
         finally:
-            self.settle(record, reading, started, added)
+            self.settle(record, reading, started, added, ticket)
         return resp
 
     async def relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, dialect: Dialect, call: Call,
-                           record: UsageRecord) -> tuple[web.StreamResponse, Reading]:
+                           record: UsageRecord, ticket: Ticket) -> tuple[web.StreamResponse, Reading]:
         resp = web.StreamResponse(status=up.status, headers=client_headers(up.headers, record.request_id))
+        resp.headers.update(ticket.headers)
         tracker = dialect.tracker(call)
         parser = SSEParser()
         client_gone = False
@@ -277,14 +310,14 @@ class Proxy:
             return error_response(dialect, 502, f"tokenbudget: upstream {upstream.name} failed: "
                                   f"{type(exc).__name__}", request_id=request_id)
 
-    def settle(self, record: UsageRecord, reading: Reading, started: float, added: float) -> None:
+    def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket) -> None:
         """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
         if reading.usage is not None and reading.usage.total_tokens > 0:
             record.usage, record.source = reading.usage, UsageSource.PROVIDER
         elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
             record.usage, record.source = Usage(), UsageSource.NONE
         else:
-            generated = tokens.count_sync(record.model, reading.text) - tokens.REPLY_PRIMING if reading.text else 0
+            generated = tokens.count_sync(record.model, reading.text) if reading.text else 0
             record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=generated)
             record.source = UsageSource.ESTIMATED
         record.truncated = reading.truncated
@@ -293,6 +326,10 @@ class Proxy:
             upstream = self.state.policy.upstream(record.upstream)
             base = upstream.base_url if upstream else ""
             record.cost_usd, record.price_source = self.state.prices.cost(record.model, base, record.usage)
+        self.state.admission.settle(ticket, record)
+        self.record(record, started, added)
+
+    def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
         self.state.usage_log.append(record)
         self.state.metrics.observe(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from tokenbudget_api import names
 
 
@@ -22,10 +23,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024  # larger requests get 413 before any JSON decoding
     count_thread_threshold_bytes: int = 32 * 1024  # above this, tiktoken runs in a worker thread
     count_hard_cap_bytes: int = 4 * 1024 * 1024  # above this, a byte-count upper bound instead of tiktoken
+    prompt_margin_percent: int = 10  # added to tiktoken's count when reserving: other vendors tokenize differently
 
     pool_size: int = 1024  # upstream connections; aiohttp's default of 100 silently caps concurrency
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0  # longest silence between upstream bytes (reasoning calls think long)
     # No total deadline: a long reasoning stream that keeps sending must never be cut by a timer.
+
+    default_output_tokens: int = 4096  # reserved for a call that sets no output cap and has no budget cap
+    max_throttle_delay_s: float = 30.0  # a Throttle delay longer than this is answered 429 instead
+    reservation_ttl_s: float = 3600.0  # a hold not settled by then is released (calls settle in finally)
 
     log_level: str = "INFO"

@@ -14,6 +14,7 @@ import tiktoken
 
 OFFLINE_ENCODINGS = ("o200k_base", "cl100k_base")
 REPLY_PRIMING = 3  # <|start|>assistant<|message|>, per OpenAI's cookbook rule
+PER_MESSAGE = 4  # framing per message: 3 in OpenAI's cookbook rule (+1 with a name); 4 keeps it an upper bound
 
 
 @lru_cache(maxsize=1024)
@@ -33,8 +34,9 @@ def preload() -> None:
 
 
 def count_sync(model: str, texts: list[str]) -> int:
+    """Tokens of the texts alone (no framing)."""
     enc = tiktoken.get_encoding(encoding_name(model))
-    return sum(len(t) for t in enc.encode_ordinary_batch(texts, num_threads=1)) + REPLY_PRIMING
+    return sum(len(t) for t in enc.encode_ordinary_batch(texts, num_threads=1))
 
 
 class TokenCounter:
@@ -42,11 +44,18 @@ class TokenCounter:
         self.thread_threshold = thread_threshold_bytes
         self.hard_cap = hard_cap_bytes
 
-    async def count(self, model: str, texts: list[str]) -> tuple[int, bool]:
-        """(tokens, exact); exact is False when the byte bound was used instead of tiktoken."""
+    async def count(self, model: str, texts: list[str], messages: int = 1) -> tuple[int, bool]:
+        """(tokens, exact) for a prompt of `messages` turns; exact is False when the byte bound was used.
+
+        The figure errs high (per-message framing is counted at 4), as caps and reservations need;
+        admission adds `margin_percent` on top for tokenizers other than OpenAI's (Claude, Gemini...).
+        """
         size = sum(len(t) for t in texts)  # characters; cheap, and a lower bound of bytes
+        framing = messages * PER_MESSAGE
         if size > self.hard_cap:
-            return sum(len(t.encode("utf-8")) for t in texts) + REPLY_PRIMING, False
+            return sum(len(t.encode("utf-8")) for t in texts) + framing + REPLY_PRIMING, False
         if size > self.thread_threshold:
-            return await asyncio.to_thread(count_sync, model, texts), True
-        return count_sync(model, texts), True
+            counted = await asyncio.to_thread(count_sync, model, texts)
+        else:
+            counted = count_sync(model, texts)
+        return counted + framing + REPLY_PRIMING, True

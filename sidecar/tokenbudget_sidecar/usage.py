@@ -79,5 +79,7 @@ class UsageRecord(BaseModel):
     truncated: bool = False
     disconnect: Disconnect | None = None
     response_id: str | None = None  # the provider's id for the answer, to reconcile with its bill
+    budgets: list[str] = []  # namespace/name of every budget the call counted against
+    decisions: list[str] = []  # enforcement decisions, e.g. "ns/name:Downgrade", "ns/name:DryRun:Block"
     prompt_estimate: int = 0  # tiktoken's pre-flight count, for comparison with the provider's
     duration_ms: int = 0

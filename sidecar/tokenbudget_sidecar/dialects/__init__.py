@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from tokenbudget_api.tokenbudget import Dialect as DialectName
-
 from tokenbudget_sidecar.dialects.anthropic import AnthropicDialect
 from tokenbudget_sidecar.dialects.base import PASSTHROUGH, BadRequest, Call, Dialect, Reading, StreamTracker
 from tokenbudget_sidecar.dialects.gemini import GeminiDialect

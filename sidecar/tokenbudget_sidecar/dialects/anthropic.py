@@ -74,6 +74,14 @@ class AnthropicDialect(Dialect):
                     user=user if isinstance(user, str) else None,
                     output_cap=cap if isinstance(cap, int) else None)
 
+    def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
+        body["max_tokens"] = cap
+        call.output_cap = cap
+
+    def prompt_messages(self, body: JSON) -> int:
+        messages = body.get("messages")
+        return (len(messages) if isinstance(messages, list) else 1) + (1 if body.get("system") else 0)
+
     def prompt_texts(self, body: JSON) -> list[str]:
         return texts_of([body.get(k) for k in ("system", "messages", "tools")])
 

@@ -92,6 +92,20 @@ class Dialect:
     def prompt_texts(self, body: JSON) -> list[str]:
         raise NotImplementedError
 
+    def prompt_messages(self, body: JSON) -> int:
+        """How many messages (turns) the prompt has: each costs framing tokens on top of its text."""
+        return 1
+
+    def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
+        """Write the output cap into the field this dialect (and operation) reads."""
+        raise NotImplementedError
+
+    def set_model(self, call: Call, body: JSON, path: str, model: str) -> str:
+        """Switch the model (Downgrade); returns the request path, which carries the model for Gemini."""
+        body["model"] = model
+        call.model = model
+        return path
+
     def read_response(self, call: Call, body: JSON) -> Reading:
         raise NotImplementedError
 

@@ -79,6 +79,25 @@ class GeminiDialect(Dialect):
         return Call(operation, match.group(2), stream=match.group(3) == "streamGenerateContent",
                     user=user_header, output_cap=cap if isinstance(cap, int) else None)
 
+    def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
+        key = "generation_config" if "generation_config" in body and "generationConfig" not in body else (
+            "generationConfig")
+        config = body.setdefault(key, {})
+        if isinstance(config, dict):
+            config.pop("max_output_tokens", None)
+            config["maxOutputTokens"] = cap
+        call.output_cap = cap
+
+    def set_model(self, call: Call, body: JSON, path: str, model: str) -> str:
+        match = ROUTE.match(path)
+        assert match is not None
+        call.model = model
+        return path[: match.start(2)] + model + path[match.end(2) :]
+
+    def prompt_messages(self, body: JSON) -> int:
+        contents = body.get("contents")
+        return len(contents) + 1 if isinstance(contents, list) else 2
+
     def prompt_texts(self, body: JSON) -> list[str]:
         keys = ("contents", "systemInstruction", "system_instruction", "tools")
         return texts_of([body.get(k) for k in keys])

@@ -77,6 +77,22 @@ class OpenAIDialect(Dialect):
         call.injected_usage = True
         return True
 
+    def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
+        # Chat: keep the field the app used (some compatible servers read only max_tokens; o-series and
+        # gpt-5 reject max_tokens, so a request without either gets max_completion_tokens).
+        if call.operation == "responses":
+            key = "max_output_tokens"
+        elif "max_tokens" in body and "max_completion_tokens" not in body:
+            key = "max_tokens"
+        else:
+            key = "max_completion_tokens"
+        body[key] = cap
+        call.output_cap = cap
+
+    def prompt_messages(self, body: JSON) -> int:
+        items = body.get("messages", body.get("input"))
+        return len(items) + 1 if isinstance(items, list) else 2
+
     def prompt_texts(self, body: JSON) -> list[str]:
         keys = ("messages", "input", "instructions", "tools", "response_format", "text")
         return texts_of([body.get(k) for k in keys])

@@ -1,0 +1,265 @@
+"""Admission across every budget that selects the pod: caps, allow lists, concurrency, the ladder, holds.
+
+Order of checks for one call: a concurrency slot (bounded queue), per-request caps (reject or clamp),
+the ladder of each budget (Block refuses, Downgrade rewrites the model, Throttle delays), then the
+reservation in every window of every budget, all or nothing. In DryRun every decision is computed the
+same way but only recorded, so a dry run reports what the enforced run would have done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.tokenbudget import Action, Enforcement, OnOversize, Stage
+from tokenbudget_api.windows import Clock
+from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Window
+from tokenbudget_sidecar.dialects import Call, Dialect
+from tokenbudget_sidecar.pricing import PriceBook
+from tokenbudget_sidecar.usage import Outcome, Usage, UsageRecord
+
+STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
+
+
+class Gate:
+    """A concurrency cap with a bounded FIFO queue; a released slot passes straight to the next waiter."""
+
+    def __init__(self, limit: int, queue: int, timeout_s: float) -> None:
+        self.limit, self.queue, self.timeout_s = limit, queue, timeout_s
+        self.in_flight = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.limit and not self.waiters:
+            self.in_flight += 1
+            return
+        if len(self.waiters) >= self.queue:
+            raise Refused(429, f"tokenbudget: {self.in_flight} calls in flight (the limit) and {len(self.waiters)} "
+                          "waiting (the queue is full)", retry_after=1)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.timeout_s)
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                return  # the slot arrived just as we gave up: keep it
+            fut.cancel()
+            self.waiters.remove(fut)
+            raise Refused(429, f"tokenbudget: waited {self.timeout_s:g} s for one of {self.limit} concurrency "
+                          "slots", retry_after=1) from None
+
+    def release(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.cancelled():
+                fut.set_result(None)  # the slot moves to the waiter; in_flight is unchanged
+                return
+        self.in_flight -= 1
+
+
+@dataclass
+class Ticket:
+    """An admitted call's holds; settled exactly once."""
+
+    holds: list[tuple[BudgetState, Reservation]] = field(default_factory=list)
+    gate: Gate | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    decisions: list[str] = field(default_factory=list)  # e.g. "ns/name:Downgrade", "ns/name:DryRun:Block"
+    rewrote: bool = False  # the body or path changed (clamp, downgrade): re-serialize before forwarding
+    settled: bool = False
+
+
+class Admission:
+    def __init__(self, policy: SidecarPolicy, clock: Clock, prices: PriceBook, default_output_tokens: int,
+                 max_throttle_delay_s: float, reservation_ttl_s: float, prompt_margin_percent: int = 0) -> None:
+        self.prompt_margin_percent = prompt_margin_percent
+        self.clock = clock
+        self.prices = prices
+        self.default_output_tokens = default_output_tokens
+        self.max_throttle_delay_s = max_throttle_delay_s
+        self.ttl = dt.timedelta(seconds=reservation_ttl_s)
+        self.budgets = [BudgetState(b, clock) for b in policy.budgets]
+        caps = [b.spec.concurrency for b in policy.budgets if b.spec.concurrency]
+        self.gate = Gate(min(c.max_in_flight for c in caps), min(c.max_queued for c in caps),
+                         min(c.queue_timeout_seconds for c in caps)) if caps else None
+
+    def adopt(self, old: Admission) -> None:
+        """Keep use, holds and ladder state across a policy push for limits whose shape did not change."""
+        previous = {b.name: b for b in old.budgets}
+        for budget in self.budgets:
+            if budget.name in previous:
+                budget.adopt(previous[budget.name])
+        if self.gate is not None and old.gate is not None:
+            self.gate.in_flight, self.gate.waiters = old.gate.in_flight, old.gate.waiters
+
+    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt_tokens: int,
+                    base_url: str) -> tuple[Ticket, str]:
+        """Admit or raise Refused; may rewrite body/path (clamp, downgrade). Returns the ticket and path."""
+        ticket = Ticket()
+        if not self.budgets:
+            return ticket, path
+        if self.gate is not None:
+            await self.gate.acquire()
+            ticket.gate = self.gate
+        try:
+            path = await self._admit(ticket, dialect, call, body, path, prompt_tokens, base_url)
+        except BaseException:
+            self.release(ticket)
+            raise
+        return ticket, path
+
+    async def _admit(self, ticket: Ticket, dialect: Dialect, call: Call, body: dict[str, object], path: str,
+                     prompt_tokens: int, base_url: str) -> str:
+        for b in self.budgets:
+            self._caps(b, ticket, dialect, call, body, prompt_tokens)
+        for b in self.budgets:
+            now = self.clock.now()
+            steps = b.active_steps(b.windows_for(call.model, call.user), now)
+            actions = {s.action for s in steps}
+            if Action.BLOCK in actions:
+                self._decide(b, ticket, Action.BLOCK, 429, f"tokenbudget: budget {b.name} is at its Block stage "
+                             f"({self._fullest(b, call, now)})", retry_after=self._reset_in(b, call, now))
+            if Action.DOWNGRADE in actions:
+                mapping: dict[str, str] = {}
+                for s in steps:
+                    mapping.update(s.model_map or {})
+                target = mapping.get(call.model)
+                if target and target != call.model:
+                    if b.dry_run:
+                        ticket.decisions.append(f"{b.name}:DryRun:Downgrade")
+                    else:
+                        ticket.headers["x-tokenbudget-downgraded"] = f"{call.model}->{target}"
+                        ticket.decisions.append(f"{b.name}:Downgrade")
+                        path = dialect.set_model(call, body, path, target)
+                        ticket.rewrote = True
+            if Action.THROTTLE in actions:
+                rate = min(s.max_requests_per_minute or 1 for s in steps if s.action is Action.THROTTLE)
+                if b.dry_run:
+                    ticket.decisions.append(f"{b.name}:DryRun:Throttle")
+                else:
+                    delay = b.throttle_delay(rate)
+                    if delay > self.max_throttle_delay_s:
+                        raise Refused(429, f"tokenbudget: budget {b.name} is throttled to {rate} calls per minute",
+                                      retry_after=delay)
+                    ticket.decisions.append(f"{b.name}:Throttle")
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+        demand = self._demand(call, prompt_tokens, base_url)
+        ticket.headers["x-tokenbudget-reserved-tokens"] = str(demand.tokens)
+        for b in self.budgets:  # no await from here on: the holds are taken atomically
+            reservation = b.reserve(b.windows_for(call.model, call.user), demand, self.ttl)
+            ticket.holds.append((b, reservation))
+            ticket.decisions += [f"{b.name}:DryRun:{a.value}" for a in reservation.decisions]
+        self._headers(ticket, call)
+        return path
+
+    def _caps(self, b: BudgetState, ticket: Ticket, dialect: Dialect, call: Call, body: dict[str, object],
+              prompt_tokens: int) -> None:
+        if not b.models_allowed(call.model):
+            self._decide(b, ticket, Action.BLOCK, 403, f"tokenbudget: model {call.model} is not allowed by budget "
+                         f"{b.name} (spec.models.allow)")
+        caps = b.spec.request
+        if caps is None:
+            return
+        if caps.max_prompt_tokens is not None and prompt_tokens > caps.max_prompt_tokens:
+            self._decide(b, ticket, None, 400, f"tokenbudget: the prompt has {prompt_tokens} tokens (tiktoken "
+                         f"count with message framing), above the {caps.max_prompt_tokens} allowed by budget {b.name}")
+        cap = caps.max_output_tokens
+        if cap is None or (call.output_cap is not None and call.output_cap <= cap):
+            return
+        if call.output_cap is not None and caps.on_oversize is OnOversize.REJECT:
+            self._decide(b, ticket, None, 400, f"tokenbudget: the call asks for up to {call.output_cap} output "
+                         f"tokens, above the {cap} allowed by budget {b.name}")
+        elif b.dry_run:
+            ticket.decisions.append(f"{b.name}:DryRun:Clamp")
+        else:  # Clamp, or a call that set no cap at all: give it the budget's cap
+            dialect.set_output_cap(call, body, cap)
+            ticket.decisions.append(f"{b.name}:Clamp")
+            ticket.rewrote = True
+
+    def _decide(self, b: BudgetState, ticket: Ticket, action: Action | None, status: int, message: str,
+                retry_after: float | None = None) -> None:
+        """Refuse, or in DryRun only note that we would have."""
+        if b.dry_run:
+            ticket.decisions.append(f"{b.name}:DryRun:{'Reject' if action is None else action.value}")
+            return
+        raise Refused(status, message, retry_after)
+
+    def _fullest(self, b: BudgetState, call: Call, now: dt.datetime) -> str:
+        windows = b.windows_for(call.model, call.user)
+        w = max(windows, key=lambda w: w.percent(now))
+        return f"limit {w.label} at {w.percent(now)}%"
+
+    def _reset_in(self, b: BudgetState, call: Call, now: dt.datetime) -> float | None:
+        windows = [w for w in b.windows_for(call.model, call.user) if w.step >= 0]
+        resets = [r for w in windows if (r := w.counter.resets_at(now)) is not None]
+        return max((min(resets) - now).total_seconds(), 1.0) if resets else None
+
+    def _demand(self, call: Call, prompt_tokens: int, base_url: str) -> Demand:
+        output = call.output_cap if call.output_cap is not None else self.default_output_tokens
+        prompt = prompt_tokens + prompt_tokens * self.prompt_margin_percent // 100
+        cost, _ = self.prices.cost(call.model, base_url, Usage(input_tokens=prompt, output_tokens=output))
+        return Demand(tokens=prompt + output, cost_usd=cost)
+
+    def _headers(self, ticket: Ticket, call: Call) -> None:
+        now = self.clock.now()
+        stages = [b.stage(b.windows_for(call.model, call.user)) for b in self.budgets]
+        ticket.headers["x-tokenbudget-stage"] = max(stages, key=STAGE_ORDER.index).value
+        remaining = []
+        for b in self.budgets:
+            for w in b.windows_for(call.model, call.user):
+                remaining.append(f"{b.name}/{w.label}={max(w.room(now), Decimal(0))}")
+        if remaining:
+            ticket.headers["x-tokenbudget-remaining"] = ", ".join(remaining)
+        dry = [d for d in ticket.decisions if ":DryRun:" in d]
+        if dry:
+            ticket.headers["x-tokenbudget-dry-run"] = ", ".join(dry)
+
+    def settle(self, ticket: Ticket, record: UsageRecord) -> None:
+        if ticket.settled:
+            return
+        ticket.settled = True
+        for b, reservation in ticket.holds:
+            b.settle(reservation, record.usage.total_tokens, record.cost_usd)
+        ticket.holds = []
+        record.budgets = [b.name for b in self.budgets]
+        record.decisions = list(ticket.decisions)
+        self.release(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back holds and the concurrency slot of a call that will not settle (refused, failed early)."""
+        for b, reservation in ticket.holds:
+            b.settle(reservation, 0, Decimal(0))
+        ticket.holds = []
+        if ticket.gate is not None:
+            ticket.gate.release()
+            ticket.gate = None
+
+    def replay(self, records: list[UsageRecord]) -> None:
+        """Rebuild window use from the ledger's records after a restart."""
+        for rec in records:
+            if rec.outcome is Outcome.REFUSED:
+                continue
+            for b in self.budgets:
+                if b.name in rec.budgets:
+                    for w in b.windows_for(rec.model, rec.user):
+                        w.counter.add(_unit_amount(w, rec), rec.time)
+
+    def expire(self) -> int:
+        return sum(b.expire() for b in self.budgets)
+
+
+def _unit_amount(w: Window, rec: UsageRecord) -> Decimal:
+    if w.limit.tokens is not None:
+        return Decimal(rec.usage.total_tokens)
+    if w.limit.cost_usd is not None:
+        return rec.cost_usd or Decimal(0)
+    return Decimal(1)
+
+
+def enforcing(policy: SidecarPolicy) -> bool:
+    return any(b.spec.enforcement is Enforcement.ENFORCE for b in policy.budgets)

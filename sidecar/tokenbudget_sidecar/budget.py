@@ -1,0 +1,323 @@
+"""One TokenBudget's accounting inside a sidecar: windows, reservations, the ladder and dry-run counts.
+
+Admission reserves the worst case of a call (prompt + output cap at list price, and one request)
+against every window that applies to it, settlement replaces the reservation with what the provider
+reported. Because the event loop runs one admission at a time and the check and the reservation happen
+without an await in between, concurrent calls can never together reserve more than a window's room:
+the total settled can exceed a limit only by what a provider bills beyond the reserved cap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from tokenbudget_api.policy import BudgetPolicy
+from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
+from tokenbudget_api.windows import Clock, WindowCounter, percent_used, window_for
+
+LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
+MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
+_ids = itertools.count(1)
+_alert_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one call may consume at most, per unit of limit."""
+
+    tokens: int
+    cost_usd: Decimal | None  # None: the model has no price
+
+    def of(self, limit: Limit) -> Decimal | None:
+        if limit.tokens is not None:
+            return Decimal(self.tokens)
+        if limit.cost_usd is not None:
+            return self.cost_usd
+        return Decimal(1)
+
+
+@dataclass
+class Window:
+    """One limit, or one key's share of a per-User/per-Model limit."""
+
+    limit: Limit
+    key: str | None
+    counter: WindowCounter
+    amount: Decimal  # the limit, or the lease granted for this period
+    reserved: Decimal = Decimal(0)
+    step: int = -1  # index into the ladder in force for this window (hysteresis state)
+
+    @property
+    def label(self) -> str:
+        return f"{self.limit.name}[{self.key}]" if self.key else self.limit.name
+
+    def used(self, now: dt.datetime) -> Decimal:
+        return self.counter.used(now)
+
+    def percent(self, now: dt.datetime) -> int:
+        return percent_used(self.used(now) + self.reserved, self.amount)
+
+    def room(self, now: dt.datetime) -> Decimal:
+        return self.amount - self.used(now) - self.reserved
+
+
+@dataclass
+class Reservation:
+    id: int
+    budget: str
+    holds: list[tuple[Window, Decimal]]
+    expires_at: dt.datetime
+    decisions: list[Action] = field(default_factory=list)  # what enforcement did (or would have, in DryRun)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A ladder step reached by a window: logged, counted, and pulled by the operator as an Event."""
+
+    seq: int
+    budget: str
+    window: str
+    stage: Stage
+    percent: int
+    time: dt.datetime
+
+
+@dataclass
+class WouldHave:
+    count: int = 0
+    tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+class Refused(Exception):
+    """A call the budget does not admit: answered 429 (or 400 for oversize) in the provider's shape."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BudgetState:
+    def __init__(self, policy: BudgetPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self.spec = policy.spec
+        self.clock = clock
+        self.ladder: list[LadderStep] = list(self.spec.ladder or [])
+        self.windows: dict[tuple[str, str | None], Window] = {}
+        self.reservations: dict[int, Reservation] = {}
+        self.would_have: dict[str, WouldHave] = {}
+        self.throttle_next: dt.datetime | None = None
+        self.leases = {(lease.window, lease.key): lease for lease in policy.leases or []}
+        self.alerts: list[Alert] = []
+
+    @property
+    def name(self) -> str:
+        return self.policy.key
+
+    @property
+    def dry_run(self) -> bool:
+        return self.spec.enforcement is Enforcement.DRY_RUN
+
+    # ----- windows --------------------------------------------------------------------------------
+
+    def _key(self, limit: Limit, model: str, user: str | None) -> str | None:
+        if limit.per is LimitKey.USER:
+            return user or "anonymous"
+        if limit.per is LimitKey.MODEL:
+            return model
+        return None
+
+    def windows_for(self, model: str, user: str | None) -> list[Window]:
+        out = []
+        for limit in self.spec.limits or []:
+            key = self._key(limit, model, user)
+            window = self.windows.pop((limit.name, key), None)  # re-insert: most recently used last
+            if window is None:
+                window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
+                                self._amount(limit, key))
+                if limit.per is not None and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT:
+                    oldest = next(k for k in self.windows if k[0] == limit.name)
+                    del self.windows[oldest]
+            self.windows[(limit.name, key)] = window
+            out.append(window)
+        return out
+
+    def _amount(self, limit: Limit, key: str | None) -> Decimal:
+        lease = self.leases.get((limit.name, key))
+        if lease is not None:
+            return Decimal(lease.granted)
+        if limit.tokens is not None:
+            return Decimal(limit.tokens)
+        if limit.cost_usd is not None:
+            return limit.cost_usd
+        return Decimal(limit.requests or 0)
+
+    def adopt(self, old: BudgetState) -> None:
+        """Carry use, holds and ladder state over a policy push, for windows whose shape is unchanged."""
+        self.reservations, self.would_have = old.reservations, old.would_have
+        self.throttle_next, self.alerts = old.throttle_next, old.alerts
+        if old.spec.time_zone != self.spec.time_zone:
+            return  # the period boundaries moved: start the windows afresh
+        limits = {lim.name: lim for lim in self.spec.limits or []}
+        same_ladder = old.ladder == self.ladder
+        for (name, key), window in old.windows.items():
+            new = limits.get(name)
+            if new is None or (new.period, new.duration, new.per, _unit(new)) != (
+                window.limit.period, window.limit.duration, window.limit.per, _unit(window.limit)
+            ):
+                continue
+            window.limit, window.amount = new, self._amount(new, key)
+            window.step = window.step if same_ladder else -1
+            self.windows[(name, key)] = window
+
+    # ----- the ladder -----------------------------------------------------------------------------
+
+    def _step(self, window: Window, now: dt.datetime) -> int:
+        """The ladder index in force for a window, moving down only past the hysteresis margin."""
+        pct = window.percent(now)
+        i = window.step
+        while i + 1 < len(self.ladder) and pct >= self.ladder[i + 1].at:
+            i += 1
+            self.alerts.append(Alert(next(_alert_ids), self.name, window.label,
+                                     Stage(self.ladder[i].action.value), pct, now))
+        while i >= 0 and pct < self.ladder[i].at - self.spec.hysteresis_percent:
+            i -= 1
+        window.step = i
+        return i
+
+    def active_steps(self, windows: Iterable[Window], now: dt.datetime) -> list[LadderStep]:
+        top = max((self._step(w, now) for w in windows), default=-1)
+        return self.ladder[: top + 1]
+
+    def stage(self, windows: Iterable[Window] | None = None) -> Stage:
+        now = self.clock.now()
+        steps = self.active_steps(self.windows.values() if windows is None else windows, now)
+        return Stage(steps[-1].action.value) if steps else Stage.NORMAL
+
+    # ----- admission ------------------------------------------------------------------------------
+
+    def models_allowed(self, model: str) -> bool:
+        allow = (self.spec.models.allow if self.spec.models else None) or []
+        return not allow or any(fnmatch.fnmatchcase(model, pattern) for pattern in allow)
+
+    def reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta) -> Reservation:
+        """Hold `demand` in every window, or raise Refused (in DryRun: record, then hold anyway)."""
+        now = self.clock.now()
+        holds: list[tuple[Window, Decimal]] = []
+        decisions: list[Action] = []
+        for window in windows:
+            lease = self.leases.get((window.limit.name, window.key))
+            stale = lease is not None and (
+                lease.expires_at <= now or lease.period_start != window.counter.period_start(now))
+            if stale:
+                if self.spec.fail_mode is FailMode.OPEN:
+                    continue  # Open: admit without checking this shared window until the lease is renewed
+                raise Refused(429, f"tokenbudget: the lease on budget {self.name} limit {window.label} expired "
+                              "and was not renewed (failMode Closed)", retry_after=5)
+            amount = demand.of(window.limit)
+            if amount is None:
+                raise Refused(400, f"model has no price, so budget {self.name} cannot check its dollar limit "
+                              f"{window.limit.name}; add it under spec.models.prices")
+            if amount > window.room(now):
+                if not self.dry_run:
+                    raise Refused(429, self._exhausted(window, amount, now), self._retry_after(window, now))
+                decisions.append(Action.BLOCK)
+            holds.append((window, amount))
+        reservation = Reservation(next(_ids), self.name, holds, now + ttl, decisions)
+        for window, amount in holds:
+            window.reserved += amount
+        self.reservations[reservation.id] = reservation
+        return reservation
+
+    def _exhausted(self, window: Window, amount: Decimal, now: dt.datetime) -> str:
+        resets = window.counter.resets_at(now)
+        when = f"; it frees up at {resets.isoformat()}" if resets else ""
+        return (f"tokenbudget: budget {self.name} limit {window.label} has {max(window.room(now), Decimal(0))} "
+                f"{_unit(window.limit)} left of {window.amount} and this call may need {amount}{when}")
+
+    def _retry_after(self, window: Window, now: dt.datetime) -> float | None:
+        resets = window.counter.resets_at(now)
+        return max((resets - now).total_seconds(), 1.0) if resets else None
+
+    def throttle_delay(self, rate_per_minute: int) -> float:
+        """Seconds to wait so admissions keep to the rate; the caller refuses if it is too long."""
+        now = self.clock.now()
+        interval = dt.timedelta(seconds=60 / rate_per_minute)
+        start = max(self.throttle_next or now, now)
+        self.throttle_next = start + interval
+        return (start - now).total_seconds()
+
+    def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None) -> None:
+        """Replace the holds by actual use, exactly once; unknown reservations are ignored (expired)."""
+        if self.reservations.pop(reservation.id, None) is None:
+            return
+        now = self.clock.now()
+        for window, amount in reservation.holds:
+            window.reserved -= amount
+            actual = _actual(window.limit, tokens, cost_usd, amount)
+            if actual:
+                window.counter.add(actual, now)
+        for action in reservation.decisions:
+            would = self.would_have.setdefault(action.value, WouldHave())
+            would.count += 1
+            would.tokens += tokens
+            would.cost_usd += cost_usd or Decimal(0)
+
+    def snapshot(self) -> dict[str, object]:
+        """What the operator reads to write status: use per window, stage, dry-run counts, leases."""
+        now = self.clock.now()
+        windows = []
+        for w in self.windows.values():
+            entry: dict[str, object] = {
+                "name": w.limit.name, "key": w.key, "unit": _unit(w.limit), "used": str(w.used(now)),
+                "reserved": str(w.reserved), "limit": str(w.amount), "percent": w.percent(now),
+                "periodStart": w.counter.period_start(now).isoformat(),
+            }
+            resets = w.counter.resets_at(now)
+            entry["resetsAt"] = resets.isoformat() if resets else None
+            lease = self.leases.get((w.limit.name, w.key))
+            if lease is not None:
+                entry["lease"] = {"granted": str(lease.granted), "remaining": str(max(w.room(now), Decimal(0))),
+                                  "low": w.room(now) < Decimal(lease.granted) * LEASE_LOW,
+                                  "expiresAt": lease.expires_at.isoformat()}
+            windows.append(entry)
+        return {
+            "name": self.name, "generation": self.policy.generation, "stage": self.stage().value,
+            "enforcement": self.spec.enforcement.value, "windows": windows,
+            "reservations": len(self.reservations),
+            "wouldHave": {k: {"count": v.count, "tokens": v.tokens, "costUSD": str(v.cost_usd)}
+                          for k, v in self.would_have.items()},
+        }
+
+    def expire(self) -> int:
+        """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""
+        now = self.clock.now()
+        stale = [r for r in self.reservations.values() if r.expires_at <= now]
+        for reservation in stale:
+            self.reservations.pop(reservation.id)
+            for window, amount in reservation.holds:
+                window.reserved -= amount
+        return len(stale)
+
+
+def _unit(limit: Limit) -> str:
+    return "tokens" if limit.tokens is not None else ("USD" if limit.cost_usd is not None else "requests")
+
+
+def _actual(limit: Limit, tokens: int, cost_usd: Decimal | None, reserved: Decimal) -> Decimal:
+    if limit.tokens is not None:
+        return Decimal(tokens)
+    if limit.cost_usd is not None:
+        # An unpriced model never got this far (refused at admission), so None means "nothing billed".
+        return cost_usd if cost_usd is not None else Decimal(0)
+    return Decimal(1)
+
+
+__all__ = ["Alert", "BudgetState", "Demand", "Refused", "Reservation", "Window", "WouldHave"]
