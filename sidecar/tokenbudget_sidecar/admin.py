@@ -92,6 +92,7 @@ async def get_usage(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "1000")), 10_000)
     except ValueError:
         return web.json_response({"error": "after and limit must be integers"}, status=400)
+    await state.usage_log.flush()  # records settle-ms old are fsynced and shown, not left for the next pull
     records = state.usage_log.after(cursor, limit)
     return web.json_response({
         "records": [r.model_dump(mode="json") for r in records],

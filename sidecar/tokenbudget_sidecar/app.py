@@ -8,11 +8,13 @@ from importlib import resources
 
 import aiohttp
 from aiohttp import web
-from tokenbudget_api.policy import SidecarPolicy
 
+from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admin import create_admin_app
+from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.proxy import STATE, Proxy, State
+from tokenbudget_sidecar.records import UsageLog
 from tokenbudget_sidecar.settings import Settings
 
 
@@ -25,7 +27,12 @@ def load_policy(settings: Settings) -> SidecarPolicy:
 
 
 def create_state(settings: Settings, policy: SidecarPolicy | None = None) -> State:
-    return State(settings=settings, policy=policy or load_policy(settings))
+    """The shared state; with `settings.ledger_dir` the usage log is durable and replays the ledger here."""
+    policy = policy or load_policy(settings)  # before the ledger is locked, so a bad policy leaves it free
+    metrics = Metrics()
+    usage_log = UsageLog.from_settings(settings)
+    usage_log.register_metrics(metrics.registry)
+    return State(settings=settings, policy=policy, metrics=metrics, usage_log=usage_log)
 
 
 def create_app(settings: Settings, state: State | None = None) -> web.Application:
@@ -46,6 +53,7 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
         yield
         await state.session.close()
         state.session = None
+        await asyncio.to_thread(state.usage_log.close)  # a clean stop leaves every record fsynced
 
     app.cleanup_ctx.append(client_session)
     proxy = Proxy(state)

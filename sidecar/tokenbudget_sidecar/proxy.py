@@ -12,6 +12,7 @@ can be dropped (each OpenAI event is one line, so this adds no measurable delay)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -208,6 +209,7 @@ class Proxy:
         reading = Reading()
         resp: web.StreamResponse
         added = time.perf_counter() - started
+        settled = False
         try:
             async with session.request(request.method, url, data=payload, headers=headers) as up:
                 record.status = up.status
@@ -230,11 +232,13 @@ class Proxy:
                     resp.headers.update(ticket.headers)
                     if reading.usage is not None:
                         resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
-                    try:
+                    # Record before answering: a sidecar killed after the app got its answer must not
+                    # lose a call the provider billed.
+                    self.settle(record, reading, started, time.perf_counter() - after + added, ticket)
+                    settled = True
+                    with contextlib.suppress(*CLIENT_GONE):  # already recorded: the provider billed it
                         await resp.prepare(request)
                         await resp.write_eof()
-                    except CLIENT_GONE:
-                        record.outcome = Outcome.CLIENT_DISCONNECTED
                     added += time.perf_counter() - after
         except UPSTREAM_FAILED as exc:
             # Streams handle their own failures; here nothing has reached the app yet, so it gets an
@@ -244,7 +248,8 @@ class Proxy:
                                   f"tokenbudget: upstream {upstream.name} failed: {type(exc).__name__}",
                                   request_id=record.request_id)
         finally:
-            self.settle(record, reading, started, added, ticket)
+            if not settled:
+                self.settle(record, reading, started, added, ticket)
         return resp
 
     async def relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, dialect: Dialect, call: Call,

@@ -2,40 +2,168 @@
 
 The operator pulls `after=<cursor>` and acknowledges by cursor, so a retried pull never double counts
 and nothing is dropped before it is acknowledged.
+
+Without a ledger directory the log lives in memory only (tests, the demo, a plain metering proxy).
+With one (`TOKENBUDGET_LEDGER_DIR`, an emptyDir in pods) every record is written to the durable
+ledger (see ledger.py) when it is appended, and `after()` shows only records already fsynced, so a
+sequence number the operator has seen is never handed out again after a crash. Records become
+visible within the ledger's group-commit interval (50 ms); `await flush()` makes them visible at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import deque
 
+from prometheus_client import CollectorRegistry, Gauge
+
+from tokenbudget_sidecar.ledger import Ledger
+from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.usage import UsageRecord
+
+log = logging.getLogger(__name__)
+
+BACKLOG_WARNING = 50_000  # unacknowledged records (~25 MB on disk and in memory): the operator is behind
 
 
 class UsageLog:
-    def __init__(self) -> None:
+    """Unacknowledged usage records in seq order, optionally backed by a durable `Ledger`.
+
+    Everything here runs on the event loop; the ledger's fsyncs run on its own thread.
+    """
+
+    def __init__(self, ledger: Ledger | None = None, *, backlog_warning: int = BACKLOG_WARNING) -> None:
         self._records: deque[UsageRecord] = deque()
         self.last_seq = 0
         self.acked = 0
         self.changed = asyncio.Event()
+        self.ledger = ledger
+        self.backlog_warning = backlog_warning
+        self._backlog_warned = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if ledger is not None:
+            replayed = ledger.open()
+            self._records.extend(replayed.records)
+            self.last_seq, self.acked = replayed.last_seq, replayed.acked
+            ledger.on_durable = self._wake
+            self._check_backlog()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UsageLog:
+        """Durable when `settings.ledger_dir` is set, in memory otherwise."""
+        return cls(Ledger(settings.ledger_dir) if settings.ledger_dir is not None else None)
 
     def append(self, record: UsageRecord) -> UsageRecord:
-        self.last_seq += 1
-        record.seq = self.last_seq
+        """Give the record the next seq and keep it; with a ledger, it is on its way to disk on return.
+
+        Never raises for a failed disk write (this runs at settlement, after the app got its answer):
+        the record stays in memory, is still reported, and the failure is logged and counted.
+        """
+        record.seq = self.last_seq + 1
+        if self.ledger is not None:
+            if self._loop is None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop = asyncio.get_running_loop()
+            try:
+                self.ledger.write(record)
+            except OSError:
+                log.exception("ledger write failed; the record is kept in memory only",
+                              extra={"record": {"seq": record.seq, "request_id": record.request_id}})
+        self.last_seq = record.seq
         self._records.append(record)
         self.changed.set()
+        self._check_backlog()
         return record
 
+    @property
+    def visible_seq(self) -> int:
+        """The last seq the operator may see: fsynced with a ledger, the last appended without."""
+        return self.ledger.durable_seq if self.ledger is not None else self.last_seq
+
     def after(self, cursor: int, limit: int = 1000) -> list[UsageRecord]:
-        return [r for r in self._records if r.seq > cursor][:limit]
+        """Up to `limit` records with seq > cursor, oldest first, that are durable (see `visible_seq`)."""
+        visible = self.visible_seq
+        out: list[UsageRecord] = []
+        for record in self._records:  # the deque is short (unacknowledged only) and ordered by seq
+            if record.seq > visible or len(out) >= limit:
+                break
+            if record.seq > cursor:
+                out.append(record)
+        return out
 
     def ack(self, cursor: int) -> int:
-        """Drop records up to `cursor`; returns how many remain."""
+        """Drop records up to `cursor` (persisted with a ledger); returns how many remain.
+
+        Clamped to `last_seq`, not to `visible_seq`: acknowledging a record not yet durable is the
+        operator's call (it says it has it), and the ack file's cursor keeps its seq from being reused.
+        """
         cursor = min(cursor, self.last_seq)
         while self._records and self._records[0].seq <= cursor:
             self._records.popleft()
-        self.acked = max(self.acked, cursor)
+        if cursor > self.acked:
+            self.acked = cursor
+            if self.ledger is not None:
+                try:
+                    self.ledger.ack(cursor, self.last_seq)
+                except OSError:
+                    log.exception("ledger ack write failed; the records are dropped from memory but may "
+                                  "be offered again after a restart", extra={"record": {"cursor": cursor}})
+        self._check_backlog()
         return len(self._records)
 
     def all(self) -> list[UsageRecord]:
+        """Every unacknowledged record, durable or not (a local view for tests, not for the operator)."""
         return list(self._records)
+
+    @property
+    def pending(self) -> int:
+        """Unacknowledged records."""
+        return len(self._records)
+
+    async def flush(self) -> None:
+        """Wait (off the loop) until every appended record is durable, so `after()` returns all of them."""
+        if self.ledger is not None:
+            await self.ledger.sync_async()
+
+    def close(self) -> None:
+        """Make everything durable and release the ledger directory (blocking: call it off the loop)."""
+        if self.ledger is not None:
+            self.ledger.close()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Gauges computed at scrape time, so the hot path pays nothing for them."""
+        Gauge("tokenbudget_usage_unacked_records", "Usage records not yet acknowledged by the operator.",
+              registry=registry).set_function(lambda: len(self._records))
+        Gauge("tokenbudget_usage_last_seq", "Seq of the last usage record appended.",
+              registry=registry).set_function(lambda: self.last_seq)
+        Gauge("tokenbudget_usage_acked_seq", "The operator's acknowledgement cursor.",
+              registry=registry).set_function(lambda: self.acked)
+        ledger = self.ledger
+        if ledger is not None:
+            Gauge("tokenbudget_ledger_bytes", "Bytes in the ledger's segment files.",
+                  registry=registry).set_function(ledger.disk_bytes)
+            Gauge("tokenbudget_ledger_durable_seq", "Seq of the last usage record fsynced.",
+                  registry=registry).set_function(lambda: ledger.durable_seq)
+            Gauge("tokenbudget_ledger_write_errors", "Failed ledger writes or fsyncs since start.",
+                  registry=registry).set_function(lambda: ledger.write_errors)
+
+    def _check_backlog(self) -> None:
+        """Warn once when the backlog crosses the threshold; re-arm below half of it (no flapping)."""
+        pending = len(self._records)
+        if not self._backlog_warned and pending >= self.backlog_warning:
+            self._backlog_warned = True
+            log.warning("usage backlog is large: is the operator pulling and acknowledging?",
+                        extra={"record": {"unacked": pending, "threshold": self.backlog_warning,
+                                          "acked": self.acked, "lastSeq": self.last_seq}})
+        elif self._backlog_warned and pending < self.backlog_warning // 2:
+            self._backlog_warned = False
+            log.info("usage backlog back to normal", extra={"record": {"unacked": pending}})
+
+    def _wake(self) -> None:
+        """Called on the ledger's sync thread when records became durable: wake pullers on the loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(self.changed.set)
