@@ -42,8 +42,10 @@ test-fast: setup
 demo: setup
 	$(PY) -m tokenbudget_sidecar.demo
 
-benchmarks: setup
+# Benchmarks print figures and assert nothing; run them on a quiet machine.
+benchmarks: setup envtest
 	$(PY) benchmarks/sidecar_latency.py
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) benchmarks/webhook_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

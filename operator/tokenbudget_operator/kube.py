@@ -1,0 +1,92 @@
+"""The few Kubernetes API calls the webhook makes itself, all at startup or on certificate rotation.
+
+Never on the admission path: admission reviews are answered from kopf's in-memory indexes. These functions
+are blocking (the official client); callers run them with asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+logger = logging.getLogger(__name__)
+
+
+def api_client() -> Any:
+    """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def server_version(api: Any) -> tuple[int, int, str]:
+    """(major, minor, gitVersion); minor strips vendor suffixes such as GKE's '37+'."""
+    info = client.VersionApi(api).get_code()
+    return _leading_int(info.major), _leading_int(info.minor), str(info.git_version)
+
+
+def _leading_int(text: str | None) -> int:
+    found = re.match(r"\d+", text or "")
+    return int(found[0]) if found else 0
+
+
+def namespace_names(api: Any) -> set[str]:
+    """Names of all namespaces now (paged), to know when kopf's namespace index has caught up."""
+    core: Any = client.CoreV1Api(api)  # Any: the client's models type every field as optional
+    found: set[str] = set()
+    token: str | None = None
+    while True:
+        page = core.list_namespace(limit=500, _continue=token) if token else core.list_namespace(limit=500)
+        found.update(item.metadata.name for item in page.items)
+        token = page.metadata._continue
+        if not token:
+            return found
+
+
+def namespaces_with_secret(api: Any, name: str) -> set[str]:
+    """Namespaces holding a Secret called `name` (server-side field selector: no other Secret is read)."""
+    core: Any = client.CoreV1Api(api)
+    page = core.list_secret_for_all_namespaces(field_selector=f"metadata.name={name}")
+    return {item.metadata.namespace for item in page.items}
+
+
+def apply_mutating_webhook_configuration(api: Any, body: dict[str, Any], attempts: int = 5) -> str:
+    """Create the configuration, or replace the stored one with body; returns created/replaced/unchanged."""
+    admission: Any = client.AdmissionregistrationV1Api(api)  # Any: it takes plain dicts as bodies
+    name = body["metadata"]["name"]
+    for _ in range(attempts):
+        try:
+            stored = admission.read_mutating_webhook_configuration(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                admission.create_mutating_webhook_configuration(body)
+            except ApiException as create_exc:
+                if create_exc.status == 409:  # created meanwhile: replace it on the next round
+                    continue
+                raise
+            return "created"
+        current = api.sanitize_for_serialization(stored)
+        if current.get("webhooks") == body["webhooks"] and _labels(current) == _labels(body):
+            return "unchanged"
+        replacement = {**body, "metadata": {**body["metadata"], "resourceVersion": stored.metadata.resource_version}}
+        try:
+            admission.replace_mutating_webhook_configuration(name, replacement)
+        except ApiException as exc:
+            if exc.status == 409:  # someone else wrote in between: read again
+                continue
+            raise
+        return "replaced"
+    raise RuntimeError(f"MutatingWebhookConfiguration {name}: still conflicting after {attempts} attempts")
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
+    return labels

@@ -1,0 +1,454 @@
+"""The injection webhook against a real kube-apiserver (and kube-controller-manager), the operator a real process.
+
+The operator runs as `python -m tokenbudget_operator` with a loopback webhook URL, writes its own
+MutatingWebhookConfiguration, and the apiserver calls it over TLS. Whether the apiserver called at all is read
+from the operator's /metrics (tokenbudget_webhook_requests_total). Pods stay Pending: there is no kubelet.
+
+The module's operator is stopped by the last test (failurePolicy Ignore with nobody listening), so that test
+stays last in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from controlplane import ControlPlane, KubectlError, _die_with_parent, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from tokenbudget_api import names
+from tokenbudget_operator import certs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OPERATOR_NAMESPACE = "tokenbudget-system"
+INJECTED_NS = "tb-webhook-injected"  # labelled enabled, has the admin token Secret
+PLAIN_NS = "tb-webhook-plain"  # not labelled
+NO_SECRET_NS = "tb-webhook-nosecret"  # labelled enabled, no admin token Secret
+DEPLOY_NS = "tb-webhook-deploy"  # labelled enabled, for the Deployment
+ROTATE_NS = "tb-webhook-rotate"  # served by the second operator only (certificate rotation)
+LATE_NS = "tb-webhook-late"  # labelled only after the operator started
+CONFIG_NAME = "tokenbudget-sidecar-injector-tests"
+
+
+class OperatorProcess:
+    """`python -m tokenbudget_operator` against the test control plane; output in a log file."""
+
+    def __init__(self, kube: ControlPlane, workdir: Path, name: str, **settings: str) -> None:
+        self.kube = kube
+        self.webhook_port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        self.config_name = settings.pop("webhook_configuration_name", CONFIG_NAME)
+        values = {
+            "namespace": OPERATOR_NAMESPACE,
+            "webhook_listen_host": "127.0.0.1",
+            "webhook_port": str(self.webhook_port),
+            "webhook_url": f"https://127.0.0.1:{self.webhook_port}",
+            "webhook_config_owner": "Operator",
+            "webhook_configuration_name": self.config_name,
+            "tls_source": "SelfSigned",
+            "metrics_host": "127.0.0.1",
+            "metrics_port": str(self.metrics_port),
+            "index_wait_timeout_s": "10",
+            **settings,
+        }
+        self.env = {**kube.env(), **{f"TOKENBUDGET_OPERATOR_{key.upper()}": value for key, value in values.items()}}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tokenbudget_operator"],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited with {self.proc.returncode}\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if self._get("/readyz")[0] == 200:
+                    return self
+            time.sleep(0.1)
+        raise AssertionError(f"operator not ready in {timeout:.0f} s\n{self.log_tail()}")
+
+    def stop(self, grace: float = 5.0) -> float:
+        """SIGTERM, then SIGKILL after grace seconds (kopf can hang on SIGTERM); returns the seconds it took."""
+        began = time.monotonic()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        return time.monotonic() - began
+
+    def _get(self, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def samples(self, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """Samples of one metric from /metrics, keyed by their sorted labels."""
+        status, text = self._get("/metrics")
+        assert status == 200
+        return {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == metric
+        }
+
+    def webhook_calls(self) -> float:
+        return sum(self.samples("tokenbudget_webhook_requests_total").values())
+
+    def admissions(self, action: str, reason: str, dry_run: bool = False) -> float:
+        key = (("action", action), ("dry_run", str(dry_run).lower()), ("reason", reason))
+        return self.samples("tokenbudget_webhook_admissions_total").get(key, 0.0)
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def namespace(kube: ControlPlane, name: str, *, enabled: bool, secret: bool) -> None:
+    labels = {names.INJECTION_LABEL: names.INJECTION_ENABLED} if enabled else {}
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    if secret:
+        kube.kubectl(
+            "create", "secret", "generic", names.ADMIN_TOKEN_SECRET, "-n", name,
+            f"--from-literal={names.ADMIN_TOKEN_SECRET_KEY}=test-token",
+        )  # fmt: skip
+
+
+def pod_manifest(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    labels = spec.pop("labels", {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "chat", **labels}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example.com/chat:1.4.2",
+                    "env": [{"name": "OPENAI_BASE_URL", "value": "https://gateway.example.com/v1"}],
+                }
+            ],
+            **spec,
+        },
+    }
+
+
+def create_pod(kube: ControlPlane, name: str, ns: str, *args: str, **spec: Any) -> tuple[dict[str, Any], str]:
+    """kubectl create a pod; returns the object the apiserver answered with, and kubectl's stderr (warnings)."""
+    done = kube.kubectl("create", "-f", "-", "-o", "json", *args, input=json.dumps(pod_manifest(name, ns, **spec)))
+    pod: dict[str, Any] = json.loads(done.stdout)
+    return pod, done.stderr
+
+
+def stored_pod(kube: ControlPlane, name: str, ns: str) -> dict[str, Any]:
+    pod: dict[str, Any] = json.loads(kube.kubectl("get", "pod", name, "-n", ns, "-o", "json").stdout)
+    return pod
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any] | None:
+    containers = [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+    return next((c for c in containers if c["name"] == names.SIDECAR_CONTAINER), None)
+
+
+def webhook_configuration(kube: ControlPlane, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(kube.kubectl("get", "mutatingwebhookconfiguration", name, "-o", "json").stdout)
+    return body
+
+
+@pytest.fixture(scope="module")
+def operator(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator process for the module, started after its namespaces exist (its indexes list them)."""
+    namespace(kube, OPERATOR_NAMESPACE, enabled=True, secret=True)  # labelled, yet excluded by name
+    namespace(kube, INJECTED_NS, enabled=True, secret=True)
+    namespace(kube, PLAIN_NS, enabled=False, secret=True)
+    namespace(kube, NO_SECRET_NS, enabled=True, secret=False)
+    namespace(kube, DEPLOY_NS, enabled=True, secret=True)
+    proc = OperatorProcess(
+        kube, tmp_path_factory.mktemp("operator"), "operator", excluded_namespaces=json.dumps([ROTATE_NS])
+    )
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+        # Leave the shared control plane as other modules expect it: no webhook, no labelled namespaces.
+        kube.kubectl("delete", "mutatingwebhookconfiguration", CONFIG_NAME, "--ignore-not-found", check=False)
+        kube.kubectl("label", "namespace", OPERATOR_NAMESPACE, f"{names.INJECTION_LABEL}-", check=False)
+        test_namespaces = (INJECTED_NS, PLAIN_NS, NO_SECRET_NS, DEPLOY_NS, ROTATE_NS, LATE_NS)
+        kube.kubectl("delete", "namespace", "--ignore-not-found", "--wait=false", *test_namespaces, check=False)
+
+
+def test_the_apiserver_calls_the_webhook_over_tls_and_stores_the_injected_pod(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    calls = operator.webhook_calls()
+    answered, _ = create_pod(kube, "chat", INJECTED_NS)
+    assert operator.webhook_calls() == calls + 1
+    pod = stored_pod(kube, "chat", INJECTED_NS)
+    assert pod["spec"] == answered["spec"]
+    # v1.37: a native sidecar, first init container; the apiserver validated and stored it.
+    sidecar = pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == names.SIDECAR_CONTAINER
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["metadata"]["annotations"][names.INJECTED_ANNOTATION] == names.INJECTION_CONTRACT_VERSION
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env[names.OPENAI_BASE_URL_ENV] == "https://gateway.example.com/v1"  # the pod's own value kept
+    assert env[names.ANTHROPIC_BASE_URL_ENV] == names.sidecar_base_url("anthropic")
+    assert env[names.GEMINI_BASE_URL_ENV] == names.sidecar_base_url("gemini")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[names.SIDECAR_ADMIN_TOKEN_VOLUME]["secret"]["secretName"] == names.ADMIN_TOKEN_SECRET
+
+    # The configuration the apiserver used: TLS to a loopback URL, trusted through our caBundle only.
+    (hook,) = webhook_configuration(kube, CONFIG_NAME)["webhooks"]
+    assert hook["clientConfig"]["url"] == f"https://127.0.0.1:{operator.webhook_port}/{names.WEBHOOK_ID}"
+    assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"]) == ("Ignore", 5, "None")
+    ca = base64.b64decode(hook["clientConfig"]["caBundle"]).decode()
+    assert served_certificate(operator.webhook_port, ca)
+
+
+def served_certificate(port: int, ca_pem: str) -> bytes:
+    """The DER certificate the webhook server presents, verified against ca_pem for the IP 127.0.0.1."""
+    context = ssl.create_default_context(cadata=ca_pem)
+
+    async def fetch() -> bytes:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="127.0.0.1")
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return bytes(der)
+
+    return asyncio.run(fetch())
+
+
+def test_pods_the_webhook_would_skip_are_untouched_and_never_sent_to_it(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    calls = operator.webhook_calls()
+    skipped = [
+        create_pod(kube, "plain", PLAIN_NS)[0],  # namespace not opted in
+        create_pod(kube, "opted-out", INJECTED_NS, labels={names.INJECTION_LABEL: names.INJECTION_DISABLED})[0],
+        create_pod(kube, "own-namespace", OPERATOR_NAMESPACE)[0],  # labelled enabled, excluded by name
+    ]
+    assert operator.webhook_calls() == calls, "the selectors should have kept these away from the webhook"
+    for pod in skipped:
+        assert sidecar_of(pod) is None
+        assert names.INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+    # The counter does move for a pod it must see: the zero above is not a broken counter.
+    create_pod(kube, "control", INJECTED_NS)
+    assert operator.webhook_calls() == calls + 1
+
+
+def test_a_server_side_dry_run_gets_the_injected_pod_and_stores_nothing(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    before = operator.admissions("Inject", "NamespaceOptedIn", dry_run=True)
+    answered, _ = create_pod(kube, "dry", INJECTED_NS, "--dry-run=server")
+    assert sidecar_of(answered) is not None
+    assert operator.admissions("Inject", "NamespaceOptedIn", dry_run=True) == before + 1
+    missing = kube.kubectl("get", "pod", "dry", "-n", INJECTED_NS, check=False)
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr
+
+
+def test_a_pod_that_cannot_take_the_sidecar_is_admitted_unchanged_with_a_warning(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    pod, stderr = create_pod(kube, "on-host", INJECTED_NS, hostNetwork=True)
+    assert sidecar_of(pod) is None
+    assert "Warning: tokenbudget: sidecar not injected: hostNetwork" in stderr
+    pod, stderr = create_pod(kube, "no-secret", NO_SECRET_NS)
+    assert sidecar_of(pod) is None
+    assert f"Secret '{names.ADMIN_TOKEN_SECRET}'" in stderr
+    assert operator.admissions("Skip", "AdminTokenSecretMissing") == 1
+
+
+def test_a_namespace_labelled_after_the_operator_started_is_injected(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    namespace(kube, LATE_NS, enabled=False, secret=True)
+    assert sidecar_of(create_pod(kube, "before-label", LATE_NS)[0]) is None
+    kube.kubectl("label", "namespace", LATE_NS, f"{names.INJECTION_LABEL}={names.INJECTION_ENABLED}")
+    # The apiserver's selector sees the label at once; the operator's index a watch event later.
+    deadline = time.monotonic() + 10
+    while True:
+        pod, _ = create_pod(kube, "after-label", LATE_NS, "--dry-run=server")
+        if sidecar_of(pod) is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sidecar_of(pod) is not None
+
+
+def test_a_deployments_pods_made_by_the_controller_manager_are_injected(
+    kube_controllers: ControlPlane, operator: OperatorProcess
+) -> None:
+    kube = kube_controllers
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": DEPLOY_NS},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "chat"}},
+            "template": {
+                "metadata": {"labels": {"app": "chat"}},
+                "spec": pod_manifest("unused", DEPLOY_NS)["spec"],
+            },
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    deadline = time.monotonic() + 30
+    pods: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        listed = json.loads(kube.kubectl("get", "pods", "-n", DEPLOY_NS, "-l", "app=chat", "-o", "json").stdout)
+        pods = listed["items"]
+        if len(pods) == 2:
+            break
+        time.sleep(0.2)
+    assert len(pods) == 2, f"the ReplicaSet made {len(pods)} pods\n{kube.log_tail()}"
+    for pod in pods:
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+        sidecar = sidecar_of(pod)
+        assert sidecar is not None, pod["metadata"]["name"]
+        assert sidecar["restartPolicy"] == "Always"
+        assert pod["metadata"]["annotations"][names.INJECTED_ANNOTATION] == names.INJECTION_CONTRACT_VERSION
+    # The template itself is untouched: only pods are mutated, so `kubectl apply` sees no drift.
+    stored = json.loads(kube.kubectl("get", "deployment", "chat", "-n", DEPLOY_NS, "-o", "json").stdout)
+    assert sidecar_of(stored["spec"]["template"]) is None
+
+
+def test_a_rotated_certificate_in_the_secret_dir_is_served_without_a_restart(
+    kube: ControlPlane, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """A second operator in SecretDir mode, alone on its namespace: swap the files, keep injecting."""
+    namespace(kube, ROTATE_NS, enabled=True, secret=True)
+    tls_dir = tmp_path / "tls"
+    second = OperatorProcess(
+        kube,
+        tmp_path,
+        "operator-rotate",
+        webhook_configuration_name=f"{CONFIG_NAME}-rotate",
+        tls_source="SecretDir",
+        tls_dir=str(tls_dir),
+        tls_reload_interval_s="0.1",
+        excluded_namespaces=json.dumps([INJECTED_NS, PLAIN_NS, NO_SECRET_NS, DEPLOY_NS, LATE_NS]),
+    )
+    certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
+    try:
+        second.start()
+        assert sidecar_of(create_pod(kube, "before-rotation", ROTATE_NS)[0]) is not None
+        pid = second.proc.pid if second.proc else None
+
+        rotated = certs.generate(["127.0.0.1"])  # a new CA too: the caBundle must follow
+        certs.write_material(rotated, tls_dir)
+        deadline = time.monotonic() + 10
+        while second.samples("tokenbudget_webhook_tls_reloads_total").get((), 0.0) < 1:
+            assert time.monotonic() < deadline, second.log_tail()
+            time.sleep(0.1)
+        # Served now: the new certificate, verified by the new CA alone.
+        served = served_certificate(second.webhook_port, rotated.ca_pem.decode())
+        assert served == ssl.PEM_cert_to_DER_cert(rotated.cert_pem.decode())
+        deadline = time.monotonic() + 10
+        while True:
+            (hook,) = webhook_configuration(kube, second.config_name)["webhooks"]
+            if base64.b64decode(hook["clientConfig"]["caBundle"]) == rotated.ca_pem or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == rotated.ca_pem
+        assert sidecar_of(create_pod(kube, "after-rotation", ROTATE_NS)[0]) is not None
+        assert second.proc is not None
+        assert second.proc.pid == pid
+        assert second.proc.poll() is None
+    finally:
+        second.stop()
+        kube.kubectl("delete", "mutatingwebhookconfiguration", second.config_name, "--ignore-not-found", check=False)
+
+
+# Keep last: it stops the module's operator.
+def test_with_the_operator_stopped_and_failure_policy_ignore_pods_still_create(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    took = operator.stop()
+    assert took < 5.0, f"the operator needed SIGKILL after {took:.1f} s\n{operator.log_tail()}"
+    # The configuration stays (it is not the operator's to withdraw on shutdown) and points at nobody.
+    (hook,) = webhook_configuration(kube, CONFIG_NAME)["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    began = time.monotonic()
+    pod, _ = create_pod(kube, "while-down", INJECTED_NS)
+    assert time.monotonic() - began < float(hook["timeoutSeconds"])
+    assert sidecar_of(pod) is None
+    # And the configuration really was in play: with Fail, the same creation is refused.
+    kube.kubectl(
+        "patch", "mutatingwebhookconfiguration", CONFIG_NAME, "--type=json",
+        "-p", json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}]),
+    )  # fmt: skip
+    with pytest.raises(KubectlError, match="failed calling webhook"):
+        create_pod(kube, "while-down-fail", INJECTED_NS)
+
+
+# -- TLS material, without a control plane --------------------------------------------------------------
+
+
+def test_a_generated_certificate_verifies_for_its_ip_and_dns_names_under_its_ca() -> None:
+    material = certs.generate(["tokenbudget-webhook.tokenbudget-system.svc", "127.0.0.1"])
+    server = certs.server_context(material)
+    client = ssl.create_default_context(cadata=material.ca_pem.decode())
+
+    async def handshake(server_hostname: str) -> None:
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname=server_hostname)
+            writer.close()
+        finally:
+            listener.close()
+
+    asyncio.run(handshake("127.0.0.1"))
+    asyncio.run(handshake("tokenbudget-webhook.tokenbudget-system.svc"))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        asyncio.run(handshake("other.example.com"))
+
+
+async def test_the_secret_dir_source_notices_replaced_files(tmp_path: Path) -> None:
+    certs.write_material(certs.generate(["127.0.0.1"]), tmp_path)
+    source = certs.SecretDirSource(tmp_path, interval=0.02)
+    first = source.current()
+    waiting = asyncio.create_task(source.wait_for_change())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    renewed = certs.generate(["127.0.0.1"])
+    certs.write_material(renewed, tmp_path)
+    await asyncio.wait_for(waiting, timeout=2)
+    assert source.current().cert_pem == renewed.cert_pem != first.cert_pem
