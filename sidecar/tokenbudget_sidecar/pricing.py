@@ -30,20 +30,52 @@ def _override_cost(price: ModelPrice, usage: Usage) -> Decimal:
     return total / MILLION
 
 
+FAST_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+# Any other priced dimension (audio, images, searches) means the fast path would miss something.
+OTHER_FIELDS = ("input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok", "requests_kcount")
+
+
 @lru_cache(maxsize=4096)
-def _catalog_knows(model: str, base_url: str) -> tuple[str | None, bool]:
-    """Which lookup finds the model: by the upstream's URL, by model name alone, or none (cached)."""
+def catalog_price(model: str, base_url: str) -> genai_prices.types.ModelPrice | None:
+    """The catalog's price for a model, found once: the lookup costs tens of microseconds per call.
+
+    Found by the upstream's URL first (a provider's own endpoint), then by model name alone. The price
+    in force at first use is kept for the life of the process (catalog prices change rarely, and pods
+    are replaced far more often).
+    """
     probe = genai_prices.Usage(input_tokens=1, output_tokens=1)
-    try:
-        genai_prices.calc_price(probe, model, provider_api_url=base_url)
-        return base_url, True
-    except LookupError:
-        pass
-    try:
-        genai_prices.calc_price(probe, model)
-        return None, True
-    except LookupError:
-        return None, False
+    for url in (base_url, None):
+        try:
+            return genai_prices.calc_price(probe, model, provider_api_url=url).model_price
+        except LookupError:
+            continue
+    return None
+
+
+def _flat(price: genai_prices.types.ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal | None] | None:
+    """Per-million prices when they are plain numbers (no context tiers, no other dimensions)."""
+    values = [getattr(price, name, None) for name in FAST_FIELDS]
+    if any(getattr(price, name, None) is not None for name in OTHER_FIELDS):
+        return None
+    if not all(v is None or isinstance(v, Decimal) for v in values) or values[0] is None or values[1] is None:
+        return None
+    inp, out, read, write = (v if isinstance(v, Decimal) else None for v in values)
+    assert inp is not None and out is not None
+    return inp, out, read if read is not None else inp, write
+
+
+def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage) -> Decimal:
+    flat = _flat(price)
+    if flat is None:  # tiered or multi-dimensional: let the catalog do it
+        return Decimal(price.calc_price(genai_prices.Usage(
+            input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_creation_input_tokens, output_tokens=usage.output_tokens,
+        ))["total_price"])
+    inp, out, read, write = flat
+    uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_creation_input_tokens
+    total = uncached * inp + usage.cached_input_tokens * read + usage.output_tokens * out
+    total += usage.cache_creation_input_tokens * (write if write is not None else inp)
+    return total / MILLION
 
 
 class PriceBook:
@@ -55,17 +87,7 @@ class PriceBook:
         override = self.overrides.get(model)
         if override is not None:
             return _override_cost(override, usage), "override"
-        url, known = _catalog_knows(model, base_url)
-        if not known:
+        price = catalog_price(model, base_url)
+        if price is None:
             return None, None
-        calc = genai_prices.calc_price(
-            genai_prices.Usage(
-                input_tokens=usage.input_tokens,
-                cache_read_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_creation_input_tokens,
-                output_tokens=usage.output_tokens,
-            ),
-            model,
-            provider_api_url=url,
-        )
-        return Decimal(calc.total_price), "catalog"
+        return catalog_cost(price, usage), "catalog"
