@@ -60,7 +60,8 @@ def _flat(price: genai_prices.types.ModelPrice) -> tuple[Decimal, Decimal, Decim
     if not all(v is None or isinstance(v, Decimal) for v in values) or values[0] is None or values[1] is None:
         return None
     inp, out, read, write = (v if isinstance(v, Decimal) else None for v in values)
-    assert inp is not None and out is not None
+    assert inp is not None
+    assert out is not None
     return inp, out, read if read is not None else inp, write
 
 
