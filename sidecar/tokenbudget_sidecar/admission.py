@@ -224,7 +224,7 @@ class Admission:
             return
         ticket.settled = True
         for b, reservation in ticket.holds:
-            b.settle(reservation, record.usage.total_tokens, record.cost_usd)
+            b.settle(reservation, record.usage.total_tokens, record.cost_usd, record.time)
         ticket.holds = []
         record.budgets = [b.name for b in self.budgets]
         record.decisions = list(ticket.decisions)

@@ -254,11 +254,16 @@ class BudgetState:
         self.throttle_next = start + interval
         return (start - now).total_seconds()
 
-    def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None) -> None:
-        """Replace the holds by actual use, exactly once; unknown reservations are ignored (expired)."""
+    def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None,
+               started: dt.datetime | None = None) -> None:
+        """Replace the holds by actual use, exactly once; unknown reservations are ignored (expired).
+
+        Use counts in the period the call started in (`started`), as the operator and a ledger replay
+        count it: a call begun before midnight and settled after it belongs to the old day.
+        """
         if self.reservations.pop(reservation.id, None) is None:
             return
-        now = self.clock.now()
+        now = started or self.clock.now()
         for window, amount in reservation.holds:
             window.reserved -= amount
             actual = _actual(window.limit, tokens, cost_usd, amount)
