@@ -1,0 +1,422 @@
+"""One pod's effective policy: every TokenBudget and ThinkTier that selects it, combined into a `SidecarPolicy`.
+
+A pure function of what the operator's indexes hold (`PodView`, `BudgetView`, `TierView`), so the kopf
+handlers stay tiny and every combination rule below is a row in tests/test_effective_policy.py.
+
+Which objects apply: every TokenBudget and ThinkTier *in the pod's namespace* whose `selector` matches
+the pod's labels (Kubernetes LabelSelector semantics: an empty selector selects every pod). They are
+ordered by name, so the result never depends on the order an index returned them in.
+
+How overlaps combine (README table):
+
+    aspect          rule                                                   why
+    budgets         every matching budget applies independently; the      the sidecar admits a call only if every
+                    strictest cap wins in effect                           budget's every window has room for it
+    upstreams       union of the budgets' upstreams; a budget without any  one path prefix must mean one endpoint;
+                    contributes the defaults (openai, anthropic, gemini)   "first by name" is predictable and is
+                    for names no budget declares; same name, different     reported, not silently picked
+                    baseURL/dialect/key: the budget first by name wins,
+                    UpstreamConflict reported
+    prices          an override for a model in any budget applies; if      overestimating spend is the safe side:
+                    budgets disagree, the highest price field by field     a dollar cap is never loosened by a
+                    (input, output, cached, cache write, every context     cheaper override elsewhere
+                    tier), PriceConflict reported
+    onDisconnect    Drain unless every matching budget says Cut            Drain reads on for the provider's real
+                                                                           usage; Cut only estimates it
+    failMode        Closed if any matching budget says Closed              the strictest: an unreachable operator
+                                                                           must not open a budget someone closed
+    ThinkTiers      every matching ThinkTier is passed on, by name;        the annotation authorizes, the ThinkTier
+                    Required tiers only as authorized by the pod's         decides what needs authorizing
+                    annotation (comma-separated) and only when they exist
+                    and require authorization; an unknown name is reported
+
+The version is a digest of the inputs' identities (kind, namespace, name, uid, generation) and of the
+policy's content (leases included), so the same inputs always give the same version and the sidecar's
+idempotent PUT is a no-op; a deleted and re-created budget with the same spec gets a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from tokenbudget_api import names
+from tokenbudget_api.policy import (
+    BudgetPolicy,
+    Lease,
+    PolicyUpstream,
+    SidecarPolicy,
+    ThinkTierPolicy,
+    default_upstreams,
+)
+from tokenbudget_api.thinktier import Authorization, ThinkTierSpec
+from tokenbudget_api.tokenbudget import FailMode, ModelPrice, OnDisconnect, PriceTier, TokenBudgetSpec, Upstream
+from tokenbudget_operator.conditions import Problem
+
+
+class ProblemReason(StrEnum):
+    """Reasons of the problems this module reports (CamelCase, used as condition reasons)."""
+
+    UPSTREAM_CONFLICT = "UpstreamConflict"
+    PRICE_CONFLICT = "PriceConflict"
+    UNKNOWN_AUTHORIZED_TIER = "UnknownAuthorizedTier"
+    OVERLAPPING_THINK_TIERS = "OverlappingThinkTiers"
+
+
+# ----- what the operator indexes -------------------------------------------------------------------------
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = body.get("metadata") or {}
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _str_map(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The parts of a Pod the policy depends on (labels choose budgets, an annotation authorizes tiers)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodView:
+        meta = _meta(body)
+        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0),
+                   labels=_str_map(meta.get("labels")), annotations=_str_map(meta.get("annotations")))
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """A TokenBudget as indexed: identity, generation and parsed spec (status is not an input)."""
+
+    namespace: str
+    name: str
+    spec: TokenBudgetSpec
+    uid: str = ""
+    generation: int = 0
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> BudgetView:
+        meta = _meta(body)
+        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                   spec=TokenBudgetSpec.model_validate(body.get("spec") or {}),
+                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0))
+
+    @property
+    def key(self) -> str:
+        """"namespace/name": how the sidecar names the budget in usage records and decisions."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class TierView:
+    """A ThinkTier as indexed."""
+
+    namespace: str
+    name: str
+    spec: ThinkTierSpec
+    uid: str = ""
+    generation: int = 0
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TierView:
+        meta = _meta(body)
+        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                   spec=ThinkTierSpec.model_validate(body.get("spec") or {}),
+                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0))
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The policy for one pod, the objects it came from, and what was wrong with them."""
+
+    policy: SidecarPolicy
+    budgets: tuple[str, ...]  # "namespace/name" of the matching TokenBudgets, by name
+    tiers: tuple[str, ...]  # "namespace/name" of the matching ThinkTiers, by name
+    problems: tuple[Problem, ...]
+
+
+# ----- selection -----------------------------------------------------------------------------------------
+
+
+def selects(view: BudgetView | TierView, pod: PodView) -> bool:
+    """Whether `view` applies to `pod`: same namespace and its selector matches the pod's labels."""
+    return view.namespace == pod.namespace and view.spec.selector.matches(dict(pod.labels))
+
+
+def authorized_tier_names(pod: PodView) -> list[str]:
+    """Tier names the pod's annotation lists: comma-separated, blanks ignored, de-duplicated, in order."""
+    raw = pod.annotations.get(names.AUTHORIZED_TIERS_ANNOTATION, "")
+    out: list[str] = []
+    for part in raw.split(","):
+        tier = part.strip()
+        if tier and tier not in out:
+            out.append(tier)
+    return out
+
+
+# ----- merging -------------------------------------------------------------------------------------------
+
+
+def _endpoint(u: Upstream) -> tuple[str, str, str | None, str | None]:
+    """What makes two declarations of one upstream name the same (a trailing slash is not a difference)."""
+    ref = u.api_key_secret_ref
+    return (u.base_url.rstrip("/"), u.dialect.value, ref.name if ref else None, ref.key if ref else None)
+
+
+def _policy_upstream(u: Upstream, key_dir: str) -> PolicyUpstream:
+    ref = u.api_key_secret_ref
+    key_file = f"{key_dir.rstrip('/')}/{ref.name}/{ref.key}" if ref is not None else None
+    return PolicyUpstream(name=u.name, base_url=u.base_url, dialect=u.dialect, api_key_file=key_file)
+
+
+def merge_upstreams(budgets: Sequence[BudgetView], key_dir: str) -> tuple[list[PolicyUpstream], list[Problem]]:
+    """Union by name, first budget by name wins a conflict; defaults for names nobody declares.
+
+    The defaults are included when no budget matches, or when at least one matching budget declares no
+    upstreams (an empty list counts as none): such a budget relies on the public endpoints.
+    """
+    chosen: dict[str, tuple[Upstream, BudgetView]] = {}
+    problems: list[Problem] = []
+    for b in budgets:
+        for u in b.spec.upstreams or []:
+            first = chosen.get(u.name)
+            if first is None:
+                chosen[u.name] = (u, b)
+            elif _endpoint(first[0]) != _endpoint(u):
+                winner, owner = first
+                problems.append(Problem(
+                    ProblemReason.UPSTREAM_CONFLICT,
+                    f"upstream {u.name} is {u.base_url} ({u.dialect.value}) in budget {b.name} but "
+                    f"{winner.base_url} ({winner.dialect.value}) in budget {owner.name}; pods selected by both "
+                    f"use {owner.name}'s (first by name)",
+                    b.key,
+                ))
+    out = {name: _policy_upstream(u, key_dir) for name, (u, _) in chosen.items()}
+    if not budgets or any(not b.spec.upstreams for b in budgets):
+        for d in default_upstreams():
+            out.setdefault(d.name, d)
+    return [out[name] for name in sorted(out)], problems
+
+
+def _tier_price(price: ModelPrice, above: int) -> tuple[Decimal, Decimal]:
+    """(input, output) per million for a call with more than `above` input tokens under `price`."""
+    best: PriceTier | None = None
+    for t in price.tiers or []:
+        if t.above_input_tokens <= above and (best is None or t.above_input_tokens > best.above_input_tokens):
+            best = t
+    if best is None:
+        return price.input_per_million, price.output_per_million
+    return best.input_per_million, best.output_per_million
+
+
+def _max_optional(prices: Sequence[ModelPrice], attr: str) -> Decimal | None:
+    """Highest explicit value of an optional price, counting an unset one as the input price it defaults to."""
+    values = [getattr(p, attr) for p in prices]
+    if all(v is None for v in values):
+        return None
+    return max(v if v is not None else p.input_per_million for v, p in zip(values, prices, strict=True))
+
+
+def highest_price(prices: Sequence[ModelPrice]) -> ModelPrice:
+    """The field-by-field maximum of several overrides for one model, context tiers included.
+
+    Price tiers are step functions of input size, so the merged tiers are the pointwise maximum of those
+    functions, evaluated at every threshold any override declares.
+    """
+    thresholds = sorted({t.above_input_tokens for p in prices for t in p.tiers or []})
+    tiers = [
+        PriceTier(above_input_tokens=above,
+                  input_per_million=max(_tier_price(p, above)[0] for p in prices),
+                  output_per_million=max(_tier_price(p, above)[1] for p in prices))
+        for above in thresholds
+    ]
+    return ModelPrice(
+        model=prices[0].model,
+        input_per_million=max(p.input_per_million for p in prices),
+        output_per_million=max(p.output_per_million for p in prices),
+        cached_input_per_million=_max_optional(prices, "cached_input_per_million"),
+        cache_write_per_million=_max_optional(prices, "cache_write_per_million"),
+        tiers=tiers or None,
+    )
+
+
+def merge_prices(budgets: Sequence[BudgetView]) -> tuple[list[ModelPrice], list[Problem]]:
+    """Every override applies; where budgets disagree on a model, the highest price (and a PriceConflict)."""
+    by_model: dict[str, list[tuple[ModelPrice, BudgetView]]] = {}
+    for b in budgets:
+        for p in (b.spec.models.prices if b.spec.models else None) or []:
+            by_model.setdefault(p.model, []).append((p, b))
+    out: list[ModelPrice] = []
+    problems: list[Problem] = []
+    for model in sorted(by_model):
+        entries = by_model[model]
+        distinct = {json.dumps(p.wire(), sort_keys=True) for p, _ in entries}
+        if len(distinct) == 1:
+            out.append(entries[0][0])
+            continue
+        merged = highest_price([p for p, _ in entries])
+        out.append(merged)
+        who = ", ".join(b.name for _, b in entries)
+        for _, b in entries:
+            problems.append(Problem(
+                ProblemReason.PRICE_CONFLICT,
+                f"budgets {who} give different prices for model {model}; pods selected by several of them use "
+                "the highest of each price",
+                b.key,
+            ))
+    return out, problems
+
+
+def merge_on_disconnect(budgets: Sequence[BudgetView]) -> OnDisconnect:
+    """Drain unless every matching budget says Cut (Drain keeps usage exact)."""
+    if budgets and all(b.spec.on_disconnect is OnDisconnect.CUT for b in budgets):
+        return OnDisconnect.CUT
+    return OnDisconnect.DRAIN
+
+
+def merge_fail_mode(budgets: Sequence[BudgetView]) -> FailMode:
+    """Open only if every matching budget says Open (Closed is the strictest, and the default)."""
+    if budgets and all(b.spec.fail_mode is FailMode.OPEN for b in budgets):
+        return FailMode.OPEN
+    return FailMode.CLOSED
+
+
+def think_tier_policies(pod: PodView, tiers: Sequence[TierView]) -> tuple[list[ThinkTierPolicy], list[Problem]]:
+    """Each matching ThinkTier, with the Required tiers the pod's annotation authorizes."""
+    requested = authorized_tier_names(pod)
+    out: list[ThinkTierPolicy] = []
+    known: set[str] = set()
+    for t in tiers:
+        known.update(tier.name for tier in t.spec.tiers)
+        required = {tier.name for tier in t.spec.tiers if tier.authorization is Authorization.REQUIRED}
+        out.append(ThinkTierPolicy(namespace=t.namespace, name=t.name, generation=t.generation, spec=t.spec,
+                                   authorized_tiers=sorted(required.intersection(requested))))
+    problems: list[Problem] = []
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        problems.append(Problem(
+            ProblemReason.UNKNOWN_AUTHORIZED_TIER,
+            f"annotation {names.AUTHORIZED_TIERS_ANNOTATION} names tier(s) {', '.join(unknown)} that no "
+            "ThinkTier selecting this pod defines",
+            pod.key,
+        ))
+    if len(tiers) > 1:
+        listed = ", ".join(t.name for t in tiers)
+        problems.extend(Problem(
+            ProblemReason.OVERLAPPING_THINK_TIERS,
+            f"ThinkTiers {listed} all select pod {pod.name}; they are applied in name order",
+            t.key,
+        ) for t in tiers)
+    return out, problems
+
+
+# ----- the policy ----------------------------------------------------------------------------------------
+
+
+def policy_version(
+    budgets: Iterable[BudgetView], tiers: Iterable[TierView], content: Mapping[str, Any]
+) -> str:
+    """A digest of the inputs' identities and generations and of the policy content (without version)."""
+    inputs = sorted(
+        [["TokenBudget", b.namespace, b.name, b.uid, b.generation] for b in budgets]
+        + [["ThinkTier", t.namespace, t.name, t.uid, t.generation] for t in tiers]
+    )
+    body = json.dumps({"inputs": inputs, "content": content}, sort_keys=True, separators=(",", ":"))
+    return f"sha256-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+
+
+def resolve(
+    pod: PodView,
+    budgets: Iterable[BudgetView],
+    tiers: Iterable[TierView],
+    upstream_key_dir: str,
+    *,
+    leases: Mapping[str, Sequence[Lease]] | None = None,
+) -> Effective:
+    """The effective policy for `pod`, plus the matching objects and any problems (see module docstring).
+
+    `leases` maps a budget's "namespace/name" to its grants for this pod (from `leases.LeaseAllocator`);
+    a budget absent from it is enforced locally against its full limits.
+    """
+    matching = sorted((b for b in budgets if selects(b, pod)), key=lambda b: b.name)
+    matching_tiers = sorted((t for t in tiers if selects(t, pod)), key=lambda t: t.name)
+    upstreams, problems = merge_upstreams(matching, upstream_key_dir)
+    prices, price_problems = merge_prices(matching)
+    tier_policies, tier_problems = think_tier_policies(pod, matching_tiers)
+    budget_policies = []
+    for b in matching:
+        granted = sorted((leases or {}).get(b.key, ()), key=lambda x: (x.window, x.key or ""))
+        budget_policies.append(BudgetPolicy(namespace=b.namespace, name=b.name, generation=b.generation,
+                                            spec=b.spec, leases=granted or None))
+    draft = SidecarPolicy(
+        version="pending",  # replaced below; a non-empty value skips the content-only default
+        upstreams=upstreams,
+        budgets=budget_policies,
+        think_tiers=tier_policies,
+        prices=prices,
+        on_disconnect=merge_on_disconnect(matching),
+        fail_mode=merge_fail_mode(matching),
+    )
+    content = draft.model_dump(mode="json", by_alias=True, exclude={"version"})
+    policy = draft.model_copy(update={"version": policy_version(matching, matching_tiers, content)})
+    return Effective(
+        policy=policy,
+        budgets=tuple(b.key for b in matching),
+        tiers=tuple(t.key for t in matching_tiers),
+        problems=tuple(problems + price_problems + tier_problems),
+    )
+
+
+def effective_policy(
+    pod: PodView,
+    budgets: list[BudgetView],
+    tiers: list[TierView],
+    upstream_key_dir: str,
+    *,
+    leases: Mapping[str, Sequence[Lease]] | None = None,
+) -> SidecarPolicy:
+    """The `SidecarPolicy` to PUT to `pod`'s sidecar; `resolve` also returns the problems found."""
+    return resolve(pod, budgets, tiers, upstream_key_dir, leases=leases).policy
+
+
+__all__ = [
+    "BudgetView",
+    "Effective",
+    "PodView",
+    "ProblemReason",
+    "TierView",
+    "authorized_tier_names",
+    "effective_policy",
+    "highest_price",
+    "merge_fail_mode",
+    "merge_on_disconnect",
+    "merge_prices",
+    "merge_upstreams",
+    "policy_version",
+    "resolve",
+    "selects",
+    "think_tier_policies",
+]
