@@ -145,3 +145,25 @@ async def test_the_sidecar_answers_many_concurrent_calls_without_a_pool_cap(s: S
         peak = max(peak, in_flight)
     assert peak == 150
     await asyncio.to_thread(s.records, 150)
+
+
+async def test_an_upstream_that_goes_silent_gets_a_504_in_the_providers_shape() -> None:
+    """Per-phase timeouts: silence longer than the read timeout ends the call; there is no total deadline."""
+    settings = Settings(data_port=0, admin_port=0, read_timeout_s=0.3)
+    with stack(settings) as st:
+        async with aiohttp.ClientSession() as http, http.post(
+            st.openai_url + "/chat/completions", json=CHAT,
+            headers={"x-upstream-chunk-delay-ms": "1000", "x-upstream-output-tokens": "2"},
+        ) as resp:
+            assert resp.status == 504
+            payload = await resp.json()
+        assert "tokenbudget: upstream openai failed: " in payload["error"]["message"]
+        (rec,) = await asyncio.to_thread(st.records, 1)
+        # a stream whose chunks keep coming within the read timeout runs longer than it, uncut
+        async with aiohttp.ClientSession() as http, http.post(
+            st.openai_url + "/chat/completions", json={**CHAT, "stream": True},
+            headers={"x-upstream-chunk-delay-ms": "100", "x-upstream-output-tokens": "6"},
+        ) as resp:
+            body = await resp.read()
+        assert b"[DONE]" in body
+    assert rec.outcome is Outcome.UPSTREAM_FAILED
