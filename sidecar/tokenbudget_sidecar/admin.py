@@ -85,6 +85,15 @@ async def get_budgets(request: web.Request) -> web.Response:
                               "alerts": sorted(alerts, key=lambda a: int(str(a["seq"])))})
 
 
+async def get_thinking(request: web.Request) -> web.Response:
+    """Per ThinkTier: ClassStatus-shaped class figures, recommendations, conditions, unclassified share.
+
+    Each class also carries its quantile sketch (`histogram`), so the operator can merge the pods a
+    ThinkTier selects exactly before it writes status.
+    """
+    return web.json_response(request.app[STATE].thinking.snapshot())
+
+
 async def get_usage(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -120,5 +129,6 @@ def create_admin_app(state: State) -> web.Application:
     app.router.add_put("/policy", put_policy)
     app.router.add_get("/usage", get_usage)
     app.router.add_get("/budgets", get_budgets)
+    app.router.add_get("/thinking", get_thinking)
     app.router.add_post("/usage/ack", ack_usage)
     return app

@@ -35,6 +35,7 @@ from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.records import UsageLog
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.sse import SSEParser
+from tokenbudget_sidecar.thinking import Decision, Thinking
 from tokenbudget_sidecar.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class State:
     counter: tokens.TokenCounter = field(init=False)
     clock: Clock = field(default_factory=SystemClock)
     admission: Admission = field(init=False)
+    thinking: Thinking = field(init=False)
     session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
@@ -74,12 +76,14 @@ class State:
         s = self.settings
         self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
                                    s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
+        self.thinking = Thinking(policy, self.metrics.registry, s.default_output_tokens)
         return self.admission
 
     def apply(self, policy: SidecarPolicy) -> None:
         """Switch policy without a restart, keeping window use and holds (see Admission.adopt)."""
-        old = self.admission
+        old, old_thinking = self.admission, self.thinking
         self._build(policy).adopt(old)
+        self.thinking.adopt(old_thinking)
 
     def user_header(self) -> str | None:
         budgets = self.policy.budgets
@@ -176,9 +180,12 @@ class Proxy:
             return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
+        thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
+        think = thinking.apply(dialect, call, body, request.path, request.headers, prompt_estimate)
         record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
-                             stream=call.stream, prompt_estimate=prompt_estimate)
+                             stream=call.stream, prompt_estimate=prompt_estimate,
+                             think_class=think.klass if think else None, think_tier=think.tier if think else None)
         admission = self.state.admission
         try:
             ticket, path = await admission.admit(dialect, call, body, path, prompt_estimate, upstream.base_url)
@@ -189,19 +196,21 @@ class Proxy:
             return error_response(dialect, refused.status, refused.message, retry_after=refused.retry_after,
                                   request_id=request_id)
         record.model = call.model  # after a Downgrade, the model actually called
+        think = thinking.retarget(think, dialect, call, body)  # a Downgrade may change how the model thinks
         changed = dialect.prepare(call, body)
-        payload = json.dumps(body).encode() if changed or ticket.rewrote else raw
+        payload = json.dumps(body).encode() if changed or ticket.rewrote or (think and think.rewritten) else raw
         gauge = self.state.metrics.in_flight.labels(dialect.name)
         gauge.inc()
         try:
-            return await self.forward(request, upstream, dialect, path, call, payload, record, started, ticket)
+            return await self.forward(request, upstream, dialect, path, call, payload, record, started, ticket,
+                                      think)
         finally:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
                       call: Call, payload: bytes, record: UsageRecord, started: float,
-                      ticket: Ticket) -> web.StreamResponse:
+                      ticket: Ticket, think: Decision | None = None) -> web.StreamResponse:
         session = self.state.session
         assert session is not None, "the client session starts with the app"
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
@@ -234,7 +243,7 @@ class Proxy:
                         resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
                     # Record before answering: a sidecar killed after the app got its answer must not
                     # lose a call the provider billed.
-                    self.settle(record, reading, started, time.perf_counter() - after + added, ticket)
+                    self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
                     settled = True
                     with contextlib.suppress(*CLIENT_GONE):  # already recorded: the provider billed it
                         await resp.prepare(request)
@@ -249,7 +258,7 @@ class Proxy:
                                   request_id=record.request_id)
         finally:
             if not settled:
-                self.settle(record, reading, started, added, ticket)
+                self.settle(record, reading, started, added, ticket, think)
         return resp
 
     async def relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, dialect: Dialect, call: Call,
@@ -315,7 +324,8 @@ class Proxy:
             return error_response(dialect, 502, f"tokenbudget: upstream {upstream.name} failed: "
                                   f"{type(exc).__name__}", request_id=request_id)
 
-    def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket) -> None:
+    def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
+               think: Decision | None = None) -> None:
         """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
         if reading.usage is not None and reading.usage.total_tokens > 0:
             record.usage, record.source = reading.usage, UsageSource.PROVIDER
@@ -332,6 +342,7 @@ class Proxy:
             base = upstream.base_url if upstream else ""
             record.cost_usd, record.price_source = self.state.prices.cost(record.model, base, record.usage)
         self.state.admission.settle(ticket, record)
+        self.state.thinking.observe(think, record, reading)
         self.record(record, started, added)
 
     def record(self, record: UsageRecord, started: float, added: float) -> None:

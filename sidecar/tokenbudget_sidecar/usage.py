@@ -82,4 +82,6 @@ class UsageRecord(BaseModel):
     budgets: list[str] = []  # namespace/name of every budget the call counted against
     decisions: list[str] = []  # enforcement decisions, e.g. "ns/name:Downgrade", "ns/name:DryRun:Block"
     prompt_estimate: int = 0  # tiktoken's pre-flight count, for comparison with the provider's
+    think_class: str | None = None  # ThinkTier class of a reasoning call ("unclassified" if none matched)
+    think_tier: str | None = None  # the tier in force for it (defaultTier when a Required tier was refused)
     duration_ms: int = 0

@@ -92,6 +92,9 @@ class AnthropicDialect(Dialect):
         for block in body.get("content") or []:
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 reading.text.append(block["text"])
+                reading.answer_text.append(block["text"])
+            elif isinstance(block, dict) and isinstance(block.get("thinking"), str):
+                reading.thinking_text.append(block["thinking"])
         return reading
 
     def tracker(self, call: Call) -> StreamTracker:
@@ -120,6 +123,7 @@ class MessagesTracker(StreamTracker):
             text = delta.get("text", delta.get("thinking"))
             if isinstance(text, str):
                 r.text.append(text)
+                (r.thinking_text if "thinking" in delta else r.answer_text).append(text)
         elif kind == "message_stop":
             r.finished = True
         elif kind == "error":

@@ -44,6 +44,11 @@ class Reading:
     error: bool = False  # an in-stream error event
     response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
+    # ThinkTier measurement (thinking.measure): the answer the app sees apart from the model's thinking,
+    # so a length stop with an empty answer (thinking ate the cap) can be told from a long answer cut
+    # short, and thinking can be estimated when the provider gives no breakdown (Anthropic, compat servers).
+    answer_text: list[str] = field(default_factory=list)  # visible answer text (not thinking)
+    thinking_text: list[str] = field(default_factory=list)  # thinking / reasoning text or summary seen
 
 
 class StreamTracker:

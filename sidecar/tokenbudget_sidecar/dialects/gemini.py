@@ -53,6 +53,7 @@ def _read_chunk(reading: Reading, body: JSON) -> None:
         for part in (cand.get("content") or {}).get("parts") or []:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 reading.text.append(part["text"])
+                (reading.thinking_text if part.get("thought") is True else reading.answer_text).append(part["text"])
 
 
 class GeminiDialect(Dialect):

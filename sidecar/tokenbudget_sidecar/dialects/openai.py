@@ -107,8 +107,21 @@ class OpenAIDialect(Dialect):
                     content = (choice.get("message") or {}).get("content")
                     if isinstance(content, str):
                         reading.text.append(content)
+                        reading.answer_text.append(content)
+                    _reasoning_text(reading, choice.get("message"))
         elif call.operation == "responses":
             reading.truncated = body.get("status") == "incomplete"
+            for item in body.get("output") or []:
+                if not isinstance(item, dict):
+                    continue
+                parts = [p for key in ("content", "summary") if isinstance(item.get(key), list) for p in item[key]]
+                for part in parts:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        kind = part.get("type")
+                        if kind == "output_text":
+                            reading.answer_text.append(part["text"])
+                        elif kind in ("reasoning_text", "summary_text"):
+                            reading.thinking_text.append(part["text"])
         return reading
 
     def tracker(self, call: Call) -> StreamTracker:
@@ -122,6 +135,15 @@ class OpenAIDialect(Dialect):
 
     def auth(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
+
+
+def _reasoning_text(reading: Reading, message: Any) -> None:
+    """Thinking text of compatible servers: `reasoning_content` (DeepSeek, DashScope, old vLLM) or
+    `reasoning` (Ollama, vLLM since late 2025), in a message or a stream delta."""
+    if isinstance(message, dict):
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(message.get(key), str):
+                reading.thinking_text.append(message[key])
 
 
 class ChatTracker(StreamTracker):
@@ -148,12 +170,15 @@ class ChatTracker(StreamTracker):
             content = (choice.get("delta") or {}).get("content")
             if isinstance(content, str):
                 r.text.append(content)
+                r.answer_text.append(content)
+            _reasoning_text(r, choice.get("delta"))
         # The usage-only chunk we asked for on the app's behalf: the app never asked to see it.
         return not (self.call.injected_usage and usage is not None and choices == [])
 
 
 class ResponsesTracker(StreamTracker):
     TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+    REASONING_DELTAS = ("response.reasoning_text.delta", "response.reasoning_summary_text.delta")
 
     def on_event(self, event: Event) -> bool:
         r = self.reading
@@ -164,6 +189,9 @@ class ResponsesTracker(StreamTracker):
         first_id(r, (data.get("response") or {}).get("id"))
         if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
             r.text.append(data["delta"])
+            r.answer_text.append(data["delta"])
+        elif kind in self.REASONING_DELTAS and isinstance(data.get("delta"), str):
+            r.thinking_text.append(data["delta"])
         elif kind in self.TERMINAL:
             response = data.get("response") or {}
             r.usage = usage_of(response.get("usage")) or r.usage
