@@ -349,9 +349,9 @@ class ControlPlane:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self._procs.pop(name, None)
             if proc is not None:
-                _terminate(proc, grace=5.0)
+                terminate(proc, grace=5.0)
         for proc in self._procs.values():
-            _terminate(proc, grace=5.0)
+            terminate(proc, grace=5.0)
         self._procs.clear()
 
     def __enter__(self) -> ControlPlane:
@@ -425,7 +425,7 @@ class ControlPlane:
         return "\n".join(parts)
 
 
-def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM, wait up to grace seconds, then SIGKILL; always reaps the process."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import signal
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane, KubectlError, _die_with_parent, free_port
+from controlplane import ControlPlane, KubectlError, _die_with_parent, free_port, terminate
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
@@ -93,16 +92,8 @@ class OperatorProcess:
     def stop(self, grace: float = 5.0) -> float:
         """SIGTERM, then SIGKILL after grace seconds (kopf can hang on SIGTERM); returns the seconds it took."""
         began = time.monotonic()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, grace)
         return time.monotonic() - began
 
     def _get(self, path: str) -> tuple[int, str]:
