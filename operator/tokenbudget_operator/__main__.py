@@ -19,6 +19,7 @@ HANDLER_MODULES: Final = (
     "tokenbudget_operator.kopfsettings",
     "tokenbudget_operator.ops",
     "tokenbudget_operator.webhook",
+    "tokenbudget_operator.reconcile",
 )
 
 

@@ -136,6 +136,20 @@ class OperatorSettings(BaseSettings, _InjectionKnobs):
     tls_reload_interval_s: float = Field(default=10.0, gt=0)  # how often the files' mtimes are checked
     tls_extra_sans: tuple[str, ...] = ()  # more DNS names / IPs for the self-signed certificate
 
+    # Reconciling budgets onto sidecars (reconcile.py).
+    sidecar_admin_port: int = Field(default=names.SIDECAR_ADMIN_PORT, ge=1, le=65535)  # on each pod's IP
+    sidecar_timeout_s: float = Field(default=2.0, gt=0)  # one admin API call, connect to last byte
+    upstream_key_dir: str = "/var/run/secrets/tokenbudget/upstreams"  # where the sidecar finds upstream keys
+    resync_interval_s: float = Field(default=5.0, gt=0)  # re-check every pod this often even without events
+    usage_interval_s: float = Field(default=5.0, gt=0)  # seconds between usage pulls from each sidecar
+    status_min_interval_s: float = Field(default=2.0, ge=0)  # at most one status patch per budget this often
+    usage_state_configmap: str = "tokenbudget-usage-state"  # cursors + sums, in `namespace` (aggregate.py)
+    lease_interval_s: float = Field(default=2.0, gt=0)  # seconds between lease rounds (reports → grants)
+    lease_ttl_s: float = Field(default=60.0, gt=0)  # a grant's lifetime; the sidecar applies failMode after it
+    leader_election: bool = True  # only the holder of a coordination.k8s.io Lease reconciles (leader.py)
+    leader_lease_name: str = "tokenbudget-operator"  # in `namespace`
+    leader_lease_duration_s: float = Field(default=15.0, ge=1)  # a dead leader is replaced after this
+
     # Operations.
     metrics_host: str = "0.0.0.0"  # Prometheus scrapes the pod IP
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: not served

@@ -1,0 +1,639 @@
+"""The operator reconciling TokenBudgets onto real sidecars, against a real kube-apiserver.
+
+Everything is a real process: the operator (`python -m tokenbudget_operator`), two sidecars
+(`python -m tokenbudget_sidecar`), each bound to its own loopback address (127.0.0.2, 127.0.0.3) on the
+standard ports, and the test upstream. Each sidecar has a Pod object whose status.podIP the test sets (no
+kubelet), so the operator finds the admin port the way it does in a cluster: pod IP + 8788. The admin API
+is bearer-protected with the token of the namespace's Secret, as injected pods are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from controlplane import ControlPlane, _die_with_parent
+from openai import AsyncOpenAI
+from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
+
+from tokenbudget_api import names
+from tokenbudget_operator import certs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
+NS = "tb-reconcile"
+TOKEN = "test-token"
+SIDECAR_IPS = ("127.0.0.2", "127.0.0.3")
+T = TypeVar("T")
+# Short intervals so the tests run in seconds; the webhook is served (SecretDir TLS) but never configured.
+OPERATOR_SETTINGS = {
+    "webhook_config_owner": "Install", "tls_source": "SecretDir", "usage_interval_s": "0.5",
+    "resync_interval_s": "1", "status_min_interval_s": "2", "lease_interval_s": "0.5",
+    "leader_lease_duration_s": "3",
+}
+
+
+# ----- processes -----------------------------------------------------------------------------------------
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _kill(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> Any:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            last = probe()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Sidecar:
+    ip: str
+    proc: subprocess.Popen[bytes]
+    pod: str
+
+    @property
+    def admin(self) -> str:
+        return f"http://{self.ip}:{names.SIDECAR_ADMIN_PORT}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://{self.ip}:{names.SIDECAR_DATA_PORT}/openai/v1"
+
+    def leased(self, key: str) -> bool:
+        """Whether every lease of budget `key` the sidecar holds grants something (zero: not allocated yet)."""
+        policy = http("GET", f"{self.admin}/policy")
+        leases = [lease for b in policy["budgets"] if f"{b['namespace']}/{b['name']}" == key
+                  for lease in b.get("leases") or []]
+        return all(float(lease["granted"]) > 0 for lease in leases)
+
+    def budgets(self) -> dict[str, int]:
+        """"namespace/name" → generation of every budget the sidecar enforces now."""
+        policy = http("GET", f"{self.admin}/policy")
+        return {f"{b['namespace']}/{b['name']}": int(b["generation"]) for b in policy["budgets"]}
+
+
+@dataclass
+class Stack:
+    kube: ControlPlane
+    operator: OperatorProcess
+    sidecars: list[Sidecar]
+    upstream: str
+    workdir: Path
+    token_file: Path
+
+    def served(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = http("GET", f"{self.upstream}/_upstream/served", token=None)
+        return found
+
+
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    log = workdir / "upstream.log"
+    proc = _spawn([sys.executable, "-m", "tokenbudget_testupstream", "--host", "127.0.0.1", "--port", "0"],
+                  dict(os.environ), log)
+
+    def url() -> str | None:
+        for line in log.read_text().splitlines():
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].strip()
+        assert proc.poll() is None, log.read_text()
+        return None
+
+    return proc, wait_for("the test upstream", url, timeout=20)
+
+
+def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        names.SIDECAR_ENV_DATA_HOST: ip,
+        names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
+        names.SIDECAR_ENV_ADMIN_HOST: ip,
+        names.SIDECAR_ENV_ADMIN_PORT: str(names.SIDECAR_ADMIN_PORT),
+        names.SIDECAR_ENV_ADMIN_TOKEN_FILE: str(token_file),
+        names.SIDECAR_ENV_LEDGER_DIR: str(workdir / f"ledger-{ip}"),
+    }
+    return _spawn([sys.executable, "-m", "tokenbudget_sidecar"], env, workdir / f"sidecar-{ip}.log")
+
+
+def pod_with_sidecar(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "initContainers": [{"name": names.SIDECAR_CONTAINER, "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0",
+                                "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "registry.example.com/chat:1.4.2"}],
+        },
+    }
+
+
+def set_pod_ip(kube: ControlPlane, name: str, ip: str) -> None:
+    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+    kube.kubectl("patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+def service_account_kubeconfig(kube: ControlPlane, workdir: Path) -> Path:
+    """A kubeconfig for the operator's ServiceAccount bound to deploy/rbac.yaml: least privilege, tested."""
+    kube.kubectl("apply", "-f", str(RBAC))
+    token = kube.kubectl("create", "token", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
+                         "--duration=1h").stdout.strip()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path = workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("reconcile")
+    token_file = workdir / "admin-token"
+    token_file.write_text(TOKEN)
+    procs: list[subprocess.Popen[bytes]] = []
+    operator: OperatorProcess | None = None
+    with contextlib.suppress(Exception):
+        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    namespace(kube, NS, enabled=False, secret=True)
+    try:
+        upstream_proc, upstream = start_upstream(workdir)
+        procs.append(upstream_proc)
+        sidecars = []
+        for i, ip in enumerate(SIDECAR_IPS):
+            proc = start_sidecar(ip, workdir, token_file)
+            procs.append(proc)
+            sidecars.append(Sidecar(ip, proc, f"chat-{'ab'[i]}"))
+        for s in sidecars:
+            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
+            manifest = pod_with_sidecar(s.pod, {"app": "chat", "pool": "shared"})
+            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
+            set_pod_ip(kube, s.pod, s.ip)
+        tls_dir = workdir / "tls"
+        certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
+        # A Lease left by another module's operator would make this one wait for it to expire.
+        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+        operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+        operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
+        operator.start()
+        yield Stack(kube, operator, sidecars, upstream, workdir, token_file)
+    finally:
+        if operator is not None:
+            operator.stop()
+        for proc in procs:
+            _kill(proc)
+        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
+                     "--ignore-not-found", check=False)
+        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
+                     check=False)
+        kube.kubectl("delete", "-f", str(RBAC), "--ignore-not-found", check=False)
+
+
+# ----- budgets -------------------------------------------------------------------------------------------
+
+
+def budget(name: str, upstream: str, *, selector: dict[str, str] | None = None, tokens: int = 100_000,
+           ladder: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector or {"app": "chat"}},
+        "timeZone": "UTC",
+        "limits": [{"name": "daily-tokens", "period": "Day", "tokens": tokens}],
+        "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
+    }
+    if ladder:
+        spec["ladder"] = ladder
+    return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def apply(kube: ControlPlane, manifest: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(kube.kubectl("get", "tb", name, "-n", NS, "-o", "json").stdout)
+    return found
+
+
+def condition(tb: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (tb.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def all_enforce(sidecars: list[Sidecar], key: str, generation: int | None) -> bool:
+    """Every sidecar enforces `key` at `generation` with a lease to spend (None: none enforces it)."""
+    return all(s.budgets().get(key) == generation and (generation is None or s.leased(key)) for s in sidecars)
+
+
+# ----- tests ---------------------------------------------------------------------------------------------
+
+
+def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(stack: Stack) -> None:
+    kube, sidecars = stack.kube, stack.sidecars
+    key = f"{NS}/team"
+    began = time.monotonic()
+    apply(kube, budget("team", stack.upstream))
+    wait_for("both sidecars to enforce generation 1", lambda: all_enforce(sidecars, key, 1), timeout=10)
+    first = time.monotonic() - began
+    tb = wait_for("status pods 2/2 synced", lambda: (t := get_tb(kube, "team")).get("status", {}).get("pods") == {
+        "selected": 2, "synced": 2} and t)
+    assert condition(tb, "Synced")["status"] == "True"
+    assert condition(tb, "Synced")["reason"] == "AllPodsSynced"
+    assert tb["status"]["observedGeneration"] == 1
+
+    began = time.monotonic()
+    changed = budget("team", stack.upstream, tokens=50_000)
+    apply(kube, changed)
+    wait_for("both sidecars to follow to generation 2", lambda: all_enforce(sidecars, key, 2), timeout=10)
+    second = time.monotonic() - began
+    policy = http("GET", f"{sidecars[0].admin}/policy")
+    assert policy["budgets"][0]["spec"]["limits"][0]["tokens"] == 50_000
+
+    # A pod that stops matching drops the budget; the other keeps it, and the counts follow.
+    a, b = sidecars
+    kube.kubectl("label", "pod", b.pod, "-n", NS, "app=other", "--overwrite")
+    wait_for("the relabelled pod to drop the budget", lambda: key not in b.budgets(), timeout=10)
+    assert a.budgets()[key] == 2
+    wait_for("status pods 1/1", lambda: get_tb(kube, "team")["status"]["pods"] == {"selected": 1, "synced": 1})
+    kube.kubectl("label", "pod", b.pod, "-n", NS, "app=chat", "--overwrite")
+    wait_for("it to come back", lambda: all_enforce(sidecars, key, 2), timeout=10)
+
+    began = time.monotonic()
+    kube.kubectl("delete", "tb", "team", "-n", NS)
+    wait_for("both sidecars to drop the deleted budget", lambda: all_enforce(sidecars, key, None), timeout=10)
+    dropped = time.monotonic() - began
+    seen = stack.operator.samples("tokenbudget_operator_propagation_seconds_sum").get((), 0.0)
+    count = stack.operator.samples("tokenbudget_operator_propagation_seconds_count").get((), 0.0)
+    print(f"\npropagation kubectl apply→both sidecars applied (polled): create {first:.2f} s, change {second:.2f} s, "
+          f"delete {dropped:.2f} s; operator-side (seen→applied) mean {seen / max(count, 1):.3f} s over {count:.0f}")
+
+
+def spend(sidecars: list[Sidecar], calls_each: int) -> None:
+    """Chat completions through the official openai SDK, concurrently on every sidecar."""
+
+    async def run() -> None:
+        clients = [AsyncOpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=0) for s in sidecars]
+        try:
+            await asyncio.gather(*(
+                c.chat.completions.create(model="gpt-4o-mini", max_tokens=40,
+                                          messages=[{"role": "user", "content": f"Say something about {i}."}])
+                for c in clients for i in range(calls_each)
+            ))
+        finally:
+            for c in clients:
+                await c.close()
+
+    asyncio.run(run())
+
+
+def test_usage_through_the_openai_sdk_shows_in_status_equal_to_what_the_upstream_served(stack: Stack) -> None:
+    kube, sidecars = stack.kube, stack.sidecars
+    key = f"{NS}/usage"
+    apply(kube, budget("usage", stack.upstream, tokens=1_000_000,
+                       ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
+    wait_for("both sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=10)
+    http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+
+    spend(sidecars, calls_each=8)
+    done = time.monotonic()
+    served = stack.served()
+    assert len(served) == 16
+    assert all(r["status"] == 200 for r in served)
+    expected = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
+
+    def shown() -> dict[str, Any] | None:
+        status = get_tb(kube, "usage").get("status") or {}
+        windows = status.get("windows") or []
+        return status if windows and windows[0]["used"] == str(expected) else None
+
+    status = wait_for(f"status to show {expected} tokens", shown, timeout=15)
+    lag = time.monotonic() - done
+    assert status["windows"][0]["limit"] == "1000000"
+    assert status["tightestWindow"] == "daily-tokens"
+    assert status["stage"] == "Normal"
+    pods = {c["name"]: c["tokens"] for c in status["topConsumers"] if c["kind"] == "Pod"}
+    assert set(pods) == {"chat-a", "chat-b"}
+    assert sum(pods.values()) == expected
+    table = kube.kubectl("get", "tb", "usage", "-n", NS).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "STAGE", "USED%", "WINDOW", "SYNCED"]
+    assert row.split()[:5] == ["usage", "Normal", str(expected * 100 // 1_000_000), "daily-tokens", "2"]
+    print(f"\nstatus lag after the last call: {lag:.2f} s ({expected} tokens in 16 calls)")
+
+    # Lower the limit under what was spent: the aggregated stage moves to Alert, with an Event.
+    apply(kube, budget("usage", stack.upstream, tokens=expected * 3 // 2,
+                       ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
+    tb = wait_for("stage Alert", lambda: (t := get_tb(kube, "usage"))["status"].get("stage") == "Alert" and t)
+    assert condition(tb, "LadderStage") | {"lastTransitionTime": None} == condition(tb, "LadderStage") | {
+        "lastTransitionTime": None, "status": "True", "reason": "Alert"}
+
+    def stage_event() -> dict[str, Any] | None:
+        events = json.loads(kube.kubectl("get", "events", "-n", NS, "-o", "json",
+                                         "--field-selector", "involvedObject.name=usage").stdout)["items"]
+        return next((e for e in events if e["reason"] == "StageChanged"), None)
+
+    event = wait_for("a StageChanged event", stage_event, timeout=10)
+    assert event["involvedObject"]["kind"] == names.TOKENBUDGET_KIND
+    assert "Normal -> Alert" in event["message"]
+    row = kube.kubectl("get", "tb", "usage", "-n", NS).stdout.splitlines()[1].split()
+    assert row[1:3] == ["Alert", "66"]
+    kube.kubectl("delete", "tb", "usage", "-n", NS)
+    wait_for("both sidecars to drop it", lambda: all_enforce(sidecars, key, None), timeout=10)
+
+
+def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
+    kube = stack.kube
+    apply(kube, budget("nobody", stack.upstream, selector={"app": "nothing-runs-this"}))
+    tb = wait_for("Ready False", lambda: condition(t := get_tb(kube, "nobody"), "Ready").get("status") == "False" and t)
+    assert condition(tb, "Ready")["reason"] == "NoPodsSelected"
+    assert condition(tb, "Synced")["reason"] == "NoPodsSelected"
+    assert tb["status"]["pods"] == {"selected": 0, "synced": 0}
+
+    # Two budgets on the same pods declaring the same upstream differently: the later by name is told so.
+    apply(kube, budget("aa-first", stack.upstream))
+    apply(kube, budget("zz-conflict", "http://127.0.0.1:9/elsewhere"))
+    tb = wait_for("UpstreamConflict", lambda: condition(t := get_tb(kube, "zz-conflict"), "Ready").get(
+        "reason") == "UpstreamConflict" and t)
+    assert condition(tb, "Ready")["status"] == "False"
+    assert "first by name" in condition(tb, "Ready")["message"]
+    assert condition(get_tb(kube, "aa-first"), "Ready")["reason"] != "UpstreamConflict"
+    kube.kubectl("delete", "tb", "nobody", "aa-first", "zz-conflict", "-n", NS)
+    wait_for("the sidecars to drop them", lambda: all(not s.budgets() for s in stack.sidecars), timeout=10)
+
+
+def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float) -> tuple[int, int]:
+    """`concurrency` callers per sidecar, each calling in a loop for `seconds`; returns (admitted, refused)."""
+    from openai import RateLimitError
+
+    counts = [0, 0]
+
+    async def caller(client: AsyncOpenAI, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                await client.chat.completions.create(
+                    model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Tell me a fact."}])
+                counts[0] += 1
+            except RateLimitError:
+                counts[1] += 1
+                await asyncio.sleep(0.05)
+
+    async def run() -> None:
+        clients = [AsyncOpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=0) for s in sidecars]
+        deadline = time.monotonic() + seconds
+        try:
+            await asyncio.gather(*(caller(c, deadline) for c in clients for _ in range(concurrency)))
+        finally:
+            for c in clients:
+                await c.close()
+
+    asyncio.run(run())
+    return counts[0], counts[1]
+
+
+def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_its_limit(stack: Stack) -> None:
+    kube = stack.kube
+    extra: list[Sidecar] = []
+    limit = 3000
+    try:
+        for ip, pod in (("127.0.0.4", "chat-c"), ("127.0.0.5", "chat-d")):
+            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
+        for s in extra:
+            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
+            manifest = pod_with_sidecar(s.pod, {"app": "extra", "pool": "shared"})
+            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
+            set_pod_ip(kube, s.pod, s.ip)
+        sidecars = [*stack.sidecars, *extra]
+        key = f"{NS}/shared"
+        apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit))
+        wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
+        http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+
+        admitted, refused = hammer(sidecars, concurrency=16, seconds=6.0)
+        served = [r for r in stack.served() if r["status"] == 200]
+        spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
+        outstanding = stack.operator.samples("tokenbudget_operator_leases_outstanding").get((), -1.0)
+        print(f"\n4 sidecars x 16 callers for 6 s on a {limit}-token budget: admitted {admitted}, refused "
+              f"{refused}, spent {spent} tokens ({spent * 100 // limit}%), outstanding leases {outstanding:.0f}")
+        assert admitted == len(served)
+        assert spent <= limit, "the shared window was overrun"
+        assert spent >= limit // 2, "leases should let most of the budget be spent"
+        assert refused > 0
+        # Each pod spent under its own grant, and the grants together stay within the limit.
+        grants = [float(lease["granted"]) for s in sidecars
+                  for b in http("GET", f"{s.admin}/policy")["budgets"] if b["name"] == "shared"
+                  for lease in b["leases"]]
+        assert len(grants) == 4
+        assert sum(grants) <= limit
+        def used() -> str | None:
+            windows = (get_tb(kube, "shared").get("status") or {}).get("windows") or []
+            return windows[0]["used"] if windows and windows[0]["used"] == str(spent) else None
+
+        wait_for(f"status to show {spent}", used, timeout=10)
+    finally:
+        kube.kubectl("delete", "tb", "shared", "-n", NS, "--ignore-not-found", check=False)
+        for s in extra:
+            kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
+            _kill(s.proc)
+
+
+
+def deployment_pods(kube: ControlPlane, name: str) -> list[dict[str, Any]]:
+    listed = json.loads(kube.kubectl("get", "pods", "-n", NS, "-l", f"deploy={name}", "-o", "json").stdout)
+    return sorted(listed["items"], key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
+
+
+def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
+    kube_controllers: ControlPlane, stack: Stack
+) -> None:
+    """The controller manager makes the pods; each gets its own sidecar address as the scale-up goes on."""
+    kube = kube_controllers
+    limit = 2000
+    ips = ["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"]
+    procs = {ip: start_sidecar(ip, stack.workdir, stack.token_file) for ip in ips}
+    given: dict[str, str] = {}  # pod name → ip
+    key = f"{NS}/scaled"
+
+    def address_new_pods(want: int) -> list[Sidecar]:
+        pods = wait_for(f"{want} pods", lambda: found if len(found := deployment_pods(kube, "scaled")) == want
+                        else None)
+        for item in pods:
+            name = item["metadata"]["name"]
+            if name not in given:
+                given[name] = ips[len(given)]
+                set_pod_ip(kube, name, given[name])
+        return [Sidecar(given[n], procs[given[n]], n) for n in (item["metadata"]["name"] for item in pods)]
+
+    def grants(sidecars: list[Sidecar]) -> list[float]:
+        return [float(lease["granted"]) for s in sidecars for b in http("GET", f"{s.admin}/policy")["budgets"]
+                if b["name"] == "scaled" for lease in b.get("leases") or []]
+
+    try:
+        for ip in ips:
+            wait_for(f"sidecar {ip}", lambda ip=ip: http("GET", f"http://{ip}:8788/healthz", token=None), timeout=20)
+        template = pod_with_sidecar("unused", {"deploy": "scaled"})
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "scaled", "namespace": NS},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"deploy": "scaled"}},
+                     "template": {"metadata": {"labels": {"deploy": "scaled"}}, "spec": template["spec"]}},
+        }
+        apply(kube, budget("scaled", stack.upstream, selector={"deploy": "scaled"}, tokens=limit))
+        apply(kube, deployment)
+        two = address_new_pods(2)
+        wait_for("2 leases", lambda: all_enforce(two, key, 1), timeout=15)
+        http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+        hammer(two, concurrency=16, seconds=2.0)
+        before = sum(grants(two))
+
+        kube.kubectl("scale", "deployment", "scaled", "-n", NS, "--replicas=4")
+        four = address_new_pods(4)
+        wait_for("4 leases", lambda: all_enforce(four, key, 1) and len(grants(four)) == 4, timeout=15)
+        hammer(four, concurrency=16, seconds=3.0)
+        spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in stack.served() if r["status"] == 200)
+        after = grants(four)
+        print(f"\nscaled 2→4 on a {limit}-token budget: grants {before:.0f} over 2 pods, then "
+              f"{[int(g) for g in after]}; spent {spent}")
+        assert spent <= limit
+        assert sum(after) <= limit
+        assert all(g > 0 for g in after[2:]), "the new replicas got a share"
+        tb = wait_for("4 pods in status", lambda: (t := get_tb(kube, "scaled"))["status"]["pods"]["selected"] == 4
+                      and t)
+        assert tb["status"]["pods"]["synced"] >= 3  # a lease round may be on its way to one of them
+    finally:
+        kube.kubectl("delete", "deployment", "scaled", "-n", NS, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "tb", "scaled", "-n", NS, "--ignore-not-found", check=False)
+        for proc in procs.values():
+            _kill(proc)
+
+
+def test_a_killed_operator_leaves_sidecars_enforcing_and_a_restart_counts_nothing_twice(stack: Stack) -> None:
+    kube, sidecars, operator = stack.kube, stack.sidecars, stack.operator
+    key = f"{NS}/restart"
+    apply(kube, budget("restart", stack.upstream, tokens=1_000_000))
+    wait_for("both sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=10)
+    http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            while not stop.is_set():
+                spend(sidecars, calls_each=2)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        time.sleep(1.6)  # a few usage rounds committed and acknowledged, more in flight
+        assert operator.proc is not None
+        operator.proc.kill()  # SIGKILL: no cleanup, no final commit
+        operator.proc.wait()
+        time.sleep(1.0)  # traffic goes on without the operator
+        assert all_enforce(sidecars, key, 1), "the sidecars must keep their last policy"
+        operator.start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not errors, errors
+    served = stack.served()
+    expected = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
+    assert all(r["status"] == 200 for r in served)
+
+    def shown() -> str | None:
+        windows = (get_tb(kube, "restart").get("status") or {}).get("windows") or []
+        return windows[0]["used"] if windows and windows[0]["used"] == str(expected) else None
+
+    wait_for(f"status to show exactly {expected} tokens ({len(served)} calls)", shown, timeout=15)
+    time.sleep(1.5)  # more rounds: nothing re-pulled is added again
+    assert get_tb(kube, "restart")["status"]["windows"][0]["used"] == str(expected)
+    assert "usage state restored" in operator.log_path.read_text(), "the restart should have read the ConfigMap"
+    kube.kubectl("delete", "tb", "restart", "-n", NS)
+
+
+def test_a_second_replica_stands_by_and_takes_over_when_the_leader_dies(stack: Stack) -> None:
+    kube, sidecars, first = stack.kube, stack.sidecars, stack.operator
+    key = f"{NS}/failover"
+    second = OperatorProcess(kube, stack.workdir, "operator-standby", tls_dir=str(stack.workdir / "tls"),
+                             **OPERATOR_SETTINGS)
+    second.env["KUBECONFIG"] = first.env["KUBECONFIG"]
+    try:
+        second.start()
+        apply(kube, budget("failover", stack.upstream))
+        wait_for("the leader to push it", lambda: all_enforce(sidecars, key, 1), timeout=10)
+        pushes = "tokenbudget_operator_policy_pushes_total"
+        assert sum(second.samples(pushes).values()) == 0, "the standby must not push"
+        assert second.samples("tokenbudget_operator_status_patches_total") == {}
+
+        assert first.proc is not None
+        first.proc.kill()  # the leader dies without letting go of its Lease
+        first.proc.wait()
+        began = time.monotonic()
+        apply(kube, budget("failover", stack.upstream, tokens=60_000))
+        wait_for("the standby to take over and push generation 2", lambda: all_enforce(sidecars, key, 2),
+                 timeout=15)
+        took = time.monotonic() - began
+        assert sum(second.samples(pushes).values()) > 0
+        holder = json.loads(kube.kubectl("get", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
+                                         "-o", "json").stdout)["spec"]["holderIdentity"]
+        assert holder.endswith(f"-{second.proc.pid if second.proc else 0}")
+        print(f"\nfailover: generation 2 on both sidecars {took:.2f} s after the leader was killed (Lease 3 s)")
+    finally:
+        second.stop()
+        kube.kubectl("delete", "tb", "failover", "-n", NS, "--ignore-not-found", check=False)
+        first.start()  # the module's operator again, for the tests after this one
+
+
+def test_the_operator_needed_no_permission_beyond_deploy_rbac(stack: Stack) -> None:
+    """Every test above ran the operator as the ServiceAccount of deploy/rbac.yaml: nothing was refused."""
+    log = "\n".join(p.read_text(errors="replace") for p in stack.workdir.glob("operator*.log"))
+    refused = [line for line in log.splitlines() if "forbidden" in line.lower()]
+    assert not refused, "\n".join(refused[:5])

@@ -1,0 +1,126 @@
+"""The reconciler's pure decisions, without a control plane: which pods count, which windows are leased,
+what a pod gets before its first lease round, when a renewed lease is worth a push, and the status counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tokenbudget_api import names
+from tokenbudget_api.policy import Lease
+from tokenbudget_api.tokenbudget import TokenBudgetSpec
+from tokenbudget_operator.config import OperatorSettings
+from tokenbudget_operator.effective import BudgetView, PodView, resolve
+from tokenbudget_operator.reconcile import (
+    BudgetEntry,
+    PodAgent,
+    PodEntry,
+    Reconciler,
+    applied_leases,
+    has_sidecar,
+    leased_windows,
+)
+
+NS = "team-a"
+KEY_DIR = "/var/run/secrets/tokenbudget/upstreams"
+
+
+def budget(name: str, **spec: Any) -> BudgetView:
+    body = {"selector": {"matchLabels": {"app": "chat"}}, "timeZone": "UTC",
+            "limits": [{"name": "day", "period": "Day", "tokens": 1000}], **spec}
+    return BudgetView(namespace=NS, name=name, spec=TokenBudgetSpec.model_validate(body), uid=f"uid-{name}",
+                      generation=1)
+
+
+def pod(name: str, labels: dict[str, str] | None = None) -> PodEntry:
+    view = PodView(namespace=NS, name=name, uid=f"uid-{name}", labels=labels or {"app": "chat"})
+    return PodEntry(view, "127.0.0.2")
+
+
+def reconciler(*budgets: BudgetView) -> Reconciler:
+    index: Any = {NS: [BudgetEntry(b) for b in budgets]} if budgets else {}
+    return Reconciler(OperatorSettings(namespace="tokenbudget-system"), None, index, {}, {})
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"initContainers": [{"name": names.SIDECAR_CONTAINER}], "containers": [{"name": "app"}]}, True),
+    ({"containers": [{"name": "app"}, {"name": names.SIDECAR_CONTAINER}]}, True),
+    ({"containers": [{"name": "app"}]}, False),
+    ({}, False),
+])
+def test_a_pod_counts_when_it_runs_the_sidecar_as_a_native_or_a_classic_container(
+    spec: dict[str, Any], expected: bool
+) -> None:
+    assert has_sidecar(spec) is expected
+
+
+def test_only_whole_calendar_windows_of_enforcing_budgets_are_leased() -> None:
+    view = budget("b", limits=[
+        {"name": "day", "period": "Day", "tokens": 1000},
+        {"name": "per-user", "period": "Day", "tokens": 100, "per": "User"},
+        {"name": "burst", "duration": "5m", "requests": 60},
+        {"name": "month-usd", "period": "Month", "costUSD": "40.00"},
+    ])
+    assert [lim.name for lim in leased_windows(view)] == ["day", "month-usd"]
+    assert leased_windows(budget("dry", enforcement="DryRun")) == []
+
+
+def test_a_pod_new_to_a_leased_window_gets_a_zero_grant_never_the_whole_limit() -> None:
+    view = budget("b")
+    rec = reconciler(view)
+    leases = rec._leases_for("uid-new", [view])
+    (lease,) = leases[view.key]
+    assert lease.granted == 0
+    assert lease.period_start == dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    # Stable until the period ends: re-resolving gives the same version, so nothing is pushed twice.
+    again = rec._leases_for("uid-new", [view])
+    entry = pod("new")
+    assert resolve(entry.view, [view], [], KEY_DIR, leases=leases).policy.version == resolve(
+        entry.view, [view], [], KEY_DIR, leases=again).policy.version
+
+
+def test_a_renewal_that_only_moves_the_expiry_is_not_pushed_until_half_the_ttl_is_gone() -> None:
+    view = budget("b")
+    rec = reconciler(view)
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    start = now.replace(hour=0)
+    pushed = Lease(window="day", granted=Decimal(250), period_start=start, expires_at=now + dt.timedelta(seconds=60))
+    rec.leases = {"uid-a": {view.key: [pushed]}}
+    renewed = pushed.model_copy(update={"expires_at": now + dt.timedelta(seconds=70)})
+    assert rec._stable("uid-a", view.key, renewed, now + dt.timedelta(seconds=10)) is pushed
+    assert rec._stable("uid-a", view.key, renewed, now + dt.timedelta(seconds=40)) is renewed  # < ttl/2 left
+    more = renewed.model_copy(update={"granted": Decimal(300)})
+    assert rec._stable("uid-a", view.key, more, now + dt.timedelta(seconds=10)) is more  # a new amount goes out
+
+
+def test_applied_leases_are_read_back_from_a_pushed_policy() -> None:
+    view = budget("b")
+    lease = Lease(window="day", granted=Decimal(7), period_start=dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
+                  expires_at=dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC))
+    policy = resolve(pod("a").view, [view], [], KEY_DIR, leases={view.key: [lease]}).policy
+    assert applied_leases(policy) == {(view.key, "day"): lease}
+
+
+def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_selected() -> None:
+    view = budget("b")
+    rec = reconciler(view)
+    now = dt.datetime.now(dt.UTC)
+    for name, synced in (("a", True), ("b", False)):
+        entry = pod(name)
+        desired = resolve(entry.view, [view], [], KEY_DIR)
+        rec.agents[entry.view.uid] = PodAgent(entry, desired, desired.policy.version if synced else None)
+    other = pod("c", {"app": "other"})
+    rec.agents[other.view.uid] = PodAgent(other, resolve(other.view, [view], [], KEY_DIR))
+    status = rec.budget_status(BudgetEntry(view), now)
+    assert status["pods"] == {"selected": 2, "synced": 1}
+    synced_c = next(c for c in status["conditions"] if c["type"] == "Synced")
+    assert (synced_c["status"], synced_c["reason"]) == ("False", "SyncInProgress")
+    assert status["observedGeneration"] == 1
+
+    lonely = reconciler(budget("nobody", selector={"matchLabels": {"app": "none"}}))
+    ready = next(c for c in lonely.budget_status(BudgetEntry(budget("nobody")), now)["conditions"]
+                 if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NoPodsSelected")
