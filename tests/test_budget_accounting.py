@@ -201,3 +201,15 @@ async def test_an_expired_lease_refuses_when_fail_closed_and_admits_when_fail_op
             assert "lease" in r.message
         assert ok is admitted
         clock.set(at("2026-11-23T10:00:00+00:00"))
+
+
+async def test_a_leased_window_is_reported_before_its_first_call() -> None:
+    clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
+    adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock)
+    adm.budgets[0].leases = {("day", None): Lease.model_validate({
+        "window": "day", "granted": "700", "periodStart": "2026-11-23T00:00:00+00:00",
+        "expiresAt": "2026-11-23T11:00:00+00:00"})}
+    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    assert w["limit"] == "700"
+    assert w["lease"]["granted"] == "700"
+    assert w["used"] == "0"

@@ -278,6 +278,7 @@ class BudgetState:
     def snapshot(self) -> dict[str, object]:
         """What the operator reads to write status: use per window, stage, dry-run counts, leases."""
         now = self.clock.now()
+        self._ensure_leased_windows()
         windows = []
         for w in self.windows.values():
             entry: dict[str, object] = {
@@ -300,6 +301,15 @@ class BudgetState:
             "wouldHave": {k: {"count": v.count, "tokens": v.tokens, "costUSD": str(v.cost_usd)}
                           for k, v in self.would_have.items()},
         }
+
+    def _ensure_leased_windows(self) -> None:
+        """A leased window shows in snapshots before its first call, so the operator sees every grant held."""
+        limits = {lim.name: lim for lim in self.spec.limits or []}
+        for name, key in self.leases:
+            if (name, key) not in self.windows and name in limits:
+                limit = limits[name]
+                self.windows[(name, key)] = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
+                                                   self._amount(limit, key))
 
     def expire(self) -> int:
         """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""
