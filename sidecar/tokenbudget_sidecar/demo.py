@@ -107,8 +107,8 @@ def summary(admin: str, upstream: str) -> None:
         row["calls"] += 1
         for key in ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens"):
             row[key] += rec["usage"][key]
-        if rec["cost_usd"] is None and rec["usage"]["input_tokens"]:
-            row["unpriced"] += 1
+        if rec["cost_usd"] is None:
+            row["unpriced"] += bool(rec["usage"]["input_tokens"])  # zero-token errors have no price to miss
         else:
             row["cost"] = row.get("cost", Decimal(0)) + Decimal(rec["cost_usd"])
         row["errors"] += rec["outcome"] != "ok"
