@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +129,7 @@ class Stack:
     upstream: str
     workdir: Path
     token_file: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # killed at module teardown
 
     def served(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = http("GET", f"{self.upstream}/_upstream/served", token=None)
@@ -223,7 +224,7 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
         operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
         operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
         operator.start()
-        yield Stack(kube, operator, sidecars, upstream, workdir, token_file)
+        yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
     finally:
         if operator is not None:
             operator.stop()
@@ -313,6 +314,23 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     count = stack.operator.samples("tokenbudget_operator_propagation_seconds_count").get((), 0.0)
     print(f"\npropagation kubectl apply→both sidecars applied (polled): create {first:.2f} s, change {second:.2f} s, "
           f"delete {dropped:.2f} s; operator-side (seen→applied) mean {seen / max(count, 1):.3f} s over {count:.0f}")
+
+
+def test_a_restarted_sidecar_gets_its_policy_pushed_again(stack: Stack) -> None:
+    """A sidecar keeps no policy on disk: after a crash it runs its default until the operator notices."""
+    key = f"{NS}/restarted"
+    apply(stack.kube, budget("restarted", stack.upstream))
+    wait_for("both sidecars to enforce it", lambda: all_enforce(stack.sidecars, key, 1), timeout=10)
+    victim = stack.sidecars[0]
+    victim.proc.kill()
+    victim.proc.wait()
+    victim.proc = start_sidecar(victim.ip, stack.workdir, stack.token_file)
+    stack.procs.append(victim.proc)
+    wait_for("the sidecar to come back", lambda: http("GET", f"{victim.admin}/healthz", token=None), timeout=20)
+    assert key not in victim.budgets(), "a fresh sidecar starts from its embedded default"
+    wait_for("the operator to push the policy again", lambda: key in victim.budgets(), timeout=15)
+    stack.kube.kubectl("delete", "tb", "restarted", "-n", NS)
+    wait_for("both to drop it", lambda: all_enforce(stack.sidecars, key, None), timeout=10)
 
 
 def spend(sidecars: list[Sidecar], calls_each: int) -> None:

@@ -17,6 +17,15 @@ TokenBudget conditions:
     LadderStage  True while a ladder step is in force; reason is the stage (Alert, Throttle, Downgrade,
                  Block) or Normal with status False.
     Exhausted    True when the fullest window reached 100% (reason WindowExhausted), else WithinLimits.
+
+ThinkTier conditions (built in thinktier_status.py with `synced_condition` and `build_conditions`):
+
+    Ready, Synced          as for a TokenBudget (Ready=True has reason Measuring).
+    TruncationHigh         a class with minSamples calls truncates more often than truncationAlertPercent.
+    UnderUsed              a class with minSamples calls leaves more than underUseAlertPercent of its budget
+                           unused at P50. Both Unknown (NotEnoughSamples) until some class has minSamples.
+    AutoApplyUnsupported   only while calibration.autoApply is Enabled: True, reason RecommendationOnly
+                           (the operator never writes spec).
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ class ConditionType(StrEnum):
     SYNCED = "Synced"
     LADDER_STAGE = "LadderStage"
     EXHAUSTED = "Exhausted"
+    TRUNCATION_HIGH = "TruncationHigh"
+    UNDER_USED = "UnderUsed"
+    AUTO_APPLY_UNSUPPORTED = "AutoApplyUnsupported"
 
 
 class Reason(StrEnum):
@@ -48,6 +60,12 @@ class Reason(StrEnum):
     WINDOW_EXHAUSTED = "WindowExhausted"
     WITHIN_LIMITS = "WithinLimits"
     NO_USAGE_YET = "NoUsageYet"
+    MEASURING = "Measuring"
+    NOT_ENOUGH_SAMPLES = "NotEnoughSamples"
+    TRUNCATION_ABOVE_THRESHOLD = "TruncationAboveThreshold"
+    MEDIAN_FAR_BELOW_BUDGET = "MedianFarBelowBudget"
+    WITHIN_THRESHOLD = "WithinThreshold"
+    RECOMMENDATION_ONLY = "RecommendationOnly"
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,22 @@ def _true(flag: bool) -> ConditionStatus:
     return ConditionStatus.TRUE if flag else ConditionStatus.FALSE
 
 
+def synced_counts(selected: int, synced: int, generation: int | None) -> str:
+    gen = f"generation {generation}" if generation is not None else "the current generation"
+    return f"{synced}/{selected} selected pods enforce {gen}"
+
+
+def synced_condition(selected: int, synced: int, generation: int | None) -> DesiredCondition:
+    """Synced: True when selected == synced > 0; NoPodsSelected or SyncInProgress (counts in the message)."""
+    counts = synced_counts(selected, synced, generation)
+    if selected == 0:
+        return DesiredCondition(ConditionType.SYNCED, ConditionStatus.FALSE, Reason.NO_PODS_SELECTED,
+                                "the selector matches no pod with a sidecar in this namespace")
+    if synced >= selected:
+        return DesiredCondition(ConditionType.SYNCED, ConditionStatus.TRUE, Reason.ALL_PODS_SYNCED, counts)
+    return DesiredCondition(ConditionType.SYNCED, ConditionStatus.FALSE, Reason.SYNC_IN_PROGRESS, counts)
+
+
 def budget_conditions(
     previous: Iterable[Mapping[str, Any]] | None,
     *,
@@ -135,15 +169,8 @@ def budget_conditions(
     `selected`/`synced` count pods with a sidecar that the selector matches and that applied the policy
     of this generation; `problems` are misconfigurations attributed to this budget.
     """
-    gen = f"generation {generation}" if generation is not None else "the current generation"
-    counts = f"{synced}/{selected} selected pods enforce {gen}"
-    if selected == 0:
-        synced_c = DesiredCondition(ConditionType.SYNCED, ConditionStatus.FALSE, Reason.NO_PODS_SELECTED,
-                                    "the selector matches no pod with a sidecar in this namespace")
-    elif synced >= selected:
-        synced_c = DesiredCondition(ConditionType.SYNCED, ConditionStatus.TRUE, Reason.ALL_PODS_SYNCED, counts)
-    else:
-        synced_c = DesiredCondition(ConditionType.SYNCED, ConditionStatus.FALSE, Reason.SYNC_IN_PROGRESS, counts)
+    synced_c = synced_condition(selected, synced, generation)
+    counts = synced_counts(selected, synced, generation)
 
     if problems:
         ready = DesiredCondition(ConditionType.READY, ConditionStatus.FALSE, problems[0].reason,
@@ -190,4 +217,6 @@ __all__ = [
     "budget_conditions",
     "build_conditions",
     "k8s_time",
+    "synced_condition",
+    "synced_counts",
 ]

@@ -1,7 +1,7 @@
 """kopf handlers that put TokenBudgets and ThinkTiers onto sidecars and write usage back onto the budgets.
 
 Shape: three `@kopf.index`es (budgets, tiers, pods with a sidecar) hold the cluster in memory; watch events
-only wake one `Reconciler` (started at startup, stopped at cleanup), whose four loops work from the indexes:
+only wake one `Reconciler` (started at startup, stopped at cleanup), whose five loops work from the indexes:
 
 - push loop: for every pod with a sidecar, `effective.resolve` gives the policy; when its version differs
   from what the sidecar last said it applied, PUT it (one task per pod at a time, so an older policy never
@@ -16,6 +16,9 @@ only wake one `Reconciler` (started at startup, stopped at cleanup), whose four 
 - status loop: per budget, at most once every `status_min_interval_s` and only when something changed,
   a merge patch of the status subresource (usage, pods selected/synced, conditions written whole), and a
   Kubernetes Event when the aggregated ladder stage changes.
+- thinktier loop: every `usage_interval_s`, GET /thinking from every sidecar a ThinkTier selects, merged
+  per class across pods (thinktier_status.py), and per ThinkTier a status merge patch under the same
+  rate limit as budgets'. Never spec: `autoApply: Enabled` only earns a condition.
 
 Only one replica acts: the holder of a coordination.k8s.io Lease (leader.py); the others keep their
 indexes warm and take over with the same recovery path as a restart.
@@ -69,9 +72,11 @@ from tokenbudget_operator.status_writer import (
     StateConflict,
     StateStore,
     patch_budget_status,
+    patch_thinktier_status,
     post_event,
     read_admin_token,
 )
+from tokenbudget_operator.thinktier_status import ThinkTierTracker, thinktier_status
 
 logger = logging.getLogger(__name__)
 MEMO_RECONCILER = "tokenbudget_reconciler"
@@ -95,6 +100,14 @@ class BudgetEntry:
 
 
 @dataclass(frozen=True)
+class TierEntry:
+    """A ThinkTier as indexed: the parsed view plus its conditions (lastTransitionTime survives a restart)."""
+
+    view: TierView
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class PodEntry:
     """A pod with a sidecar: its labels/annotations (policy inputs) and where its admin port is."""
 
@@ -104,7 +117,7 @@ class PodEntry:
 
 
 BudgetIndex = kopf.Index[str, BudgetEntry]  # namespace → its TokenBudgets
-TierIndex = kopf.Index[str, TierView]  # namespace → its ThinkTiers
+TierIndex = kopf.Index[str, TierEntry]  # namespace → its ThinkTiers
 PodIndex = kopf.Index[str, PodEntry]  # namespace → its pods with a sidecar
 
 
@@ -127,14 +140,15 @@ async def tokenbudget_budgets(body: kopf.Body, namespace: str | None, **_: Any) 
 
 
 @kopf.index(names.GROUP, names.VERSION, names.THINKTIER_PLURAL, id="tokenbudget_tiers")
-async def tokenbudget_tiers(body: kopf.Body, **_: Any) -> dict[str, TierView]:
+async def tokenbudget_tiers(body: kopf.Body, **_: Any) -> dict[str, TierEntry]:
     try:
         view = TierView.from_body(body)
     except pydantic.ValidationError as exc:
         logger.warning("ThinkTier %s not understood, ignored: %d errors", body.get("metadata", {}).get("name"),
                        exc.error_count())
         return {}
-    return {view.namespace: view}
+    status = body.get("status") or {}
+    return {view.namespace: TierEntry(view, tuple(status.get("conditions") or ()))}
 
 
 @kopf.index("pods", id="tokenbudget_sidecar_pods", when=has_sidecar)
@@ -233,6 +247,8 @@ class Reconciler:
         self.aggregator = Aggregator()
         self.store = StateStore(api, settings.namespace, settings.usage_state_configmap)
         self.status: dict[str, BudgetStatusState] = {}
+        self.tier_tracker = ThinkTierTracker()
+        self.tier_status: dict[str, BudgetStatusState] = {}  # ThinkTier key → last write (stage unused)
         self.seen_generation: dict[tuple[str, int], float] = {}  # (budget uid, generation) → first seen, wall s
         self.propagated: set[tuple[str, str, int]] = set()  # (pod uid, budget uid, generation) measured
         self._tokens: dict[str, tuple[str | None, float]] = {}
@@ -262,7 +278,7 @@ class Reconciler:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self._client = SidecarClient(self._session, timeout_s=self.settings.sidecar_timeout_s)
-        for loop in (self._push_loop, self._usage_loop, self._status_loop, self._lease_loop):
+        for loop in (self._push_loop, self._usage_loop, self._status_loop, self._lease_loop, self._thinktier_loop):
             self._tasks.append(asyncio.create_task(loop(), name=f"tokenbudget-{loop.__name__}"))
         if self.elector is not None:
             self._tasks.append(asyncio.create_task(self.elector.run(self._leadership), name="tokenbudget-leader"))
@@ -282,6 +298,7 @@ class Reconciler:
             for agent in self.agents.values():
                 agent.applied, agent.applied_leases, agent.acked = None, {}, 0
             self.status.clear()
+            self.tier_status.clear()
         self.leader = leader
         self.wake.set()
 
@@ -310,7 +327,10 @@ class Reconciler:
         return [e for ns in list(self.budgets_index) for e in self.budgets_index.get(ns, ())]
 
     def tier_views(self, namespace: str) -> list[TierView]:
-        return list(self.tiers_index.get(namespace, ()))
+        return [e.view for e in self.tiers_index.get(namespace, ())]
+
+    def tier_entries(self) -> list[TierEntry]:
+        return [e for ns in list(self.tiers_index) for e in self.tiers_index.get(ns, ())]
 
     def pod_entries(self) -> list[PodEntry]:
         return [e for ns in list(self.pods_index) for e in self.pods_index.get(ns, ())]
@@ -455,6 +475,13 @@ class Reconciler:
             logger.warning("usage pull from pod %s failed: %s", pod.key, exc)
             return None
         reconcile_metrics.PULLS.labels(result="ok").inc()
+        if (page.policy_version is not None and agent.applied is not None and not agent.pushing
+                and page.policy_version != agent.applied):
+            # The sidecar restarted (its policy is not on disk) or was replaced at the same address.
+            logger.info("pod %s runs policy %s, not %s: pushing again", pod.key, page.policy_version,
+                        agent.applied)
+            agent.applied = None
+            self.wake.set()
         added = self.aggregator.add(pod.uid, page.records, pod_name=pod.name, last_seq=page.last_seq)
         return agent, added
 
@@ -701,6 +728,67 @@ class Reconciler:
             except Exception:
                 logger.exception("status round failed")
 
+    # ----- ThinkTier status -----
+
+    async def _pull_thinking(self, agent: PodAgent) -> None:
+        base = self._base(agent)
+        if base is None:
+            return
+        pod = agent.entry.view
+        try:
+            snapshot = await self.client.get_thinking(base, await self.token(pod.namespace))
+        except Exception as exc:  # its last figures stay (module docstring of thinktier_status)
+            logger.warning("GET /thinking from pod %s failed: %s", pod.key, exc)
+            return
+        self.tier_tracker.observe(pod.uid, snapshot)
+
+    async def thinktier_round(self) -> None:
+        """Pull every selected sidecar's figures, then write each ThinkTier's status that changed."""
+        selected = {uid: a.desired.tiers for uid, a in self.agents.items()
+                    if not a.departed and a.desired is not None and a.desired.tiers}
+        await asyncio.gather(*(self._pull_thinking(self.agents[uid]) for uid in selected))
+        self.tier_tracker.retain(selected)
+        now_wall = dt.datetime.now(dt.UTC)
+        entries = self.tier_entries()
+        for entry in entries:
+            view = entry.view
+            state = self.tier_status.setdefault(view.key, BudgetStatusState(conditions=list(entry.conditions)))
+            agents = [a for uid, a in self.agents.items() if view.key in selected.get(uid, ())]
+            problems: list[Problem] = []
+            for a in agents:
+                assert a.desired is not None
+                problems.extend(p for p in a.desired.problems if p.source == view.key and p not in problems)
+            synced = sum(1 for a in agents if a.desired is not None and a.applied == a.desired.policy.version)
+            status = thinktier_status(
+                view, self.tier_tracker.tracks(view.key, (a.entry.view.uid for a in agents)),
+                previous=state.conditions, selected=len(agents), synced=synced, problems=problems, now=now_wall)
+            if status == state.written:
+                continue
+            if time.monotonic() - state.written_at < self.settings.status_min_interval_s:
+                continue
+            try:
+                await asyncio.to_thread(patch_thinktier_status, self.api, view.namespace, view.name,
+                                        {**status, "lastUpdated": k8s_time(now_wall)})
+            except Exception as exc:
+                reconcile_metrics.THINKTIER_STATUS_PATCHES.labels(result="error").inc()
+                logger.warning("status patch of ThinkTier %s failed: %s", view.key, exc)
+                state.written_at = time.monotonic()
+                continue
+            reconcile_metrics.THINKTIER_STATUS_PATCHES.labels(result="ok").inc()
+            state.written, state.written_at, state.conditions = status, time.monotonic(), status["conditions"]
+        for key in set(self.tier_status) - {e.view.key for e in entries}:
+            del self.tier_status[key]
+
+    async def _thinktier_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.usage_interval_s)
+            if not self.active:
+                continue
+            try:
+                await self.thinktier_round()
+            except Exception:
+                logger.exception("ThinkTier status round failed")
+
 
 def applied_leases(policy: SidecarPolicy) -> dict[tuple[str, str], Lease]:
     """(budget key, window) → the whole-window lease a policy grants."""
@@ -719,4 +807,4 @@ def leased_windows(view: BudgetView) -> list[Limit]:
     return [lim for lim in view.spec.limits or [] if lim.period is not None and lim.per is None]
 
 
-__all__ = ["BudgetEntry", "PodEntry", "Reconciler", "has_sidecar", "leased_windows"]
+__all__ = ["BudgetEntry", "PodEntry", "Reconciler", "TierEntry", "has_sidecar", "leased_windows"]

@@ -23,5 +23,7 @@ PULLS = Counter("tokenbudget_operator_usage_pulls", "GET /usage calls to sidecar
 STATE_WRITES = Counter("tokenbudget_operator_usage_state_writes", "Commits of the usage-state ConfigMap.")
 STATUS_PATCHES = Counter("tokenbudget_operator_status_patches", "TokenBudget status patches, by result.",
                          ["result"])
+THINKTIER_STATUS_PATCHES = Counter("tokenbudget_operator_thinktier_status_patches",
+                                   "ThinkTier status patches, by result.", ["result"])
 LEASES_OUTSTANDING = Gauge("tokenbudget_operator_leases_outstanding",
                            "Granted but not yet spent, summed over every leased window (in each window's unit).")

@@ -49,6 +49,7 @@ class UsagePage:
     records: list[dict[str, Any]]
     cursor: int
     last_seq: int
+    policy_version: str | None = None  # what the sidecar enforces now
 
 
 class SidecarClient:
@@ -98,7 +99,7 @@ class SidecarClient:
         """GET /usage?after=&limit=: records with seq > after, in seq order."""
         answer = await self._call("GET", f"{base}/usage", token, params={"after": str(after), "limit": str(limit)})
         return UsagePage(records=list(answer.get("records") or []), cursor=int(answer.get("cursor", after)),
-                         last_seq=int(answer.get("lastSeq", 0)))
+                         last_seq=int(answer.get("lastSeq", 0)), policy_version=answer.get("policyVersion"))
 
     async def ack_usage(self, base: str, token: str | None, cursor: int) -> None:
         """POST /usage/ack: the sidecar may forget records up to `cursor` (only after they are persisted)."""
@@ -108,6 +109,11 @@ class SidecarClient:
         """GET /budgets: windows, stage, leases, dry-run counts, and alerts after a cursor."""
         answer: dict[str, Any] = await self._call("GET", f"{base}/budgets", token,
                                                   params={"alertsAfter": str(alerts_after)})
+        return answer
+
+    async def get_thinking(self, base: str, token: str | None) -> dict[str, Any]:
+        """GET /thinking: per ThinkTier and class, cumulative figures and the mergeable histogram."""
+        answer: dict[str, Any] = await self._call("GET", f"{base}/thinking", token)
         return answer
 
 

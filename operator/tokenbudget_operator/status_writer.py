@@ -34,6 +34,15 @@ def patch_budget_status(api: Any, namespace: str, name: str, status: dict[str, A
     )
 
 
+def patch_thinktier_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch `status` of one ThinkTier (never its spec: autoApply stays a recommendation)."""
+    custom: Any = client.CustomObjectsApi(api)
+    custom.patch_namespaced_custom_object_status(
+        names.GROUP, names.VERSION, namespace, names.THINKTIER_PLURAL, name, {"status": status},
+        _content_type="application/merge-patch+json",
+    )
+
+
 def post_event(api: Any, involved: dict[str, Any], *, type_: str, reason: str, message: str,
                now: dt.datetime) -> None:
     """Create a core/v1 Event on an object (`involved`: apiVersion, kind, namespace, name, uid)."""
@@ -122,4 +131,5 @@ class StateStore:
         self.resource_version = done.metadata.resource_version
 
 
-__all__ = ["StateConflict", "StateStore", "patch_budget_status", "post_event", "read_admin_token"]
+__all__ = ["StateConflict", "StateStore", "patch_budget_status", "patch_thinktier_status", "post_event",
+           "read_admin_token"]

@@ -107,6 +107,7 @@ async def get_usage(request: web.Request) -> web.Response:
         "records": [r.model_dump(mode="json") for r in records],
         "cursor": records[-1].seq if records else max(cursor, state.usage_log.acked),
         "lastSeq": state.usage_log.last_seq,
+        "policyVersion": state.policy.version,  # a restarted sidecar runs its default: the operator re-pushes
     })
 
 
