@@ -261,3 +261,26 @@ async def test_overlapping_budgets_in_the_sidecar_the_strictest_cap_wins() -> No
             break
         admitted += 100
     assert admitted == 400  # the fifth call would bring "tight" to 500 > 450; "loose" alone would admit 100
+
+
+def test_a_model_the_spec_names_without_a_price_is_a_problem_on_the_budget() -> None:
+    from tokenbudget_api.tokenbudget import TokenBudgetSpec
+    from tokenbudget_operator.effective import BudgetView
+    from tokenbudget_operator.spec_checks import spec_problems
+
+    def view(limit: dict[str, object], models: dict[str, object] | None = None) -> BudgetView:
+        spec = {"selector": {}, "limits": [{"name": "l", "period": "Day", **limit}],
+                "ladder": [{"at": 85, "action": "Downgrade", "modelMap": {"gpt-4o": "qwen-flash"}}],
+                "models": models or {"allow": ["gpt-4o", "gpt-5*"]}}
+        return BudgetView("ns", "b", TokenBudgetSpec.model_validate(spec))
+
+    (dollars,) = spec_problems(view({"costUSD": "10"}))
+    assert dollars.reason == "ModelWithoutPrice"
+    assert "qwen-flash" in dollars.message
+    assert "gpt-4o" not in dollars.message  # the catalog prices it
+    assert dollars.source == "ns/b"
+    (tokens,) = spec_problems(view({"tokens": 1000}))
+    assert tokens.reason == "UnknownModel"
+    priced = {"allow": ["gpt-4o"], "prices": [{"model": "qwen-flash", "inputPerMillion": "0.05",
+                                              "outputPerMillion": "0.4"}]}
+    assert spec_problems(view({"costUSD": "10"}, priced)) == []

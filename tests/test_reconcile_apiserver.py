@@ -422,7 +422,16 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     assert condition(tb, "Ready")["status"] == "False"
     assert "first by name" in condition(tb, "Ready")["message"]
     assert condition(get_tb(kube, "aa-first"), "Ready")["reason"] != "UpstreamConflict"
-    kube.kubectl("delete", "tb", "nobody", "aa-first", "zz-conflict", "-n", NS)
+
+    # A Downgrade to a model no catalog prices, under a dollar limit: said on the budget before any call.
+    unpriced = budget("unpriced", stack.upstream,
+                      ladder=[{"at": 85, "action": "Downgrade", "modelMap": {"gpt-4o": "qwen-flash"}}])
+    unpriced["spec"]["limits"].append({"name": "daily-dollars", "period": "Day", "costUSD": "5.00"})
+    apply(kube, unpriced)
+    tb = wait_for("ModelWithoutPrice", lambda: condition(t := get_tb(kube, "unpriced"), "Ready").get(
+        "reason") == "ModelWithoutPrice" and t)
+    assert "qwen-flash" in condition(tb, "Ready")["message"]
+    kube.kubectl("delete", "tb", "nobody", "aa-first", "zz-conflict", "unpriced", "-n", NS)
     wait_for("the sidecars to drop them", lambda: all(not s.budgets() for s in stack.sidecars), timeout=10)
 
 

@@ -68,6 +68,7 @@ from tokenbudget_operator.leases import (
 )
 from tokenbudget_operator.runtime import runtime
 from tokenbudget_operator.sidecar_client import SidecarClient, SidecarError
+from tokenbudget_operator.spec_checks import spec_problems
 from tokenbudget_operator.status_writer import (
     StateConflict,
     StateStore,
@@ -664,6 +665,7 @@ class Reconciler:
             if agent.applied == desired.policy.version:
                 synced += 1
             problems.extend(p for p in desired.problems if p.source == view.key and p not in problems)
+        problems.extend(spec_problems(view))
         usage = self.aggregator.status(view, now)
         state = self.status.setdefault(view.key, BudgetStatusState(conditions=list(entry.conditions),
                                                                    stage=entry.stage))

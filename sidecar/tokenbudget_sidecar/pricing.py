@@ -7,10 +7,10 @@ online update is never enabled here: pods price from the package they ship with.
 from __future__ import annotations
 
 from decimal import Decimal
-from functools import lru_cache
 
 import genai_prices
 
+from tokenbudget_api.prices import catalog_price
 from tokenbudget_api.tokenbudget import ModelPrice
 from tokenbudget_sidecar.usage import Usage
 
@@ -33,23 +33,6 @@ def _override_cost(price: ModelPrice, usage: Usage) -> Decimal:
 FAST_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
 # Any other priced dimension (audio, images, searches) means the fast path would miss something.
 OTHER_FIELDS = ("input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok", "requests_kcount")
-
-
-@lru_cache(maxsize=4096)
-def catalog_price(model: str, base_url: str) -> genai_prices.types.ModelPrice | None:
-    """The catalog's price for a model, found once: the lookup costs tens of microseconds per call.
-
-    Found by the upstream's URL first (a provider's own endpoint), then by model name alone. The price
-    in force at first use is kept for the life of the process (catalog prices change rarely, and pods
-    are replaced far more often).
-    """
-    probe = genai_prices.Usage(input_tokens=1, output_tokens=1)
-    for url in (base_url, None):
-        try:
-            return genai_prices.calc_price(probe, model, provider_api_url=url).model_price
-        except LookupError:
-            continue
-    return None
 
 
 def _flat(price: genai_prices.types.ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal | None] | None:
