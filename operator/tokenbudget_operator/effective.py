@@ -80,8 +80,25 @@ def _str_map(value: object) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
+def _identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """namespace, name, uid and generation of a kopf body, the fields every view shares."""
+    meta = _meta(body)
+    return {"namespace": str(meta.get("namespace", "")), "name": str(meta.get("name", "")),
+            "uid": str(meta.get("uid", "")), "generation": int(meta.get("generation") or 0)}
+
+
+class _Keyed:
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        """"namespace/name": how the sidecar names budgets and tiers in records and decisions."""
+        return f"{self.namespace}/{self.name}"
+
+
 @dataclass(frozen=True)
-class PodView:
+class PodView(_Keyed):
     """The parts of a Pod the policy depends on (labels choose budgets, an annotation authorizes tiers)."""
 
     namespace: str
@@ -94,17 +111,12 @@ class PodView:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodView:
         meta = _meta(body)
-        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
-                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0),
-                   labels=_str_map(meta.get("labels")), annotations=_str_map(meta.get("annotations")))
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return cls(**_identity(body), labels=_str_map(meta.get("labels")),
+                   annotations=_str_map(meta.get("annotations")))
 
 
 @dataclass(frozen=True)
-class BudgetView:
+class BudgetView(_Keyed):
     """A TokenBudget as indexed: identity, generation and parsed spec (status is not an input)."""
 
     namespace: str
@@ -115,19 +127,11 @@ class BudgetView:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> BudgetView:
-        meta = _meta(body)
-        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
-                   spec=TokenBudgetSpec.model_validate(body.get("spec") or {}),
-                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0))
-
-    @property
-    def key(self) -> str:
-        """"namespace/name": how the sidecar names the budget in usage records and decisions."""
-        return f"{self.namespace}/{self.name}"
+        return cls(**_identity(body), spec=TokenBudgetSpec.model_validate(body.get("spec") or {}))
 
 
 @dataclass(frozen=True)
-class TierView:
+class TierView(_Keyed):
     """A ThinkTier as indexed."""
 
     namespace: str
@@ -138,14 +142,7 @@ class TierView:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TierView:
-        meta = _meta(body)
-        return cls(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
-                   spec=ThinkTierSpec.model_validate(body.get("spec") or {}),
-                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 0))
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return cls(**_identity(body), spec=ThinkTierSpec.model_validate(body.get("spec") or {}))
 
 
 @dataclass(frozen=True)

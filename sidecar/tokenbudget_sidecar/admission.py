@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from tokenbudget_api.policy import SidecarPolicy
-from tokenbudget_api.tokenbudget import Action, Enforcement, OnOversize, Stage
+from tokenbudget_api.tokenbudget import Action, OnOversize, Stage
 from tokenbudget_api.windows import Clock
 from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Window
 from tokenbudget_sidecar.dialects import Call, Dialect
@@ -260,6 +260,3 @@ def _unit_amount(w: Window, rec: UsageRecord) -> Decimal:
         return rec.cost_usd or Decimal(0)
     return Decimal(1)
 
-
-def enforcing(policy: SidecarPolicy) -> bool:
-    return any(b.spec.enforcement is Enforcement.ENFORCE for b in policy.budgets)
