@@ -233,6 +233,9 @@ def test_per_user_windows_show_the_fullest_keys_and_anonymous_callers() -> None:
     assert [(w["key"], w["used"], w["percent"]) for w in status["windows"]] == [("bob", "900", 90),
                                                                                  ("anonymous", "300", 30)]
     assert agg.settled(view(spec), "u", "bob", t) == {"pod-a": Decimal(900)}
+    agg.add("pod-b", wire(rec(1, t, 40, user="ann"), rec(2, t, 30, user="ann")))
+    # No key on a per-key window: what the lease every key shares must cover, each pod's fullest key.
+    assert agg.settled(view(spec), "u", None, t) == {"pod-a": Decimal(900), "pod-b": Decimal(70)}
 
 
 def test_settled_per_pod_feeds_the_lease_allocator() -> None:

@@ -213,3 +213,37 @@ async def test_a_leased_window_is_reported_before_its_first_call() -> None:
     assert w["limit"] == "700"
     assert w["lease"]["granted"] == "700"
     assert w["used"] == "0"
+
+
+async def test_a_lease_without_key_on_a_per_user_limit_caps_every_user_separately() -> None:
+    clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
+    adm = admission({"limits": [{"name": "per-user", "period": "Day", "tokens": 100000, "per": "User"}]}, clock)
+    adm.budgets[0].leases = {("per-user", None): Lease.model_validate({
+        "window": "per-user", "granted": "150", "periodStart": "2026-11-23T00:00:00+00:00",
+        "expiresAt": "2026-11-23T11:00:00+00:00"})}
+    assert adm.budgets[0].snapshot()["windows"] == [], "the shared lease has no window of its own"
+    await run_call(adm, clock, 60, 40, cap=40, user="alice")  # holds ≈ 60·1.1 + framing + 40
+    with pytest.raises(Refused) as refused:
+        await run_call(adm, clock, 60, 40, cap=40, user="alice")
+    assert "per-user[alice]" in refused.value.message
+    assert "of 150" in refused.value.message
+    await run_call(adm, clock, 60, 40, cap=40, user="bob")  # bob has his own 150
+    windows = {w["key"]: w for w in adm.budgets[0].snapshot()["windows"]}  # type: ignore[attr-defined]
+    assert windows["alice"]["limit"] == windows["bob"]["limit"] == "150"
+    assert windows["alice"]["lease"] | {"expiresAt": None} == {
+        "granted": "150", "remaining": "50", "low": False, "expiresAt": None}
+
+
+async def test_a_rolling_lease_is_a_level_that_frees_up_as_use_ages_out() -> None:
+    clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
+    adm = admission({"limits": [{"name": "hour", "duration": "1h", "tokens": 100000}]}, clock)
+    adm.budgets[0].leases = {("hour", None): Lease.model_validate({
+        "window": "hour", "granted": "150", "expiresAt": "2026-11-23T12:00:00+00:00"})}
+    await run_call(adm, clock, 60, 40, cap=40)
+    clock.advance(dt.timedelta(minutes=30))
+    with pytest.raises(Refused):
+        await run_call(adm, clock, 60, 40, cap=40)
+    clock.advance(dt.timedelta(minutes=31))  # the first call left the window: its 100 tokens are free again
+    await run_call(adm, clock, 60, 40, cap=40)
+    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    assert (w["limit"], w["used"]) == ("150", "100"), "not stale although its bucket start moved"

@@ -439,10 +439,51 @@ def test_reports_are_read_from_the_sidecar_snapshot_for_the_same_period_only() -
     entry = {"name": "daily", "key": None, "used": "120", "reserved": "30", "limit": "250",
              "periodStart": KEY.period_start.isoformat(),
              "lease": {"granted": "250", "remaining": "100", "low": False, "expiresAt": T0.isoformat()}}
-    assert PodReport.from_sidecar(KEY, entry) == PodReport(held=D(250), used=D(120), reserved=D(30), low=False)
+    assert PodReport.from_sidecar(KEY, [entry]) == PodReport(held=D(250), used=D(120), reserved=D(30), low=False)
+    assert KEY.period_start is not None
     yesterday = {**entry, "periodStart": (KEY.period_start - dt.timedelta(days=1)).isoformat()}
-    assert PodReport.from_sidecar(KEY, yesterday) == PodReport()
-    assert PodReport.from_sidecar(KEY, None) == PodReport()
+    assert PodReport.from_sidecar(KEY, [yesterday]) == PodReport()
+    assert PodReport.from_sidecar(KEY, []) == PodReport()
+
+
+def test_the_keys_of_a_per_key_window_fold_into_their_fullest_one() -> None:
+    def entry(key: str, used: str, reserved: str, low: bool) -> dict[str, object]:
+        return {"name": "daily", "key": key, "used": used, "reserved": reserved, "limit": "250",
+                "periodStart": KEY.period_start.isoformat() if KEY.period_start else None,
+                "lease": {"granted": "250", "low": low}}
+    entries = [entry("alice", "100", "20", False), entry("bob", "90", "60", True), entry("carol", "5", "0", False)]
+    assert PodReport.from_sidecar(KEY, entries) == PodReport(held=D(250), used=D(90), reserved=D(60), low=True)
+
+
+def test_a_rolling_window_counts_current_use_and_forgets_a_departed_pod_one_length_later() -> None:
+    hour = dt.timedelta(hours=1)
+
+    def rounds(rolling: dt.timedelta | None) -> tuple[Allocation, Allocation]:
+        key = LeaseKey("team-a/shared", "burst", None, None if rolling else KEY.period_start)
+        first = allocate(None, WindowInput(key, D(1000), [PodInput("a", report(0)), PodInput("b", report(0))],
+                                           rolling=rolling), T0)
+        full = allocate(first.state, WindowInput(key, D(1000), [PodInput("a", report(250, 250)),
+                                                                PodInput("b", report(250, 250))], rolling=rolling), T0)
+        # An hour on, the calls have left a rolling window: both pods report nothing in it.
+        aged = allocate(full.state, WindowInput(key, D(1000), [PodInput(u, report(int(g), 0, low=False))
+                                                               for u, g in granted(full).items()],
+                                                rolling=rolling), T0 + hour)
+        return full, aged
+
+    full, aged = rounds(hour)
+    assert granted(full) == {"a": D(375), "b": D(375)}
+    assert aged.state.pods["a"].consumed == 0, "room came back"
+    _, calendar = rounds(None)
+    assert calendar.state.pods["a"].consumed == 250, "a calendar period keeps its use"
+
+    key = LeaseKey("team-a/shared", "burst", None, None)
+    left = allocate(full.state, WindowInput(key, D(1000), [PodInput("a", report(375, 250))], rolling=hour), T0)
+    assert left.state.departed == {"b": D(250)}, "b left with 250 still inside the window"
+    assert left.committed == granted(left)["a"] + 250
+    held = int(granted(left)["a"])
+    later = allocate(left.state, WindowInput(key, D(1000), [PodInput("a", report(held, 0))], rolling=hour), T0 + hour)
+    assert later.state.departed == {}, "b's use left the window"
+    assert later.committed == granted(later)["a"]
 
 
 async def test_a_grant_is_a_lease_the_sidecar_enforces_as_its_whole_window() -> None:

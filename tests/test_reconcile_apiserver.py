@@ -242,11 +242,11 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def budget(name: str, upstream: str, *, selector: dict[str, str] | None = None, tokens: int = 100_000,
-           ladder: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+           ladder: list[dict[str, Any]] | None = None, window: dict[str, Any] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector or {"app": "chat"}},
         "timeZone": "UTC",
-        "limits": [{"name": "daily-tokens", "period": "Day", "tokens": tokens}],
+        "limits": [{"name": "daily-tokens", "tokens": tokens, **(window or {"period": "Day"})}],
         "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
     }
     if ladder:
@@ -435,7 +435,7 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     wait_for("the sidecars to drop them", lambda: all(not s.budgets() for s in stack.sidecars), timeout=10)
 
 
-def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float) -> tuple[int, int]:
+def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float, user: str | None = None) -> tuple[int, int]:
     """`concurrency` callers per sidecar, each calling in a loop for `seconds`; returns (admitted, refused)."""
     from openai import RateLimitError
 
@@ -445,7 +445,8 @@ def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float) -> tuple[i
         while time.monotonic() < deadline:
             try:
                 await client.chat.completions.create(
-                    model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Tell me a fact."}])
+                    model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Tell me a fact."}],
+                    **({"user": user} if user else {}))
                 counts[0] += 1
             except RateLimitError:
                 counts[1] += 1
@@ -464,7 +465,14 @@ def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float) -> tuple[i
     return counts[0], counts[1]
 
 
-def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_its_limit(stack: Stack) -> None:
+@pytest.mark.parametrize(("window", "user"), [
+    ({"period": "Day"}, None),
+    ({"period": "Day", "per": "User"}, "alice"),  # one user on four pods: the lease every key shares
+    ({"duration": "1h"}, None),  # a rolling window: its lease is a level
+], ids=["calendar", "per-user", "rolling"])
+def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_its_limit(
+    stack: Stack, window: dict[str, Any], user: str | None
+) -> None:
     kube = stack.kube
     extra: list[Sidecar] = []
     limit = 3000
@@ -478,15 +486,15 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
             set_pod_ip(kube, s.pod, s.ip)
         sidecars = [*stack.sidecars, *extra]
         key = f"{NS}/shared"
-        apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit))
+        apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit, window=window))
         wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
         http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
 
-        admitted, refused = hammer(sidecars, concurrency=16, seconds=6.0)
+        admitted, refused = hammer(sidecars, concurrency=16, seconds=6.0, user=user)
         served = [r for r in stack.served() if r["status"] == 200]
         spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
         outstanding = stack.operator.samples("tokenbudget_operator_leases_outstanding").get((), -1.0)
-        print(f"\n4 sidecars x 16 callers for 6 s on a {limit}-token budget: admitted {admitted}, refused "
+        print(f"\n4 sidecars x 16 callers for 6 s on a {limit}-token {window} budget: admitted {admitted}, refused "
               f"{refused}, spent {spent} tokens ({spent * 100 // limit}%), outstanding leases {outstanding:.0f}")
         assert admitted == len(served)
         assert spent <= limit, "the shared window was overrun"

@@ -57,15 +57,24 @@ def test_a_pod_counts_when_it_runs_the_sidecar_as_a_native_or_a_classic_containe
     assert has_sidecar(spec) is expected
 
 
-def test_only_whole_calendar_windows_of_enforcing_budgets_are_leased() -> None:
+def test_every_window_of_an_enforcing_budget_is_leased() -> None:
     view = budget("b", limits=[
         {"name": "day", "period": "Day", "tokens": 1000},
         {"name": "per-user", "period": "Day", "tokens": 100, "per": "User"},
         {"name": "burst", "duration": "5m", "requests": 60},
         {"name": "month-usd", "period": "Month", "costUSD": "40.00"},
     ])
-    assert [lim.name for lim in leased_windows(view)] == ["day", "month-usd"]
+    assert [lim.name for lim in leased_windows(view)] == ["day", "per-user", "burst", "month-usd"]
     assert leased_windows(budget("dry", enforcement="DryRun")) == []
+
+
+def test_a_new_pod_gets_a_zero_level_on_a_rolling_window_stable_for_the_day() -> None:
+    view = budget("b", limits=[{"name": "burst", "duration": "5m", "tokens": 600}])
+    rec = reconciler(view)
+    (lease,) = rec._leases_for("uid-new", [view])[view.key]
+    assert (lease.granted, lease.period_start) == (0, None)
+    assert lease.expires_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=30), "expiry would admit under Open"
+    assert rec._leases_for("uid-new", [view])[view.key] == [lease]
 
 
 def test_a_pod_new_to_a_leased_window_gets_a_zero_grant_never_the_whole_limit() -> None:

@@ -49,12 +49,20 @@ def default_upstreams() -> list[PolicyUpstream]:
 
 
 class Lease(ApiModel):
-    """A slice of a shared window granted to one sidecar for one period (Doorman-style)."""
+    """A slice of a shared window granted to one sidecar (Doorman-style).
+
+    Calendar window: `granted` is what the sidecar may have admitted by the end of the period starting at
+    `period_start`. Rolling window (`period_start` None): a level, what the sidecar's use inside the
+    sliding window may reach at any moment. Per-User/per-Model window: a lease without `key` applies to
+    every key separately (each user may spend `granted` through this pod), so N pods hold N grants per
+    key whatever the number of keys; the operator keeps their sum within the limit.
+    """
 
     window: str = Field(description="Limit name within the budget.")
-    key: str | None = Field(default=None, description="User or model for per-key windows.")
-    granted: Money = Field(description="Amount this sidecar may admit in the period, in the window's unit.")
-    period_start: dt.datetime = Field(description="Start of the period the grant is for.")
+    key: str | None = Field(default=None, description="One user or model; none = the whole window, or every key.")
+    granted: Money = Field(description="Amount this sidecar may admit, in the window's unit.")
+    period_start: dt.datetime | None = Field(
+        default=None, description="Start of the calendar period the grant is for; none for a rolling window.")
     expires_at: dt.datetime = Field(description="After this, failMode applies until renewed.")
 
 

@@ -373,18 +373,22 @@ class Aggregator:
     def settled(self, view: BudgetView, window: str, key: str | None, now: dt.datetime) -> dict[str, Decimal]:
         """Per pod uid, what usage pulls settled in `window` (and `key`) at `now`, in the limit's unit.
 
-        The `settled` input of `leases.WindowInput`; pods that are gone are included.
+        The `settled` input of `leases.WindowInput`; pods that are gone are included. `key` None on a
+        per-User/per-Model limit means every key, as the lease every key shares does: each pod's fullest key.
         """
         now = as_utc(now)
         _, windows, _ = self._fold(view)
         for lim, slots, ws in windows:
             if lim.name != window:
                 continue
-            out: dict[str, Decimal] = {}
+            sums: dict[tuple[str | None, str], Decimal] = {}
             for start in slots.live(ws.slots, now):
                 for (k, pod), totals in ws.slots[start].items():
-                    if k == key:
-                        out[pod] = out.get(pod, ZERO) + totals.amount(lim)
+                    if k == key or (key is None and lim.per is not None):
+                        sums[k, pod] = sums.get((k, pod), ZERO) + totals.amount(lim)
+            out: dict[str, Decimal] = {}
+            for (_, pod), amount in sums.items():
+                out[pod] = max(out.get(pod, ZERO), amount)
             return out
         return {}
 

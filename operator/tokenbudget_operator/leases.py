@@ -41,8 +41,15 @@ learning mode cannot see (with early exit, this needs a pod unreachable for the 
 Under failMode Open a sidecar with an expired lease admits
 without checking the shared window, so the bound holds only while leases are renewed (or with Closed).
 
-Rolling windows: the sidecar's `period_start` of a rolling window moves every bucket (D/120), so a lease
-on one goes stale within seconds; shared rolling windows need a sidecar change before they can be leased.
+Rolling windows have no period: their grant is a *level* (the pod's use inside the sliding window may
+not exceed it, `Lease.period_start` None), so `consumed_i` is the pod's current in-window use, which falls
+as calls age out, and a departed pod's spend stops counting one window length after it left.
+
+Per-User/per-Model windows get one lease per pod that every key shares (`LeaseKey.key` None; the sidecar
+applies it to each key separately). For each key k, what pods can spend is Σ_i max(grant_i, spent_i(k))
+≤ Σ_i max(grant_i, max_k spent_i(k)), so the allocator runs unchanged on `consumed_i = max over keys`
+(`PodReport.from_sidecar` folds the keys) and the limit holds for every key at once, whatever their
+number. The price: one heavy key makes its pod "low" and raises that pod's grant for all its keys.
 
 Pure functions over dataclasses; `LeaseAllocator` only keeps the per-window state between calls and is
 never persisted: restarting it *is* the recovery path.
@@ -51,7 +58,7 @@ never persisted: restarting it *is* the recovery path.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
@@ -73,8 +80,8 @@ class LeaseKey:
 
     budget: str  # "namespace/name"
     window: str  # the limit's name
-    key: str | None  # user or model for per-key limits, None for the whole window
-    period_start: dt.datetime  # as the sidecar computes it (`lease_period_start`)
+    key: str | None  # one user or model; None for the whole window (per-key limits: every key)
+    period_start: dt.datetime | None  # as the sidecar computes it (`lease_period_start`); None when rolling
 
     @property
     def slot(self) -> tuple[str, str, str | None]:
@@ -82,8 +89,11 @@ class LeaseKey:
         return self.budget, self.window, self.key
 
 
-def lease_period_start(limit: Limit, tz_name: str, now: dt.datetime) -> dt.datetime:
-    """The period start the sidecar compares a lease against (`WindowCounter.period_start`), at `now`."""
+def lease_period_start(limit: Limit, tz_name: str, now: dt.datetime) -> dt.datetime | None:
+    """The period start the sidecar compares a lease against (`WindowCounter.period_start`), at `now`;
+    None for a rolling window, whose lease is a level with no period."""
+    if limit.period is None:
+        return None
     return window_for(limit, tz_name, ManualClock(now)).period_start(now)
 
 
@@ -94,6 +104,10 @@ def quantum_for(limit: Limit) -> Decimal:
 
 def _amount(value: object) -> Decimal:
     return Decimal(str(value)) if value is not None else ZERO
+
+
+def _same_period(a: dt.datetime | None, b: dt.datetime | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and as_utc(a) == b)
 
 
 @dataclass(frozen=True)
@@ -110,26 +124,33 @@ class PodReport:
 
     @classmethod
     def from_sidecar(
-        cls, key: LeaseKey, window: Mapping[str, Any] | None, applied: Lease | None = None
+        cls, key: LeaseKey, entries: Iterable[Mapping[str, Any]], applied: Lease | None = None
     ) -> PodReport:
-        """From one `windows[]` entry of the sidecar's GET /budgets (None: window not used yet) and the lease
-        in the policy version the sidecar reports as applied.
+        """From the window's `windows[]` entries in the sidecar's GET /budgets (none: not used yet; one per
+        key for the lease every key of a per-key limit shares) and the lease in the policy version the
+        sidecar reports as applied. Keys fold into the fullest one: the grant bounds each key separately.
 
-        Use from a window whose periodStart is not `key.period_start` is for another period, so it is
+        Use from an entry whose periodStart is not `key.period_start` is for another period, so it is
         ignored; a lease for another period gives no right in this one (the sidecar treats it as stale).
         """
-        held = applied.granted if applied is not None and as_utc(applied.period_start) == key.period_start else ZERO
-        if window is None:
-            return cls(held=held)
-        start = window.get("periodStart")
-        if start is None or as_utc(dt.datetime.fromisoformat(str(start))) != key.period_start:
-            return cls(held=held)
-        lease = window.get("lease")
+        held = ZERO
+        if applied is not None and _same_period(applied.period_start, key.period_start):
+            held = applied.granted
+        used = reserved = ZERO
         low = False
-        if isinstance(lease, Mapping):
-            held = max(held, _amount(lease.get("granted")))
-            low = bool(lease.get("low"))
-        return cls(held=held, used=_amount(window.get("used")), reserved=_amount(window.get("reserved")), low=low)
+        for entry in entries:
+            start = entry.get("periodStart")
+            if key.period_start is not None and (
+                    start is None or as_utc(dt.datetime.fromisoformat(str(start))) != key.period_start):
+                continue
+            lease = entry.get("lease")
+            if isinstance(lease, Mapping):
+                held = max(held, _amount(lease.get("granted")))
+                low = low or bool(lease.get("low"))
+            u, r = _amount(entry.get("used")), _amount(entry.get("reserved"))
+            if u + r > used + reserved:
+                used, reserved = u, r
+        return cls(held=held, used=used, reserved=reserved, low=low)
 
 
 @dataclass(frozen=True)
@@ -148,7 +169,8 @@ class PodInput:
 class WindowInput:
     """One window's limit, its active pods and what usage pulls settled per pod in this period.
 
-    `settled` may name pods that are gone: what they spent still counts against the limit.
+    `settled` may name pods that are gone: what they spent still counts against the limit (for a rolling
+    window: what is still inside it). `rolling`: the window's length, for a rolling window.
     """
 
     key: LeaseKey
@@ -156,6 +178,7 @@ class WindowInput:
     pods: Sequence[PodInput]
     settled: Mapping[str, Decimal] = field(default_factory=dict)
     quantum: Decimal = Decimal(1)
+    rolling: dt.timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +217,7 @@ class PodGrant:
 
     granted: Decimal  # the latest grant (cumulative for the period)
     expires_at: dt.datetime  # of the latest grant
-    consumed: Decimal = ZERO  # the most this pod was seen to have spent (never decreases in a period)
+    consumed: Decimal = ZERO  # the most this pod was seen to have spent (calendar: never decreases)
     larger: tuple[tuple[Decimal, dt.datetime], ...] = ()  # earlier, larger grants until they expire
 
     def ceiling(self, now: dt.datetime) -> Decimal:
@@ -209,6 +232,7 @@ class WindowLeases:
     key: LeaseKey
     pods: Mapping[str, PodGrant] = field(default_factory=dict)
     departed: Mapping[str, Decimal] = field(default_factory=dict)  # last known spend of pods that left
+    departed_at: Mapping[str, dt.datetime] = field(default_factory=dict)  # when (ages out of a rolling window)
 
 
 @dataclass(frozen=True)
@@ -281,26 +305,41 @@ def _ceil(value: Decimal, quantum: Decimal) -> Decimal:
     return (value / quantum).to_integral_value(rounding=ROUND_CEILING) * quantum
 
 
+@dataclass
+class _Departed:
+    spent: dict[str, Decimal]
+    at: dict[str, dt.datetime]
+
+
 def _observe(
-    previous: WindowLeases | None, window: WindowInput, config: LeaseConfig
-) -> tuple[list[_Pod], dict[str, Decimal]]:
+    previous: WindowLeases | None, window: WindowInput, config: LeaseConfig, now: dt.datetime
+) -> tuple[list[_Pod], _Departed]:
     """Merge the previous round's memory with this round's reports; returns pods and departed spend."""
     prev = previous if previous is not None and previous.key == window.key else None
     uids = [p.uid for p in window.pods]
     if len(uids) != len(set(uids)):
         raise ValueError("a pod is listed twice")
-    departed = dict(prev.departed) if prev else {}
+    departed = _Departed(dict(prev.departed), dict(prev.departed_at)) if prev else _Departed({}, {})
     if prev is not None:
         for uid, left in prev.pods.items():
-            if uid not in uids:
-                departed[uid] = max(departed.get(uid, ZERO), left.consumed)  # its unused grant is freed
+            if uid not in uids:  # its unused grant is freed
+                departed.spent[uid] = max(departed.spent.get(uid, ZERO), left.consumed)
+                departed.at.setdefault(uid, now)
+    if window.rolling is not None:  # what a departed pod spent leaves a rolling window one length later
+        for uid in [u for u, at in departed.at.items() if at + window.rolling <= now]:
+            departed.spent.pop(uid, None)
+            departed.at.pop(uid)
     pods: list[_Pod] = []
     for p in sorted(window.pods, key=lambda x: x.uid):
-        departed.pop(p.uid, None)
+        departed.spent.pop(p.uid, None)
+        departed.at.pop(p.uid, None)
         g = prev.pods.get(p.uid) if prev else None
         rep = p.report
-        consumed = max(window.settled.get(p.uid, ZERO), g.consumed if g else ZERO,
-                       rep.used + rep.reserved if rep else ZERO)
+        settled = window.settled.get(p.uid, ZERO)
+        if window.rolling is not None:  # current in-window use: it falls as calls age out
+            consumed = max(settled, rep.used + rep.reserved if rep else (g.consumed if g else ZERO))
+        else:
+            consumed = max(settled, g.consumed if g else ZERO, rep.used + rep.reserved if rep else ZERO)
         # A pod we have no memory of (new, or we restarted) holds what it says it holds: adopt it.
         base = g.granted if g is not None else (rep.held if rep is not None else ZERO)
         pod = _Pod(uid=p.uid, report=rep, draining=p.draining, base=base, consumed=consumed,
@@ -311,18 +350,18 @@ def _observe(
     return pods, departed
 
 
-def _committed(pods: Sequence[_Pod], departed: Mapping[str, Decimal], window: WindowInput,
-               now: dt.datetime) -> Decimal:
+def _committed(pods: Sequence[_Pod], departed: _Departed, window: WindowInput, now: dt.datetime) -> Decimal:
     active = {p.uid for p in pods}
-    gone = (set(window.settled) | set(departed)) - active
-    spent = sum((max(window.settled.get(uid, ZERO), departed.get(uid, ZERO)) for uid in gone), ZERO)
+    gone = (set(window.settled) | set(departed.spent)) - active
+    spent = sum((max(window.settled.get(uid, ZERO), departed.spent.get(uid, ZERO)) for uid in gone), ZERO)
     return spent + sum((p.exposure(now) for p in pods), ZERO)
 
 
 def assess(previous: WindowLeases | None, window: WindowInput, now: dt.datetime,
            config: LeaseConfig | None = None) -> Decimal:
     """`committed` for `window` without granting anything: spent + what every pod may still spend."""
-    pods, departed = _observe(previous, window, config or LeaseConfig())
+    now = as_utc(now)
+    pods, departed = _observe(previous, window, config or LeaseConfig(), now)
     return _committed(pods, departed, window, now)
 
 
@@ -341,7 +380,7 @@ def allocate(
     cfg = config or LeaseConfig()
     now = as_utc(now)
     q = window.quantum
-    pods, departed = _observe(previous, window, cfg)
+    pods, departed = _observe(previous, window, cfg, now)
     committed = _committed(pods, departed, window, now)
     pool = window.limit - committed
     increased = reclaimed = ZERO
@@ -385,7 +424,8 @@ def allocate(
         pods={p.uid: PodGrant(granted=p.base, expires_at=expires, consumed=p.consumed,
                               larger=tuple((a, e) for a, e in p.larger if e > now and a > p.base))
               for p in pods},
-        departed=departed,
+        departed=departed.spent,
+        departed_at=departed.at,
     )
     return Allocation(key=window.key, grants=grants, state=state,
                       committed=_committed(pods, departed, window, now), limit=window.limit,

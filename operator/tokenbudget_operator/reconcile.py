@@ -10,9 +10,10 @@ only wake one `Reconciler` (started at startup, stopped at cleanup), whose five 
 - usage loop: every `usage_interval_s`, GET /usage from every sidecar after the persisted cursor,
   `Aggregator.add`, ONE ConfigMap write (cursors + sums, resourceVersion-guarded), then POST /usage/ack
   (aggregate.py explains why this order never loses or double counts a record across a crash).
-- lease loop: every `lease_interval_s`, GET /budgets from the sidecars of budgets with shared calendar
-  windows, one `LeaseAllocator` round per window; the grants travel inside the next pushed policy. No push
-  happens before the first lease round, which learns what the sidecars already hold (after a restart).
+- lease loop: every `lease_interval_s`, GET /budgets from the sidecars of enforcing budgets, one
+  `LeaseAllocator` round per window (calendar, rolling and per-key alike, leases.py); the grants travel
+  inside the next pushed policy. No push happens before the first lease round, which learns what the
+  sidecars already hold (after a restart).
 - status loop: per budget, at most once every `status_min_interval_s` and only when something changed,
   a merge patch of the status subresource (usage, pods selected/synced, conditions written whole), and a
   Kubernetes Event when the aggregated ladder stage changes.
@@ -557,9 +558,11 @@ class Reconciler:
             for lim in windows:
                 start = lease_period_start(lim, view.spec.time_zone, now)
                 lease = have.get(lim.name)
-                if lease is None or as_utc(lease.period_start) != start:
+                if lease is None or lease.period_start != start:
+                    # Expires long after this period (rolling: today, UTC) ends, so its version holds still.
+                    anchor = start or now.replace(hour=0, minute=0, second=0, microsecond=0)
                     lease = Lease(window=lim.name, granted=Decimal(0), period_start=start,
-                                  expires_at=start + dt.timedelta(days=32))
+                                  expires_at=anchor + dt.timedelta(days=32))
                 out.setdefault(view.key, []).append(lease)
         return out
 
@@ -609,13 +612,15 @@ class Reconciler:
                         pods.append(PodInput(uid, None, a.entry.terminating))
                         continue
                     snapshot = report.get(view.key) or {}
-                    window = next((w for w in snapshot.get("windows") or []
-                                   if w.get("name") == lim.name and w.get("key") is None), None)
+                    # A per-key limit's entries (one per key) all live under the lease every key shares.
+                    own = [w for w in snapshot.get("windows") or []
+                           if w.get("name") == lim.name and (w.get("key") is None) == (lim.per is None)]
                     held = a.applied_leases.get((view.key, lim.name))
-                    pods.append(PodInput(uid, PodReport.from_sidecar(key, window, held), a.entry.terminating))
+                    pods.append(PodInput(uid, PodReport.from_sidecar(key, own, held), a.entry.terminating))
                 settled = self.aggregator.settled(view, lim.name, None, now)
-                alloc = self.allocator.allocate(
-                    WindowInput(key, limit_amount(lim), pods, settled=settled, quantum=quantum_for(lim)), now)
+                rolling = dt.timedelta(seconds=lim.rolling_seconds) if lim.rolling_seconds else None
+                alloc = self.allocator.allocate(WindowInput(key, limit_amount(lim), pods, settled=settled,
+                                                            quantum=quantum_for(lim), rolling=rolling), now)
                 for grant in alloc.grants:
                     lease = self._stable(grant.pod_uid, view.key, grant.lease(), now)
                     fresh.setdefault(grant.pod_uid, {}).setdefault(view.key, []).append(lease)
@@ -798,15 +803,11 @@ def applied_leases(policy: SidecarPolicy) -> dict[tuple[str, str], Lease]:
 
 
 def leased_windows(view: BudgetView) -> list[Limit]:
-    """The windows split into leases: calendar windows of an enforcing budget, not per-key.
-
-    DryRun blocks nothing, so there is nothing to split; per-User/per-Model windows would need a lease per
-    key before the key is first used, and a rolling window's period start moves every bucket (leases.py),
-    so both stay enforced per pod against the whole limit (documented as a gap in the README).
-    """
+    """The windows split into leases: every window of an enforcing budget (DryRun blocks nothing, so there
+    is nothing to split). Rolling and per-key windows get their own kind of lease (leases.py)."""
     if view.spec.enforcement is Enforcement.DRY_RUN:
         return []
-    return [lim for lim in view.spec.limits or [] if lim.period is not None and lim.per is None]
+    return list(view.spec.limits or [])
 
 
 __all__ = ["BudgetEntry", "PodEntry", "Reconciler", "TierEntry", "has_sidecar", "leased_windows"]

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tokenbudget_api.policy import BudgetPolicy
+from tokenbudget_api.policy import BudgetPolicy, Lease
 from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
 from tokenbudget_api.windows import Clock, WindowCounter, percent_used, window_for
 
@@ -149,8 +149,15 @@ class BudgetState:
             out.append(window)
         return out
 
+    def lease_for(self, limit: Limit, key: str | None) -> Lease | None:
+        """The grant a window admits against: its own, else (per-key limit) the one every key shares."""
+        found = self.leases.get((limit.name, key))
+        if found is None and key is not None and limit.per is not None:
+            found = self.leases.get((limit.name, None))
+        return found
+
     def _amount(self, limit: Limit, key: str | None) -> Decimal:
-        lease = self.leases.get((limit.name, key))
+        lease = self.lease_for(limit, key)
         if lease is not None:
             return Decimal(lease.granted)
         if limit.tokens is not None:
@@ -213,9 +220,9 @@ class BudgetState:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
         for window in windows:
-            lease = self.leases.get((window.limit.name, window.key))
-            stale = lease is not None and (
-                lease.expires_at <= now or lease.period_start != window.counter.period_start(now))
+            lease = self.lease_for(window.limit, window.key)
+            stale = lease is not None and (lease.expires_at <= now or (
+                lease.period_start is not None and lease.period_start != window.counter.period_start(now)))
             if stale:
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until the lease is renewed
@@ -288,7 +295,7 @@ class BudgetState:
             }
             resets = w.counter.resets_at(now)
             entry["resetsAt"] = resets.isoformat() if resets else None
-            lease = self.leases.get((w.limit.name, w.key))
+            lease = self.lease_for(w.limit, w.key)
             if lease is not None:
                 entry["lease"] = {"granted": str(lease.granted), "remaining": str(max(w.room(now), Decimal(0))),
                                   "low": w.room(now) < Decimal(lease.granted) * LEASE_LOW,
@@ -303,10 +310,13 @@ class BudgetState:
         }
 
     def _ensure_leased_windows(self) -> None:
-        """A leased window shows in snapshots before its first call, so the operator sees every grant held."""
+        """A leased window shows in snapshots before its first call, so the operator sees every grant held.
+
+        Not the lease every key of a per-key limit shares: it has no window of its own, its keys show theirs.
+        """
         limits = {lim.name: lim for lim in self.spec.limits or []}
         for name, key in self.leases:
-            if (name, key) not in self.windows and name in limits:
+            if (name, key) not in self.windows and name in limits and (key is not None or limits[name].per is None):
                 limit = limits[name]
                 self.windows[(name, key)] = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
                                                    self._amount(limit, key))
