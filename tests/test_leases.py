@@ -346,6 +346,20 @@ def test_a_pod_not_heard_from_keeps_its_grant_and_counts_in_full() -> None:
     assert result.committed == D(250) + granted(result)["b"]
 
 
+def test_a_lowered_limit_takes_back_unused_grants_from_every_pod() -> None:
+    first = allocate(None, window([PodInput("a", report(0)), PodInput("b", report(0))]), T0)
+    assert granted(first) == {"a": D(250), "b": D(250)}
+    # Nobody runs low, yet 500 is promised against a limit lowered to 300.
+    lowered = allocate(first.state, window([PodInput("a", report(250, 50)), PodInput("b", report(250, 80))],
+                                           limit=300), T0)
+    # Free: 300 - 500 promised + 370 unused = 170; each keeps what it spent plus a quarter of that (42).
+    assert granted(lowered) == {"a": D(92), "b": D(122)}
+    assert lowered.reclaimed == 286
+    later = allocate(lowered.state, window([PodInput("a", report(92, 50)), PodInput("b", report(122, 80))],
+                                           limit=300), T0 + dt.timedelta(seconds=61))
+    assert later.committed <= 300, "once the cut grants have expired, what is promised fits the new limit"
+
+
 def test_a_cut_counts_as_held_until_the_larger_grant_expires_then_goes_to_the_low_pod() -> None:
     cfg = LeaseConfig(ttl=dt.timedelta(seconds=60), max_grant_fraction=D(1), share_fraction=D(1))
     first = allocate(None, window([PodInput("idle", report(0)), PodInput("busy", report(0))], limit=60), T0, cfg)

@@ -23,9 +23,9 @@ and the algorithm, in five lines:
     3. Shrink near the limit: one increment is at most max_grant_fraction * pool (and at least
        min_grant), so late in the period no pod can take everything that is left.
     4. Take back: a departed pod's unused grant returns to the pool at once; when a low pod cannot be
-       served, idle pods holding more than the refill level are cut to consumed + level (the cut counts
-       as still held until the larger grant expires: a push may fail, and values alone cannot tell
-       an old grant from a new one).
+       served, idle pods holding more than the refill level are cut to consumed + level, and when the
+       limit was lowered below what is promised, every pod is (the cut counts as still held until the
+       larger grant expires: a push may fail, and values alone cannot tell an old grant from a new one).
     5. Restart (learning mode): a new allocator knows nothing, so for `learning` (≥ the lease TTL) it
        only renews what each sidecar reports holding; it ends early once every pod of the window has
        reported, because unlike Doorman the operator knows the whole membership from the API.
@@ -406,9 +406,10 @@ def allocate(
             p.base += inc
             left -= inc
             increased += inc
-        if starved:
+        over = pool < 0  # the limit was lowered below what is promised: every pod gives back, low or not
+        if starved or over:
             for p in eligible:
-                if p.low or p.unused <= level:
+                if (p.low and not over) or p.unused <= level:
                     continue
                 target = min(p.base, _ceil(p.consumed + level, q))
                 if target < p.base:
