@@ -60,6 +60,7 @@ SIDECAR_DATA_HOST: Final = "127.0.0.1"  # the data port listens on loopback: onl
 SIDECAR_ADMIN_PORT_NAME: Final = "tb-admin"  # containerPort name (≤ 15 characters)
 SIDECAR_HEALTHZ_PATH: Final = "/healthz"  # on the admin port: liveness and startup probes
 SIDECAR_READYZ_PATH: Final = "/readyz"  # on the admin port: readiness probe
+SIDECAR_DRAIN_PATH: Final = "/drain"  # on the admin port: preStop hook, waits for the last usage pull
 SIDECAR_ADMIN_TOKEN_DIR: Final = "/var/run/secrets/tokenbudget/admin"  # mounted into the sidecar only
 ADMIN_TOKEN_SECRET: Final = "tokenbudget-sidecar-admin"  # per-namespace Secret with the admin bearer token
 ADMIN_TOKEN_SECRET_KEY: Final = "token"  # its key, also the file name under SIDECAR_ADMIN_TOKEN_DIR

@@ -202,6 +202,9 @@ def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
         "startupProbe": probe(names.SIDECAR_HEALTHZ_PATH, 1, 60),
         "readinessProbe": probe(names.SIDECAR_READYZ_PATH, 5, 3),
         "livenessProbe": probe(names.SIDECAR_HEALTHZ_PATH, 10, 3),
+        # Hold termination until the operator has pulled the last usage records (sidecar drain.py).
+        "lifecycle": {"preStop": {"httpGet": {"path": names.SIDECAR_DRAIN_PATH, "port": names.SIDECAR_ADMIN_PORT_NAME,
+                                              "scheme": "HTTP"}}},
         "volumeMounts": [
             {"name": names.SIDECAR_LEDGER_VOLUME, "mountPath": names.SIDECAR_LEDGER_DIR},
             {"name": names.SIDECAR_ADMIN_TOKEN_VOLUME, "mountPath": names.SIDECAR_ADMIN_TOKEN_DIR, "readOnly": True},

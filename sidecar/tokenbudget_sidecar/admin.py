@@ -14,10 +14,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenbudget_api import names
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_sidecar.drain import DRAIN, Drain, drain
 from tokenbudget_sidecar.proxy import STATE, State
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", names.SIDECAR_DRAIN_PATH})  # drain: kubelet preStop
 
 
 def _token(state: State) -> str | None:
@@ -101,6 +103,7 @@ async def get_usage(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "1000")), 10_000)
     except ValueError:
         return web.json_response({"error": "after and limit must be integers"}, status=400)
+    request.app[DRAIN].operator_seen = True
     await state.usage_log.flush()  # records settle-ms old are fsynced and shown, not left for the next pull
     records = state.usage_log.after(cursor, limit)
     return web.json_response({
@@ -117,12 +120,14 @@ async def ack_usage(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'body must be {"cursor": <int>}'}, status=400)
     remaining = request.app[STATE].usage_log.ack(cursor)
+    request.app[DRAIN].on_ack()
     return web.json_response({"acked": cursor, "remaining": remaining})
 
 
 def create_admin_app(state: State) -> web.Application:
     app = web.Application(middlewares=[require_token])
     app[STATE] = state
+    app[DRAIN] = Drain()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -132,4 +137,5 @@ def create_admin_app(state: State) -> web.Application:
     app.router.add_get("/budgets", get_budgets)
     app.router.add_get("/thinking", get_thinking)
     app.router.add_post("/usage/ack", ack_usage)
+    app.router.add_get(names.SIDECAR_DRAIN_PATH, drain)
     return app

@@ -34,4 +34,6 @@ class Settings(BaseSettings):
     max_throttle_delay_s: float = 30.0  # a Throttle delay longer than this is answered 429 instead
     reservation_ttl_s: float = 3600.0  # a hold not settled by then is released (calls settle in finally)
 
+    drain_timeout_s: float = 20.0  # preStop waits this long at most for the operator's last pull (drain.py)
+
     log_level: str = "INFO"
