@@ -292,6 +292,28 @@ def test_thinktier_status_merges_both_pods_figures_per_class(think_stack: ThinkS
     assert row[1:4] == ["standard", "5.26", "True"]
 
 
+def test_a_tier_above_a_budgets_output_cap_on_the_same_pods_is_a_condition(think_stack: ThinkStack) -> None:
+    kube = think_stack.kube
+
+    def ready() -> dict[str, Any]:
+        conditions = (get_tt(kube, "reasoning").get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), {})
+
+    apply(kube, {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
+                 "metadata": {"name": "caps", "namespace": NS},
+                 "spec": {"selector": {"matchLabels": {"app": "think"}}, "request": {"maxOutputTokens": 4096},
+                          "limits": [{"name": "daily", "period": "Day", "tokens": 10_000_000}]}})
+    try:
+        found = wait_for("Ready=False for the standard tier", lambda: (c := ready()).get("reason") == (
+            "TierAboveOutputCap") and c, timeout=15)
+        assert found["status"] == "False"
+        assert "tier standard (8192 thinking tokens)" in found["message"]
+        assert f"TokenBudget {NS}/caps" in found["message"]
+    finally:
+        kube.kubectl("delete", "tb", "caps", "-n", NS, "--ignore-not-found")
+    wait_for("Ready again without the cap", lambda: ready().get("status") == "True", timeout=15)
+
+
 def test_the_operator_needed_no_permission_beyond_deploy_rbac(think_stack: ThinkStack) -> None:
     log = think_stack.operator.log_path.read_text(errors="replace")
     refused = [line for line in log.splitlines() if "forbidden" in line.lower()]

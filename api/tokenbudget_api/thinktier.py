@@ -17,6 +17,11 @@ from tokenbudget_api.common import CEL, ApiModel, Condition, LabelSelector, Name
 from tokenbudget_api.tokenbudget import HEADER_NAME_PATTERN
 
 ANTHROPIC_MIN_THINKING = 1024
+# The largest thinking budgets providers take as a number (published limits): Claude's largest max_tokens
+# (Opus 4.6 and later; budget_tokens must stay below it) and Gemini 2.5 Pro's thinkingBudget. Shared by the
+# sidecar, which fits budgets into them, and the operator, which reports a tier above both.
+ANTHROPIC_MAX_OUTPUT = 128_000
+GEMINI_MAX_THINKING = 32_768
 
 
 class Authorization(StrEnum):

@@ -57,6 +57,7 @@ from tokenbudget_api.policy import (
 from tokenbudget_api.thinktier import Authorization, ThinkTierSpec
 from tokenbudget_api.tokenbudget import FailMode, ModelPrice, OnDisconnect, PriceTier, TokenBudgetSpec, Upstream
 from tokenbudget_operator.conditions import Problem
+from tokenbudget_operator.tier_checks import tier_problems as tier_fit_problems
 
 
 class ProblemReason(StrEnum):
@@ -363,6 +364,7 @@ def resolve(
     upstreams, problems = merge_upstreams(matching, upstream_key_dir)
     prices, price_problems = merge_prices(matching)
     tier_policies, tier_problems = think_tier_policies(pod, matching_tiers)
+    tier_problems += tier_fit_problems(matching_tiers, matching)
     budget_policies = []
     for b in matching:
         granted = sorted((leases or {}).get(b.key, ()), key=lambda x: (x.window, x.key or ""))

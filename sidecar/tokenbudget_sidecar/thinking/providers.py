@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tokenbudget_api.thinktier import ANTHROPIC_MIN_THINKING, EffortThresholds
+from tokenbudget_api.thinktier import (
+    ANTHROPIC_MAX_OUTPUT,
+    ANTHROPIC_MIN_THINKING,
+    GEMINI_MAX_THINKING,
+    EffortThresholds,
+)
 from tokenbudget_sidecar.dialects.base import JSON, Call, Dialect
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -73,7 +78,7 @@ _CLAUDE_OLD = re.compile(r"claude-(\d+)(?:-(\d))?-(opus|sonnet|haiku)")  # claud
 GEMINI_BUDGET_RANGES: list[tuple[str, tuple[int, int]]] = [
     # (pattern, (smallest non-zero budget, largest)), first match wins; Gemini API docs for 2.5.
     ("gemini-2.5-flash-lite*", (512, 24_576)),
-    ("gemini-2.5-pro*", (128, 32_768)),
+    ("gemini-2.5-pro*", (128, GEMINI_MAX_THINKING)),
     ("gemini-2.5-flash*", (1, 24_576)),
 ]
 GEMINI_NO_THINKING = ("*image*", "*tts*", "*audio*", "*live*", "*embedding*")
@@ -106,7 +111,7 @@ def anthropic_max_output(model: str) -> int:
     if kind == "opus" and (major, minor) <= (4, 1) and major == 4:
         return 32_000
     if kind == "opus" and (major, minor) >= (4, 6):
-        return 128_000
+        return ANTHROPIC_MAX_OUTPUT
     return 64_000
 
 
