@@ -10,7 +10,6 @@ from budget_helpers import OPENAI, admission, at, call, record, run_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenbudget_api.policy import Lease
 from tokenbudget_api.tokenbudget import Stage
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_sidecar.budget import Refused
@@ -50,7 +49,7 @@ async def test_settled_totals_equal_provider_usage_and_nothing_goes_negative(
         for w in budget.windows.values():
             assert w.reserved >= 0
             assert w.used(clock.now()) >= 0
-            assert w.used(clock.now()) + w.reserved <= w.amount, "holds never exceed the limit"
+            assert w.used(clock.now()) + w.reserved <= w.amount(clock.now()), "holds never exceed the limit"
         clock.advance(dt.timedelta(seconds=minutes))
     for ticket, c, prompt, out in open_tickets:
         adm.settle(ticket, record(c, prompt, out, clock))
@@ -187,11 +186,9 @@ async def test_an_expired_lease_refuses_when_fail_closed_and_admits_when_fail_op
              "expiresAt": "2026-11-23T10:05:00+00:00"}
     for mode, admitted in (("Closed", False), ("Open", True)):
         pol = {"failMode": mode, "limits": [{"name": "day", "period": "Day", "tokens": 100000}]}
-        adm = admission(pol, clock)
-        adm.budgets[0].leases = {("day", None): Lease.model_validate(lease)}
-        adm.budgets[0].windows.clear()
+        adm = admission(pol, clock, leases=[lease])
         (w,) = adm.budgets[0].windows_for("gpt-4o", None)
-        assert w.amount == 500, "a leased window admits only against its lease"
+        assert w.amount(clock.now()) == 500, "a leased window admits only against its lease"
         clock.set(at("2026-11-23T10:06:00+00:00"))
         try:
             await run_call(adm, clock, 10, 10)
@@ -205,10 +202,9 @@ async def test_an_expired_lease_refuses_when_fail_closed_and_admits_when_fail_op
 
 async def test_a_leased_window_is_reported_before_its_first_call() -> None:
     clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
-    adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock)
-    adm.budgets[0].leases = {("day", None): Lease.model_validate({
+    adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock, leases=[{
         "window": "day", "granted": "700", "periodStart": "2026-11-23T00:00:00+00:00",
-        "expiresAt": "2026-11-23T11:00:00+00:00"})}
+        "expiresAt": "2026-11-23T11:00:00+00:00"}])
     (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
     assert w["limit"] == "700"
     assert w["lease"]["granted"] == "700"
@@ -217,10 +213,9 @@ async def test_a_leased_window_is_reported_before_its_first_call() -> None:
 
 async def test_a_lease_without_key_on_a_per_user_limit_caps_every_user_separately() -> None:
     clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
-    adm = admission({"limits": [{"name": "per-user", "period": "Day", "tokens": 100000, "per": "User"}]}, clock)
-    adm.budgets[0].leases = {("per-user", None): Lease.model_validate({
-        "window": "per-user", "granted": "150", "periodStart": "2026-11-23T00:00:00+00:00",
-        "expiresAt": "2026-11-23T11:00:00+00:00"})}
+    adm = admission({"limits": [{"name": "per-user", "period": "Day", "tokens": 100000, "per": "User"}]}, clock,
+                    leases=[{"window": "per-user", "granted": "150", "periodStart": "2026-11-23T00:00:00+00:00",
+                             "expiresAt": "2026-11-23T11:00:00+00:00"}])
     assert adm.budgets[0].snapshot()["windows"] == [], "the shared lease has no window of its own"
     await run_call(adm, clock, 60, 40, cap=40, user="alice")  # holds ≈ 60·1.1 + framing + 40
     with pytest.raises(Refused) as refused:
@@ -236,9 +231,8 @@ async def test_a_lease_without_key_on_a_per_user_limit_caps_every_user_separatel
 
 async def test_a_rolling_lease_is_a_level_that_frees_up_as_use_ages_out() -> None:
     clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
-    adm = admission({"limits": [{"name": "hour", "duration": "1h", "tokens": 100000}]}, clock)
-    adm.budgets[0].leases = {("hour", None): Lease.model_validate({
-        "window": "hour", "granted": "150", "expiresAt": "2026-11-23T12:00:00+00:00"})}
+    adm = admission({"limits": [{"name": "hour", "duration": "1h", "tokens": 100000}]}, clock,
+                    leases=[{"window": "hour", "granted": "150", "expiresAt": "2026-11-23T12:00:00+00:00"}])
     await run_call(adm, clock, 60, 40, cap=40)
     clock.advance(dt.timedelta(minutes=30))
     with pytest.raises(Refused):
@@ -247,3 +241,20 @@ async def test_a_rolling_lease_is_a_level_that_frees_up_as_use_ages_out() -> Non
     await run_call(adm, clock, 60, 40, cap=40)
     (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
     assert (w["limit"], w["used"]) == ("150", "100"), "not stale although its bucket start moved"
+
+
+async def test_the_next_periods_lease_takes_over_at_midnight_without_a_push() -> None:
+    """The operator sends the next period's grant shortly before it starts: no refusal at the boundary."""
+    clock = ManualClock(at("2026-11-23T23:59:58+00:00"))
+    today = {"window": "day", "granted": "150", "periodStart": "2026-11-23T00:00:00+00:00",
+             "expiresAt": "2026-11-24T00:00:30+00:00"}
+    tomorrow = {**today, "granted": "300", "periodStart": "2026-11-24T00:00:00+00:00"}
+    adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock, leases=[tomorrow, today])
+    await run_call(adm, clock, 60, 40, cap=40)
+    with pytest.raises(Refused):
+        await run_call(adm, clock, 60, 40, cap=40)  # today's 150 is spent
+    clock.set(at("2026-11-24T00:00:01+00:00"))
+    for _ in range(2):
+        await run_call(adm, clock, 60, 40, cap=40)  # tomorrow's 300, with no new policy
+    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    assert (w["limit"], w["used"], w["lease"]["granted"]) == ("300", "200", "300")

@@ -109,8 +109,9 @@ def test_applied_leases_are_read_back_from_a_pushed_policy() -> None:
     view = budget("b")
     lease = Lease(window="day", granted=Decimal(7), period_start=dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
                   expires_at=dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC))
-    policy = resolve(pod("a").view, [view], [], KEY_DIR, leases={view.key: [lease]}).policy
-    assert applied_leases(policy) == {(view.key, "day"): lease}
+    tomorrow = lease.model_copy(update={"period_start": dt.datetime(2026, 11, 24, tzinfo=dt.UTC)})
+    policy = resolve(pod("a").view, [view], [], KEY_DIR, leases={view.key: [lease, tomorrow]}).policy
+    assert applied_leases(policy) == {(view.key, "day"): [lease, tomorrow]}
 
 
 def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_selected() -> None:

@@ -25,7 +25,7 @@ from tokenbudget_operator.leases import (
     PodInput,
     PodReport,
     WindowInput,
-    lease_period_start,
+    lease_periods,
 )
 from tokenbudget_operator.reconcile import applied_leases
 from tokenbudget_sidecar.admission import Admission
@@ -39,16 +39,19 @@ LIMIT = 3000
 class Fleet:
     """N sidecars of one budget and an operator allocating leases to them every round."""
 
-    def __init__(self, limit: dict[str, Any], pods: int, *, leased: bool = True) -> None:
+    def __init__(self, limit: dict[str, Any], pods: int, *, leased: bool = True,
+                 ahead: dt.timedelta = dt.timedelta(seconds=6)) -> None:
+        self.total = Decimal(limit["tokens"])
         spec = TokenBudgetSpec.model_validate({"selector": {}, "limits": [limit]})
         self.view = BudgetView(namespace="team-a", name="shared", spec=spec, uid="u", generation=1)
         assert spec.limits is not None
         self.limit = spec.limits[0]
         self.clock = ManualClock(T0)
         self.leased = leased
+        self.ahead = ahead  # the operator's: 3 lease rounds
         self.allocator = LeaseAllocator(LeaseConfig(ttl=dt.timedelta(minutes=5)), started=T0 - dt.timedelta(hours=1))
         self.pods: dict[str, Admission] = {}
-        self.held: dict[str, Any] = {}  # uid → the lease in the policy it applied
+        self.held: dict[str, list[Any]] = {}  # uid → the leases in the policy it applied
         for i in range(pods):
             self.pods[f"pod-{i}"] = self._admission(f"pod-{i}", [])
         self.settled: list[tuple[str, dt.datetime, int]] = []  # (key, time, tokens) of every call that ran
@@ -62,21 +65,26 @@ class Fleet:
                         max_throttle_delay_s=30, reservation_ttl_s=3600)
         if old is not None:
             adm.adopt(old)
-        self.held[uid] = applied_leases(policy).get((self.view.key, self.limit.name))
+        self.held[uid] = applied_leases(policy).get((self.view.key, self.limit.name), [])
         return adm
 
     def lease_round(self) -> None:
+        """As `Reconciler.lease_round`: this period and, close to its end, the next one."""
         now = self.clock.now()
-        key = LeaseKey(self.view.key, self.limit.name, None, lease_period_start(self.limit, "UTC", now))
-        inputs = []
-        for uid, adm in self.pods.items():
-            windows: list[dict[str, Any]] = adm.budgets[0].snapshot()["windows"]  # type: ignore[assignment]
-            own = [w for w in windows if w["name"] == self.limit.name]
-            inputs.append(PodInput(uid, PodReport.from_sidecar(key, own, self.held.get(uid))))
-        rolling = dt.timedelta(seconds=self.limit.rolling_seconds) if self.limit.rolling_seconds else None
-        alloc = self.allocator.allocate(WindowInput(key, Decimal(LIMIT), inputs, rolling=rolling), now)
-        for grant in alloc.grants:
-            self.pods[grant.pod_uid] = self._admission(grant.pod_uid, [grant.lease()], self.pods[grant.pod_uid])
+        grants: dict[str, list[Any]] = {uid: [] for uid in self.pods}
+        for start in lease_periods(self.limit, "UTC", now, self.ahead):
+            key = LeaseKey(self.view.key, self.limit.name, None, start)
+            inputs = []
+            for uid, adm in self.pods.items():
+                windows: list[dict[str, Any]] = adm.budgets[0].snapshot()["windows"]  # type: ignore[assignment]
+                own = [w for w in windows if w["name"] == self.limit.name]
+                inputs.append(PodInput(uid, PodReport.from_sidecar(key, own, self.held[uid])))
+            rolling = dt.timedelta(seconds=self.limit.rolling_seconds) if self.limit.rolling_seconds else None
+            alloc = self.allocator.allocate(WindowInput(key, self.total, inputs, rolling=rolling), now)
+            for grant in alloc.grants:
+                grants[grant.pod_uid].append(grant.lease())
+        for uid, leases in grants.items():
+            self.pods[uid] = self._admission(uid, leases, self.pods[uid])
 
     async def traffic(self, rng: random.Random, calls: int, keys: list[str]) -> int:
         refused = 0
@@ -138,3 +146,22 @@ async def test_a_rolling_window_shared_by_pods_never_holds_more_than_the_limit_a
     assert peak <= LIMIT
     assert peak >= LIMIT * 0.6, f"the window should fill up under this load (peak {peak})"
     assert admitted_late > 0, "as calls age out of the window, leases let new ones in again"
+
+
+@pytest.mark.parametrize(("ahead", "refusals"), [(dt.timedelta(seconds=6), False), (dt.timedelta(0), True)],
+                         ids=["next-period-granted-ahead", "granted-only-once-begun"])
+async def test_pods_keep_admitting_across_minute_boundaries_when_the_next_grant_arrives_ahead(
+    ahead: dt.timedelta, refusals: bool
+) -> None:
+    rng = random.Random(5)
+    limit = 20_000  # light traffic, ~7,500 tokens a minute: nothing should be refused for want of room
+    fleet = Fleet({"name": "minute", "period": "Minute", "tokens": limit}, pods=3, ahead=ahead)
+    fleet.clock.set(T0 + dt.timedelta(seconds=41))
+    refused = 0
+    for _ in range(90):  # three minutes, a lease round every 2 s, light traffic (well under the limit)
+        refused += await fleet.traffic(rng, 2, ["anyone"])
+        fleet.lease_round()
+        fleet.clock.advance(dt.timedelta(seconds=2))
+        minute_start = fleet.clock.now().replace(second=0, microsecond=0)
+        assert sum(t for _, at, t in fleet.settled if at >= minute_start) <= limit
+    assert (refused > 0) is refusals, f"{refused} calls refused"

@@ -83,11 +83,6 @@ class LeaseKey:
     key: str | None  # one user or model; None for the whole window (per-key limits: every key)
     period_start: dt.datetime | None  # as the sidecar computes it (`lease_period_start`); None when rolling
 
-    @property
-    def slot(self) -> tuple[str, str, str | None]:
-        """The window without its period: successive periods of one slot replace each other."""
-        return self.budget, self.window, self.key
-
 
 def lease_period_start(limit: Limit, tz_name: str, now: dt.datetime) -> dt.datetime | None:
     """The period start the sidecar compares a lease against (`WindowCounter.period_start`), at `now`;
@@ -95,6 +90,19 @@ def lease_period_start(limit: Limit, tz_name: str, now: dt.datetime) -> dt.datet
     if limit.period is None:
         return None
     return window_for(limit, tz_name, ManualClock(now)).period_start(now)
+
+
+def lease_periods(limit: Limit, tz_name: str, now: dt.datetime, ahead: dt.timedelta) -> list[dt.datetime | None]:
+    """The periods to grant for at `now`: the current one, and the next once it starts within `ahead`.
+
+    Granting the next period before it begins lets each sidecar switch to it on its own at the boundary
+    (budget.Window.lease); granting only after it began left every pod refusing until the next round.
+    """
+    if limit.period is None:
+        return [None]
+    counter = window_for(limit, tz_name, ManualClock(now))
+    current, end = counter.period_start(now), counter.resets_at(now)
+    return [current, end] if end is not None and end - now <= ahead else [current]
 
 
 def quantum_for(limit: Limit) -> Decimal:
@@ -124,18 +132,18 @@ class PodReport:
 
     @classmethod
     def from_sidecar(
-        cls, key: LeaseKey, entries: Iterable[Mapping[str, Any]], applied: Lease | None = None
+        cls, key: LeaseKey, entries: Iterable[Mapping[str, Any]], applied: Iterable[Lease] = ()
     ) -> PodReport:
         """From the window's `windows[]` entries in the sidecar's GET /budgets (none: not used yet; one per
-        key for the lease every key of a per-key limit shares) and the lease in the policy version the
-        sidecar reports as applied. Keys fold into the fullest one: the grant bounds each key separately.
+        key for the lease every key of a per-key limit shares) and the window's leases in the policy version
+        the sidecar reports as applied (this period's, maybe the next one's). Keys fold into the fullest
+        one: the grant bounds each key separately.
 
         Use from an entry whose periodStart is not `key.period_start` is for another period, so it is
         ignored; a lease for another period gives no right in this one (the sidecar treats it as stale).
         """
-        held = ZERO
-        if applied is not None and _same_period(applied.period_start, key.period_start):
-            held = applied.granted
+        held = max((lease.granted for lease in applied if _same_period(lease.period_start, key.period_start)),
+                   default=ZERO)
         used = reserved = ZERO
         low = False
         for entry in entries:
@@ -442,7 +450,7 @@ class LeaseAllocator:
     def __init__(self, config: LeaseConfig | None = None, *, started: dt.datetime) -> None:
         self.config = config or LeaseConfig()
         self.learning_until = as_utc(started) + self.config.learning_period
-        self._windows: dict[tuple[str, str, str | None], WindowLeases] = {}
+        self._windows: dict[LeaseKey, WindowLeases] = {}
         self._learned: set[LeaseKey] = set()
 
     def learning(self, window: WindowInput, now: dt.datetime) -> bool:
@@ -458,22 +466,20 @@ class LeaseAllocator:
         return True
 
     def allocate(self, window: WindowInput, now: dt.datetime) -> Allocation:
-        """One round for `window`; a new period of the same slot starts from a clean slate."""
-        previous = self._windows.get(window.key.slot)
-        if previous is not None and previous.key != window.key:
-            previous = None  # another period: its grants give no right in this one
-        result = allocate(previous, window, now, self.config, learning=self.learning(window, now))
-        self._windows[window.key.slot] = result.state
+        """One round for `window`; each period has its own state, so a new period starts from a clean slate
+        (the next period may be allocated while the current one still runs)."""
+        result = allocate(self._windows.get(window.key), window, now, self.config,
+                          learning=self.learning(window, now))
+        self._windows[window.key] = result.state
         return result
 
     def state(self, key: LeaseKey) -> WindowLeases | None:
-        found = self._windows.get(key.slot)
-        return found if found is not None and found.key == key else None
+        return self._windows.get(key)
 
-    def forget(self, budget: str) -> None:
-        """Drop every window of a deleted budget."""
-        for slot in [s for s in self._windows if s[0] == budget]:
-            del self._windows[slot]
+    def retain(self, keys: set[LeaseKey]) -> None:
+        """Forget every window (a deleted budget's, a period that ended) not allocated in the last round."""
+        for key in [k for k in self._windows if k not in keys]:
+            del self._windows[key]
 
     def outstanding(self, now: dt.datetime) -> Decimal:
         """Σ unused grants over every window (for the leases-outstanding metric)."""
@@ -496,5 +502,6 @@ __all__ = [
     "allocate",
     "assess",
     "lease_period_start",
+    "lease_periods",
     "quantum_for",
 ]

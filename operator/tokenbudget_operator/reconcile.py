@@ -65,6 +65,7 @@ from tokenbudget_operator.leases import (
     PodReport,
     WindowInput,
     lease_period_start,
+    lease_periods,
     quantum_for,
 )
 from tokenbudget_operator.runtime import runtime
@@ -215,7 +216,7 @@ class PodAgent:
     entry: PodEntry
     desired: Effective | None = None
     applied: str | None = None  # version the sidecar last answered with
-    applied_leases: dict[tuple[str, str], Lease] = field(default_factory=dict)  # (budget, window) → held
+    applied_leases: dict[tuple[str, str], list[Lease]] = field(default_factory=dict)  # (budget, window) → held
     pushing: bool = False
     failures: int = 0
     next_try: float = 0.0  # monotonic; backoff after a failed push
@@ -554,16 +555,18 @@ class Reconciler:
             windows = leased_windows(view)
             if not windows:
                 continue
-            have = {lease.window: lease for lease in granted.get(view.key, [])}
+            have = granted.get(view.key, [])
             for lim in windows:
                 start = lease_period_start(lim, view.spec.time_zone, now)
-                lease = have.get(lim.name)
-                if lease is None or lease.period_start != start:
+                # This period's grant and the next one's, if allocated; never one for a period that ended.
+                mine = [x for x in have if x.window == lim.name
+                        and (start is None or (x.period_start is not None and x.period_start >= start))]
+                if not any(x.period_start == start for x in mine):
                     # Expires long after this period (rolling: today, UTC) ends, so its version holds still.
                     anchor = start or now.replace(hour=0, minute=0, second=0, microsecond=0)
-                    lease = Lease(window=lim.name, granted=Decimal(0), period_start=start,
-                                  expires_at=anchor + dt.timedelta(days=32))
-                out.setdefault(view.key, []).append(lease)
+                    mine.append(Lease(window=lim.name, granted=Decimal(0), period_start=start,
+                                      expires_at=anchor + dt.timedelta(days=32)))
+                out.setdefault(view.key, []).extend(sorted(mine, key=lambda x: x.period_start or now))
         return out
 
     async def _report(self, agent: PodAgent) -> tuple[str, dict[str, Any] | None]:
@@ -598,12 +601,17 @@ class Reconciler:
         users = [a for a in active if any(e.view.key in (a.desired.budgets if a.desired else ()) for e in entries)]
         reports = dict(await asyncio.gather(*(self._report(a) for a in users)))
         now = dt.datetime.now(dt.UTC)
+        ahead = dt.timedelta(seconds=3 * self.settings.lease_interval_s)  # the next period's grants, in time
         fresh: dict[str, dict[str, list[Lease]]] = {}
+        allocated: set[LeaseKey] = set()
         for entry in entries:
             view = entry.view
             selected = [a for a in users if a.desired is not None and view.key in a.desired.budgets]
-            for lim in leased_windows(view):
-                key = LeaseKey(view.key, lim.name, None, lease_period_start(lim, view.spec.time_zone, now))
+            periods = [(lim, start) for lim in leased_windows(view)
+                       for start in lease_periods(lim, view.spec.time_zone, now, ahead)]
+            for lim, start in periods:
+                key = LeaseKey(view.key, lim.name, None, start)
+                allocated.add(key)
                 pods = []
                 for a in selected:
                     uid = a.entry.view.uid
@@ -615,18 +623,18 @@ class Reconciler:
                     # A per-key limit's entries (one per key) all live under the lease every key shares.
                     own = [w for w in snapshot.get("windows") or []
                            if w.get("name") == lim.name and (w.get("key") is None) == (lim.per is None)]
-                    held = a.applied_leases.get((view.key, lim.name))
+                    held = a.applied_leases.get((view.key, lim.name), [])
                     pods.append(PodInput(uid, PodReport.from_sidecar(key, own, held), a.entry.terminating))
-                settled = self.aggregator.settled(view, lim.name, None, now)
+                # Nothing is spent yet in the next period (a call counts in the period it started in).
+                upcoming = start is not None and start > now
+                settled = {} if upcoming else self.aggregator.settled(view, lim.name, None, now)
                 rolling = dt.timedelta(seconds=lim.rolling_seconds) if lim.rolling_seconds else None
                 alloc = self.allocator.allocate(WindowInput(key, limit_amount(lim), pods, settled=settled,
                                                             quantum=quantum_for(lim), rolling=rolling), now)
                 for grant in alloc.grants:
                     lease = self._stable(grant.pod_uid, view.key, grant.lease(), now)
                     fresh.setdefault(grant.pod_uid, {}).setdefault(view.key, []).append(lease)
-        known = {e.view.key for e in self.budget_entries()}
-        for gone in {b for per_pod in self.leases.values() for b in per_pod} - known:
-            self.allocator.forget(gone)
+        self.allocator.retain(allocated)  # deleted budgets, ended periods
         self.leases = fresh
         reconcile_metrics.LEASES_OUTSTANDING.set(float(self.allocator.outstanding(now)))
         self.wake.set()
@@ -638,8 +646,9 @@ class Reconciler:
         half-life instead cuts pushes to a trickle, and an earlier expiry than the allocator assumes is on
         the safe side (the sidecar stops admitting sooner, never later).
         """
-        old = next((x for x in self.leases.get(uid, {}).get(budget, []) if x.window == lease.window), None)
-        if (old is not None and old.granted == lease.granted and old.period_start == lease.period_start
+        old = next((x for x in self.leases.get(uid, {}).get(budget, [])
+                    if (x.window, x.period_start) == (lease.window, lease.period_start)), None)
+        if (old is not None and old.granted == lease.granted
                 and as_utc(old.expires_at) - now > self.lease_config.ttl / 2):
             return old
         return lease
@@ -797,9 +806,14 @@ class Reconciler:
                 logger.exception("ThinkTier status round failed")
 
 
-def applied_leases(policy: SidecarPolicy) -> dict[tuple[str, str], Lease]:
-    """(budget key, window) → the whole-window lease a policy grants."""
-    return {(b.key, lease.window): lease for b in policy.budgets for lease in b.leases or [] if lease.key is None}
+def applied_leases(policy: SidecarPolicy) -> dict[tuple[str, str], list[Lease]]:
+    """(budget key, window) → the whole-window leases a policy grants (this period's, maybe the next's)."""
+    out: dict[tuple[str, str], list[Lease]] = {}
+    for b in policy.budgets:
+        for lease in b.leases or []:
+            if lease.key is None:
+                out.setdefault((b.key, lease.window), []).append(lease)
+    return out
 
 
 def leased_windows(view: BudgetView) -> list[Limit]:

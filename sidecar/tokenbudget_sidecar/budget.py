@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from tokenbudget_api.policy import BudgetPolicy, Lease
 from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
-from tokenbudget_api.windows import Clock, WindowCounter, percent_used, window_for
+from tokenbudget_api.windows import Clock, WindowCounter, limit_amount, percent_used, window_for
 
 LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
 MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
@@ -48,7 +48,7 @@ class Window:
     limit: Limit
     key: str | None
     counter: WindowCounter
-    amount: Decimal  # the limit, or the lease granted for this period
+    grants: tuple[Lease, ...] = ()  # its leases: this period's, and the next one's shortly before it starts
     reserved: Decimal = Decimal(0)
     step: int = -1  # index into the ladder in force for this window (hysteresis state)
 
@@ -56,14 +56,28 @@ class Window:
     def label(self) -> str:
         return f"{self.limit.name}[{self.key}]" if self.key else self.limit.name
 
+    def lease(self, now: dt.datetime) -> Lease | None:
+        """The grant in force at `now`: the latest one whose period has begun (else the earliest, stale)."""
+        if len(self.grants) < 2:
+            return self.grants[0] if self.grants else None
+        begun = [g for g in self.grants if g.period_start is None or g.period_start <= now]
+        if begun:
+            return max(begun, key=lambda g: g.period_start or now)
+        return min(self.grants, key=lambda g: g.period_start or now)
+
+    def amount(self, now: dt.datetime) -> Decimal:
+        """The limit, or the lease granted for the period at `now`."""
+        lease = self.lease(now)
+        return Decimal(lease.granted) if lease is not None else limit_amount(self.limit)
+
     def used(self, now: dt.datetime) -> Decimal:
         return self.counter.used(now)
 
     def percent(self, now: dt.datetime) -> int:
-        return percent_used(self.used(now) + self.reserved, self.amount)
+        return percent_used(self.used(now) + self.reserved, self.amount(now))
 
     def room(self, now: dt.datetime) -> Decimal:
-        return self.amount - self.used(now) - self.reserved
+        return self.amount(now) - self.used(now) - self.reserved
 
 
 @dataclass
@@ -114,7 +128,9 @@ class BudgetState:
         self.reservations: dict[int, Reservation] = {}
         self.would_have: dict[str, WouldHave] = {}
         self.throttle_next: dt.datetime | None = None
-        self.leases = {(lease.window, lease.key): lease for lease in policy.leases or []}
+        self.leases: dict[tuple[str, str | None], tuple[Lease, ...]] = {}
+        for lease in policy.leases or []:
+            self.leases[lease.window, lease.key] = (*self.leases.get((lease.window, lease.key), ()), lease)
         self.alerts: list[Alert] = []
 
     @property
@@ -141,7 +157,7 @@ class BudgetState:
             window = self.windows.pop((limit.name, key), None)  # re-insert: most recently used last
             if window is None:
                 window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
-                                self._amount(limit, key))
+                                self.grants_for(limit, key))
                 if limit.per is not None and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT:
                     oldest = next(k for k in self.windows if k[0] == limit.name)
                     del self.windows[oldest]
@@ -149,22 +165,12 @@ class BudgetState:
             out.append(window)
         return out
 
-    def lease_for(self, limit: Limit, key: str | None) -> Lease | None:
-        """The grant a window admits against: its own, else (per-key limit) the one every key shares."""
+    def grants_for(self, limit: Limit, key: str | None) -> tuple[Lease, ...]:
+        """The grants a window admits against: its own, else (per-key limit) the ones every key shares."""
         found = self.leases.get((limit.name, key))
         if found is None and key is not None and limit.per is not None:
             found = self.leases.get((limit.name, None))
-        return found
-
-    def _amount(self, limit: Limit, key: str | None) -> Decimal:
-        lease = self.lease_for(limit, key)
-        if lease is not None:
-            return Decimal(lease.granted)
-        if limit.tokens is not None:
-            return Decimal(limit.tokens)
-        if limit.cost_usd is not None:
-            return limit.cost_usd
-        return Decimal(limit.requests or 0)
+        return found or ()
 
     def adopt(self, old: BudgetState) -> None:
         """Carry use, holds and ladder state over a policy push, for windows whose shape is unchanged."""
@@ -180,7 +186,7 @@ class BudgetState:
                 window.limit.period, window.limit.duration, window.limit.per, _unit(window.limit)
             ):
                 continue
-            window.limit, window.amount = new, self._amount(new, key)
+            window.limit, window.grants = new, self.grants_for(new, key)
             window.step = window.step if same_ladder else -1
             self.windows[(name, key)] = window
 
@@ -220,7 +226,7 @@ class BudgetState:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
         for window in windows:
-            lease = self.lease_for(window.limit, window.key)
+            lease = window.lease(now)
             stale = lease is not None and (lease.expires_at <= now or (
                 lease.period_start is not None and lease.period_start != window.counter.period_start(now)))
             if stale:
@@ -247,7 +253,7 @@ class BudgetState:
         resets = window.counter.resets_at(now)
         when = f"; it frees up at {resets.isoformat()}" if resets else ""
         return (f"tokenbudget: budget {self.name} limit {window.label} has {max(window.room(now), Decimal(0))} "
-                f"{_unit(window.limit)} left of {window.amount} and this call may need {amount}{when}")
+                f"{_unit(window.limit)} left of {window.amount(now)} and this call may need {amount}{when}")
 
     def _retry_after(self, window: Window, now: dt.datetime) -> float | None:
         resets = window.counter.resets_at(now)
@@ -290,12 +296,12 @@ class BudgetState:
         for w in self.windows.values():
             entry: dict[str, object] = {
                 "name": w.limit.name, "key": w.key, "unit": _unit(w.limit), "used": str(w.used(now)),
-                "reserved": str(w.reserved), "limit": str(w.amount), "percent": w.percent(now),
+                "reserved": str(w.reserved), "limit": str(w.amount(now)), "percent": w.percent(now),
                 "periodStart": w.counter.period_start(now).isoformat(),
             }
             resets = w.counter.resets_at(now)
             entry["resetsAt"] = resets.isoformat() if resets else None
-            lease = self.lease_for(w.limit, w.key)
+            lease = w.lease(now)
             if lease is not None:
                 entry["lease"] = {"granted": str(lease.granted), "remaining": str(max(w.room(now), Decimal(0))),
                                   "low": w.room(now) < Decimal(lease.granted) * LEASE_LOW,
@@ -319,7 +325,7 @@ class BudgetState:
             if (name, key) not in self.windows and name in limits and (key is not None or limits[name].per is None):
                 limit = limits[name]
                 self.windows[(name, key)] = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
-                                                   self._amount(limit, key))
+                                                   self.grants_for(limit, key))
 
     def expire(self) -> int:
         """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""
