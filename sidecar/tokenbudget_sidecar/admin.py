@@ -119,7 +119,7 @@ async def ack_usage(request: web.Request) -> web.Response:
         cursor = int((await request.json())["cursor"])
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'body must be {"cursor": <int>}'}, status=400)
-    remaining = request.app[STATE].usage_log.ack(cursor)
+    remaining = request.app[STATE].acknowledge(cursor)
     request.app[DRAIN].on_ack()
     return web.json_response({"acked": cursor, "remaining": remaining})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -87,14 +88,19 @@ class Admission:
         self.gate = Gate(min(c.max_in_flight for c in caps), min(c.max_queued for c in caps),
                          min(c.queue_timeout_seconds for c in caps)) if caps else None
 
-    def adopt(self, old: Admission) -> None:
-        """Keep use, holds and ladder state across a policy push for limits whose shape did not change."""
+    def adopt(self, old: Admission) -> list[BudgetState]:
+        """Keep use, holds and ladder state across a policy push for limits whose shape did not change;
+        returns the budgets new to this policy."""
         previous = {b.name: b for b in old.budgets}
+        fresh = []
         for budget in self.budgets:
             if budget.name in previous:
                 budget.adopt(previous[budget.name])
+            else:
+                fresh.append(budget)
         if self.gate is not None and old.gate is not None:
             self.gate.in_flight, self.gate.waiters = old.gate.in_flight, old.gate.waiters
+        return fresh
 
     async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt_tokens: int,
                     base_url: str) -> tuple[Ticket, str]:
@@ -239,12 +245,13 @@ class Admission:
             ticket.gate.release()
             ticket.gate = None
 
-    def replay(self, records: list[UsageRecord]) -> None:
-        """Rebuild window use from the ledger's records after a restart."""
+    def replay(self, records: Iterable[UsageRecord], budgets: Iterable[BudgetState] | None = None) -> None:
+        """Count `records` again in the windows of `budgets` (default: all) after a restart."""
+        chosen = list(self.budgets if budgets is None else budgets)
         for rec in records:
             if rec.outcome is Outcome.REFUSED:
                 continue
-            for b in self.budgets:
+            for b in chosen:
                 if b.name in rec.budgets:
                     for w in b.windows_for(rec.model, rec.user):
                         w.counter.add(_unit_amount(w, rec), rec.time)

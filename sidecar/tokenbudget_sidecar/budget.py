@@ -151,19 +151,25 @@ class BudgetState:
         return None
 
     def windows_for(self, model: str, user: str | None) -> list[Window]:
-        out = []
-        for limit in self.spec.limits or []:
-            key = self._key(limit, model, user)
-            window = self.windows.pop((limit.name, key), None)  # re-insert: most recently used last
-            if window is None:
-                window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
-                                self.grants_for(limit, key))
-                if limit.per is not None and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT:
-                    oldest = next(k for k in self.windows if k[0] == limit.name)
-                    del self.windows[oldest]
-            self.windows[(limit.name, key)] = window
-            out.append(window)
-        return out
+        return [self.window(limit, self._key(limit, model, user)) for limit in self.spec.limits or []]
+
+    def window(self, limit: Limit, key: str | None) -> Window:
+        """The window of `limit` (and `key`), made on first use; per-key windows beyond the cap evict the
+        least recently used."""
+        window = self.windows.pop((limit.name, key), None)  # re-insert: most recently used last
+        if window is None:
+            window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
+                            self.grants_for(limit, key))
+            if limit.per is not None and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT:
+                oldest = next(k for k in self.windows if k[0] == limit.name)
+                del self.windows[oldest]
+        self.windows[(limit.name, key)] = window
+        return window
+
+    def shape(self, limit: Limit) -> list[str | None]:
+        """What a window's counts depend on: the same shape in a new policy keeps them (adopt, checkpoint)."""
+        return [limit.period.value if limit.period else None, limit.duration,
+                limit.per.value if limit.per else None, _unit(limit), self.spec.time_zone]
 
     def grants_for(self, limit: Limit, key: str | None) -> tuple[Lease, ...]:
         """The grants a window admits against: its own, else (per-key limit) the ones every key shares."""
@@ -176,16 +182,12 @@ class BudgetState:
         """Carry use, holds and ladder state over a policy push, for windows whose shape is unchanged."""
         self.reservations, self.would_have = old.reservations, old.would_have
         self.throttle_next, self.alerts = old.throttle_next, old.alerts
-        if old.spec.time_zone != self.spec.time_zone:
-            return  # the period boundaries moved: start the windows afresh
         limits = {lim.name: lim for lim in self.spec.limits or []}
         same_ladder = old.ladder == self.ladder
         for (name, key), window in old.windows.items():
             new = limits.get(name)
-            if new is None or (new.period, new.duration, new.per, _unit(new)) != (
-                window.limit.period, window.limit.duration, window.limit.per, _unit(window.limit)
-            ):
-                continue
+            if new is None or self.shape(new) != old.shape(window.limit):
+                continue  # another window now (or the period boundaries moved): it starts afresh
             window.limit, window.grants = new, self.grants_for(new, key)
             window.step = window.step if same_ladder else -1
             self.windows[(name, key)] = window

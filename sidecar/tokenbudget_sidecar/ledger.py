@@ -53,9 +53,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydantic
 
@@ -81,6 +82,7 @@ class Replayed:
     last_seq: int  # the highest seq ever handed out, as far as the disk knows; the next one is last_seq + 1
     torn: int  # torn last lines discarded
     skipped: int  # corrupt or duplicate lines skipped
+    state: dict[str, Any] | None = None  # what the owner stored with the last acknowledgement
 
 
 def segment_name(base: int) -> str:
@@ -135,7 +137,7 @@ class Ledger:
             raise LedgerLocked(f"{self.directory} is in use by another process") from None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.directory / (ACK_FILE + ".tmp"))  # an ack that never got renamed: not acked
-        acked, ack_last = self._read_ack()
+        acked, ack_last, state = self._read_ack()
         records, last_in_files, torn, skipped = self._replay_segments(acked)
         bases = [base for base, _ in self._segments]
         last_seq = max(acked, ack_last, last_in_files, max(bases, default=1) - 1)
@@ -159,19 +161,20 @@ class Ledger:
         log.info("ledger replayed", extra={"record": {
             "dir": str(self.directory), "unacked": len(records), "acked": acked, "lastSeq": last_seq,
             "segments": len(self._segments)}})
-        return Replayed(records, acked, last_seq, torn, skipped)
+        return Replayed(records, acked, last_seq, torn, skipped, state)
 
-    def _read_ack(self) -> tuple[int, int]:
+    def _read_ack(self) -> tuple[int, int, dict[str, Any] | None]:
         path = self.directory / ACK_FILE
         try:
             data = json.loads(path.read_bytes())
-            return int(data["acked"]), int(data.get("lastSeq", 0))
+            state = data.get("state")
+            return int(data["acked"]), int(data.get("lastSeq", 0)), state if isinstance(state, dict) else None
         except FileNotFoundError:
-            return 0, 0
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return 0, 0, None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("ledger ack file unreadable; treating nothing as acknowledged",
                         extra={"record": {"path": str(path), "error": repr(exc)}})
-            return 0, 0
+            return 0, 0, None
 
     def _replay_segments(self, acked: int) -> tuple[list[UsageRecord], int, int, int]:
         found = sorted((int(m.group(1)), self.directory / name)
@@ -273,19 +276,20 @@ class Ledger:
 
     # -- acknowledgement --------------------------------------------------------------------------------
 
-    def ack(self, cursor: int, last_seq: int) -> None:
+    def ack(self, cursor: int, last_seq: int, state: Mapping[str, Any] | None = None) -> None:
         """Persist the acknowledgement cursor now (process-kill safe); fsync and compaction follow.
 
         `cursor` must not exceed the last seq written (the caller clamps it). `last_seq` is stored too,
-        so seqs stay monotonic even when compaction leaves no record behind.
+        so seqs stay monotonic even when compaction leaves no record behind. `state` is the owner's,
+        stored in the same file, so it is replaced together with the cursor or not at all (`Replayed.state`).
         """
         path = self.directory / ACK_FILE
         tmp = path.with_name(ACK_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, json.dumps({"acked": cursor, "lastSeq": last_seq}).encode())
-        finally:
-            os.close(fd)
+        body: dict[str, Any] = {"acked": cursor, "lastSeq": last_seq}
+        if state is not None:
+            body["state"] = state
+        with open(tmp, "wb") as f:  # a plain write: the sync thread fsyncs it before compacting
+            f.write(json.dumps(body, separators=(",", ":")).encode())
         os.replace(tmp, path)
         if cursor >= self._written_seq and self._active_size:
             self._create_segment(self._written_seq + 1)  # everything is acknowledged: free the active segment

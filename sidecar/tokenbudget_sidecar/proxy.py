@@ -29,6 +29,7 @@ from tokenbudget_api.windows import Clock, SystemClock
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.checkpoint import Checkpoint
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.pricing import PriceBook
@@ -62,13 +63,15 @@ class State:
     clock: Clock = field(default_factory=SystemClock)
     admission: Admission = field(init=False)
     thinking: Thinking = field(init=False)
+    checkpoint: Checkpoint = field(init=False)
     session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
         self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
                                            self.settings.count_hard_cap_bytes)
+        self.checkpoint = Checkpoint(self.usage_log.restored)  # a restart resumes the windows (checkpoint.py)
         self._build(self.policy)
-        self.admission.replay(self.usage_log.all())  # a restart resumes the windows from the ledger
+        self.checkpoint.restore(self.admission, self.admission.budgets, self.usage_log.all())
 
     def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy
@@ -82,8 +85,16 @@ class State:
     def apply(self, policy: SidecarPolicy) -> None:
         """Switch policy without a restart, keeping window use and holds (see Admission.adopt)."""
         old, old_thinking = self.admission, self.thinking
-        self._build(policy).adopt(old)
+        fresh = self._build(policy).adopt(old)
+        self.checkpoint.restore(self.admission, fresh, self.usage_log.all())
         self.thinking.adopt(old_thinking)
+
+    def acknowledge(self, cursor: int) -> int:
+        """The operator has the records up to `cursor`; the windows' counters are stored with the ack."""
+        snapshot = None
+        if self.usage_log.ledger is not None:
+            snapshot = self.checkpoint.snapshot(self.admission, self.usage_log.last_seq, self.clock.now())
+        return self.usage_log.ack(cursor, snapshot)
 
     def user_header(self) -> str | None:
         budgets = self.policy.budgets

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -43,10 +45,11 @@ class UsageLog:
         self.backlog_warning = backlog_warning
         self._backlog_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.restored: dict[str, Any] | None = None  # the state stored with the last ack before a restart
         if ledger is not None:
             replayed = ledger.open()
             self._records.extend(replayed.records)
-            self.last_seq, self.acked = replayed.last_seq, replayed.acked
+            self.last_seq, self.acked, self.restored = replayed.last_seq, replayed.acked, replayed.state
             ledger.on_durable = self._wake
             self._check_backlog()
 
@@ -93,8 +96,8 @@ class UsageLog:
                 out.append(record)
         return out
 
-    def ack(self, cursor: int) -> int:
-        """Drop records up to `cursor` (persisted with a ledger); returns how many remain.
+    def ack(self, cursor: int, state: Mapping[str, Any] | None = None) -> int:
+        """Drop records up to `cursor` (persisted with a ledger, with `state`); returns how many remain.
 
         Clamped to `last_seq`, not to `visible_seq`: acknowledging a record not yet durable is the
         operator's call (it says it has it), and the ack file's cursor keeps its seq from being reused.
@@ -106,7 +109,7 @@ class UsageLog:
             self.acked = cursor
             if self.ledger is not None:
                 try:
-                    self.ledger.ack(cursor, self.last_seq)
+                    self.ledger.ack(cursor, self.last_seq, state)
                 except OSError:
                     log.exception("ledger ack write failed; the records are dropped from memory but may "
                                   "be offered again after a restart", extra={"record": {"cursor": cursor}})
