@@ -327,7 +327,8 @@ def test_a_restarted_sidecar_gets_its_policy_pushed_again(stack: Stack) -> None:
     victim.proc = start_sidecar(victim.ip, stack.workdir, stack.token_file)
     stack.procs.append(victim.proc)
     wait_for("the sidecar to come back", lambda: http("GET", f"{victim.admin}/healthz", token=None), timeout=20)
-    assert key not in victim.budgets(), "a fresh sidecar starts from its embedded default"
+    # No check that the fresh sidecar lacks the budget first: the operator may re-push before the test
+    # looks (it did, about one full run in ten, and left the budget behind to fail the next test too).
     wait_for("the operator to push the policy again", lambda: key in victim.budgets(), timeout=15)
     stack.kube.kubectl("delete", "tb", "restarted", "-n", NS)
     wait_for("both to drop it", lambda: all_enforce(stack.sidecars, key, None), timeout=10)
