@@ -9,7 +9,7 @@ CACHE ?= $(or $(TOKENBUDGET_CACHE),$(HOME)/.cache/tokenbudget)
 export TOKENBUDGET_CACHE := $(CACHE)
 export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 
-.PHONY: setup tiktoken envtest lint test test-fast demo crds benchmarks clean
+.PHONY: setup tiktoken envtest helm lint test test-fast demo crds deploy benchmarks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ tiktoken: $(VENV)/.installed
 envtest:
 	@scripts/envtest.sh >/dev/null
 
+helm:
+	@scripts/helm.sh >/dev/null
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -32,8 +35,13 @@ lint: $(VENV)/.installed
 crds: $(VENV)/.installed
 	$(PY) -m tokenbudget_api.crdgen
 
-test: setup envtest lint
-	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) -m pytest
+# deploy/rbac.yaml is rendered from the chart (tests/test_chart.py checks they agree).
+deploy: helm
+	"$$(scripts/helm.sh)" template tokenbudget charts/tokenbudget --namespace tokenbudget-system \
+		--show-only templates/rbac.yaml > deploy/rbac.yaml
+
+test: setup envtest helm lint
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" HELM_BIN="$$(scripts/helm.sh)" $(PY) -m pytest
 
 # The suite without the control-plane build (tests that need it are skipped, not faked).
 test-fast: setup

@@ -1,0 +1,19 @@
+{{- define "tokenbudget.name" -}}tokenbudget-operator{{- end -}}
+
+{{- define "tokenbudget.labels" -}}
+app.kubernetes.io/name: tokenbudget
+app.kubernetes.io/component: operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tokenbudget.selector" -}}
+app.kubernetes.io/name: tokenbudget
+app.kubernetes.io/component: operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tokenbudget.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
