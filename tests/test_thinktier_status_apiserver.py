@@ -307,8 +307,11 @@ def test_a_tier_above_a_budgets_output_cap_on_the_same_pods_is_a_condition(think
         found = wait_for("Ready=False for the standard tier", lambda: (c := ready()).get("reason") == (
             "TierAboveOutputCap") and c, timeout=15)
         assert found["status"] == "False"
-        assert "tier standard (8192 thinking tokens)" in found["message"]
+        assert "tier standard (8192 thinking tokens) is not below the output cap 4096" in found["message"]
         assert f"TokenBudget {NS}/caps" in found["message"]
+        assert "tier shallow" not in found["message"]  # 2048 < 4096: honored
+        header, row = (line.split() for line in kube.kubectl("get", "tt", "reasoning", "-n", NS).stdout.splitlines())
+        assert dict(zip(header, row, strict=True))["READY"] == "False"  # the printer column
     finally:
         kube.kubectl("delete", "tb", "caps", "-n", NS, "--ignore-not-found")
     wait_for("Ready again without the cap", lambda: ready().get("status") == "True", timeout=15)

@@ -29,6 +29,10 @@ Per class, status counts only figures gathered under the tier and budget the spe
 (the default tier for `unclassified`): pods still on an older generation, or not authorized for a Required
 tier (they run the class on the default tier), are left out of that class.
 
+Ready is False with the first misconfiguration's reason: the problems the reconciler gathered from the
+selected pods' resolved policies (OverlappingThinkTiers, TierAboveOutputCap) and, from the spec alone and
+so even with no pod selected, TierAboveProviderMax (`tier_checks.py`).
+
 `calibration.autoApply: Enabled` is never acted on: writing recommendations into spec would make GitOps
 tools see drift and fight the operator. Status carries `recommendedBudgetTokens` and, while Enabled, a
 condition `AutoApplyUnsupported` says so.
@@ -53,6 +57,7 @@ from tokenbudget_operator.conditions import (
     synced_counts,
 )
 from tokenbudget_operator.effective import TierView
+from tokenbudget_operator.tier_checks import tier_spec_problems
 from tokenbudget_sidecar.thinking.classify import UNCLASSIFIED
 from tokenbudget_sidecar.thinking.sketch import LogHistogram
 from tokenbudget_sidecar.thinking.stats import ClassStats, percent
@@ -232,7 +237,8 @@ def thinktier_status(
     problems: Sequence[Problem],
     now: dt.datetime,
 ) -> dict[str, Any]:
-    """The whole status to write for one ThinkTier (without lastUpdated)."""
+    """The whole status to write for one ThinkTier (without lastUpdated); `problems`: those the selected pods'
+    resolved policies attribute to it (the spec's own are added here)."""
     spec = view.spec
     cal = spec.calibration
     tiers = {t.name: t for t in spec.tiers}
@@ -252,6 +258,7 @@ def thinktier_status(
             unused.append((name, max(tier.budget_tokens - p50, 0), tier.budget_tokens))
 
     synced_c = synced_condition(selected, synced, view.generation)
+    problems = [*problems, *(p for p in tier_spec_problems(view) if p not in problems)]
     if problems:
         ready = DesiredCondition(ConditionType.READY, ConditionStatus.FALSE, problems[0].reason,
                                  "; ".join(p.message for p in problems))

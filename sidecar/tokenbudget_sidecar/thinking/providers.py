@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tokenbudget_api.thinktier import (
-    ANTHROPIC_MAX_OUTPUT,
-    ANTHROPIC_MIN_THINKING,
-    GEMINI_MAX_THINKING,
-    EffortThresholds,
+from tokenbudget_api.thinking_limits import (  # shared with the operator, which checks tiers against them
+    anthropic_max_output,
+    claude_version,
+    gemini_budget_range,
 )
+from tokenbudget_api.thinking_limits import model_name as _model_name
+from tokenbudget_api.thinktier import ANTHROPIC_MIN_THINKING, EffortThresholds
 from tokenbudget_sidecar.dialects.base import JSON, Call, Dialect
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -72,47 +73,7 @@ SELF_HOSTED_NOT_REASONING = ("*instruct*",)  # e.g. qwen3-235b-a22b-instruct-250
 _SELF_HOSTED = re.compile("|".join(fnmatch.translate(p) for p in SELF_HOSTED_REASONING))
 _SELF_HOSTED_NOT = re.compile("|".join(fnmatch.translate(p) for p in SELF_HOSTED_NOT_REASONING))
 
-_CLAUDE_NEW = re.compile(r"claude-(opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?!\d)")  # claude-sonnet-4-5-2025…
-_CLAUDE_OLD = re.compile(r"claude-(\d+)(?:-(\d))?-(opus|sonnet|haiku)")  # claude-3-7-sonnet-2025…
-
-GEMINI_BUDGET_RANGES: list[tuple[str, tuple[int, int]]] = [
-    # (pattern, (smallest non-zero budget, largest)), first match wins; Gemini API docs for 2.5.
-    ("gemini-2.5-flash-lite*", (512, 24_576)),
-    ("gemini-2.5-pro*", (128, GEMINI_MAX_THINKING)),
-    ("gemini-2.5-flash*", (1, 24_576)),
-]
 GEMINI_NO_THINKING = ("*image*", "*tts*", "*audio*", "*live*", "*embedding*")
-
-
-def _model_name(model: str) -> str:
-    """Lower case, without a fine-tune prefix or an org/ path (`ft:gpt-5:…`, `deepseek-ai/DeepSeek-R1`)."""
-    name = model.lower().removeprefix("ft:")
-    return name.rsplit("/", 1)[-1]
-
-
-def claude_version(model: str) -> tuple[str, int, int] | None:
-    """(family, major, minor) from any Claude id, Bedrock/Vertex prefixes included; None if not Claude."""
-    name = model.lower()
-    m = _CLAUDE_NEW.search(name)
-    if m:
-        return m.group(1), int(m.group(2)), int(m.group(3) or 0)
-    m = _CLAUDE_OLD.search(name)
-    if m:
-        return m.group(3), int(m.group(1)), int(m.group(2) or 0)
-    return None
-
-
-def anthropic_max_output(model: str) -> int:
-    """Largest max_tokens the model accepts (published limits; conservative for unknown models)."""
-    version = claude_version(model)
-    if version is None:
-        return 32_000
-    kind, major, minor = version
-    if kind == "opus" and (major, minor) <= (4, 1) and major == 4:
-        return 32_000
-    if kind == "opus" and (major, minor) >= (4, 6):
-        return ANTHROPIC_MAX_OUTPUT
-    return 64_000
 
 
 def family(dialect: str, operation: str, model: str) -> Family | None:
@@ -410,14 +371,6 @@ def gemini_level(effort: str, model: str) -> str:
     if "pro" in _model_name(model):
         return "HIGH" if effort == "high" else "LOW"  # a tier is a ceiling: medium rounds down on Pro
     return {"low": "LOW", "medium": "MEDIUM", "high": "HIGH"}[effort]
-
-
-def gemini_budget_range(model: str) -> tuple[int, int]:
-    name = _model_name(model)
-    for pattern, bounds in GEMINI_BUDGET_RANGES:
-        if fnmatch.fnmatchcase(name, pattern):
-            return bounds
-    return (1, 24_576)
 
 
 def _gemini(fam: Family, call: Call, body: JSON, target: Target) -> Rewrite:
