@@ -25,6 +25,7 @@ from tokenbudget_operator.leases import (
     PodInput,
     PodReport,
     WindowInput,
+    lease_period_start,
     lease_periods,
 )
 from tokenbudget_operator.reconcile import applied_leases
@@ -165,3 +166,20 @@ async def test_pods_keep_admitting_across_minute_boundaries_when_the_next_grant_
         minute_start = fleet.clock.now().replace(second=0, microsecond=0)
         assert sum(t for _, at, t in fleet.settled if at >= minute_start) <= limit
     assert (refused > 0) is refusals, f"{refused} calls refused"
+
+
+async def test_the_fullest_key_alone_gives_the_operator_the_same_report_as_every_key() -> None:
+    """GET /budgets?keys=fullest (one entry per per-key limit) is all a lease round needs."""
+    rng = random.Random(11)
+    fleet = Fleet({"name": "per-user", "period": "Day", "tokens": LIMIT, "per": "User"}, pods=1)
+    await fleet.traffic(rng, 30, [f"user-{i}" for i in range(12)])
+    budget = fleet.pods["pod-0"].budgets[0]
+    key = LeaseKey(fleet.view.key, "per-user", None, lease_period_start(fleet.limit, "UTC", fleet.clock.now()))
+    every: list[dict[str, Any]] = budget.snapshot()["windows"]  # type: ignore[assignment]
+    fullest: list[dict[str, Any]] = budget.snapshot(fullest_only=True)["windows"]  # type: ignore[assignment]
+    assert len(every) > 5
+    (top,) = fullest
+    assert top["keys"] == len(every)
+    assert top["used"] == max((w["used"] for w in every), key=Decimal)
+    held = fleet.held["pod-0"]
+    assert PodReport.from_sidecar(key, fullest, held) == PodReport.from_sidecar(key, every, held)

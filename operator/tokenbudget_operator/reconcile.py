@@ -584,7 +584,7 @@ class Reconciler:
             if agent.applied is None and not agent.pushing:
                 policy = await self.client.get_policy(base, token)
                 agent.applied, agent.applied_leases = policy.version, applied_leases(policy)
-            answer = await self.client.get_budgets(base, token)
+            answer = await self.client.get_budgets(base, token, fullest_keys=True)
         except Exception as exc:
             logger.warning("lease report from pod %s failed: %s", agent.entry.view.key, exc)
             return uid, None

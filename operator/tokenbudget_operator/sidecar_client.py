@@ -105,10 +105,12 @@ class SidecarClient:
         """POST /usage/ack: the sidecar may forget records up to `cursor` (only after they are persisted)."""
         await self._call("POST", f"{base}/usage/ack", token, {"cursor": cursor})
 
-    async def get_budgets(self, base: str, token: str | None, alerts_after: int = 0) -> dict[str, Any]:
-        """GET /budgets: windows, stage, leases, dry-run counts, and alerts after a cursor."""
-        answer: dict[str, Any] = await self._call("GET", f"{base}/budgets", token,
-                                                  params={"alertsAfter": str(alerts_after)})
+    async def get_budgets(self, base: str, token: str | None, alerts_after: int = 0,
+                          fullest_keys: bool = False) -> dict[str, Any]:
+        """GET /budgets: windows, stage, leases, dry-run counts, and alerts after a cursor; `fullest_keys`:
+        one entry per per-key limit (its fullest key), all a lease round needs."""
+        params = {"alertsAfter": str(alerts_after)} | ({"keys": "fullest"} if fullest_keys else {})
+        answer: dict[str, Any] = await self._call("GET", f"{base}/budgets", token, params=params)
         return answer
 
     async def get_thinking(self, base: str, token: str | None) -> dict[str, Any]:

@@ -72,8 +72,10 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 async def get_budgets(request: web.Request) -> web.Response:
-    """Per-budget windows, stage, leases and dry-run counts; alerts after a cursor (`?alertsAfter=`)."""
+    """Per-budget windows, stage, leases and dry-run counts; alerts after a cursor (`?alertsAfter=`);
+    `?keys=fullest`: of each per-key limit only its fullest key (the operator's lease rounds)."""
     admission = request.app[STATE].admission
+    fullest = request.query.get("keys") == "fullest"
     try:
         after = int(request.query.get("alertsAfter", "0"))
     except ValueError:
@@ -83,7 +85,7 @@ async def get_budgets(request: web.Request) -> web.Response:
          "time": a.time.isoformat()}
         for b in admission.budgets for a in b.alerts if a.seq > after
     ]
-    return web.json_response({"budgets": [b.snapshot() for b in admission.budgets],
+    return web.json_response({"budgets": [b.snapshot(fullest) for b in admission.budgets],
                               "alerts": sorted(alerts, key=lambda a: int(str(a["seq"])))})
 
 
