@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from controlplane import ControlPlane, _die_with_parent
+from controlplane import ControlPlane, _die_with_parent, terminate
 from openai import AsyncOpenAI
 from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
@@ -58,16 +57,8 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def _kill(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
+    if proc is not None:
+        terminate(proc, grace)
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> Any:
@@ -200,7 +191,6 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
     token_file = workdir / "admin-token"
     token_file.write_text(TOKEN)
     procs: list[subprocess.Popen[bytes]] = []
-    operator: OperatorProcess | None = None
     with contextlib.suppress(Exception):
         kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     namespace(kube, NS, enabled=False, secret=True)
@@ -217,20 +207,28 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             manifest = pod_with_sidecar(s.pod, {"app": "chat", "pool": "shared"})
             kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
             set_pod_ip(kube, s.pod, s.ip)
-        tls_dir = workdir / "tls"
-        certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
-        # A Lease left by another module's operator would make this one wait for it to expire.
-        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-        operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
-        operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
-        operator.start()
-        yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
+        with operator_running(kube, workdir) as operator:
+            yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
     finally:
-        if operator is not None:
-            operator.stop()
         for proc in procs:
             _kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def operator_running(kube: ControlPlane, workdir: Path) -> Iterator[OperatorProcess]:
+    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left."""
+    tls_dir = workdir / "tls"
+    certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
+    # A Lease left by another module's operator would make this one wait for it to expire.
+    kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+    operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
+    try:
+        operator.start()
+        yield operator
+    finally:
+        operator.stop()
         kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
                      "--ignore-not-found", check=False)
         kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",

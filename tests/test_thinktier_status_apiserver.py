@@ -24,11 +24,11 @@ import pytest
 from controlplane import ControlPlane
 from openai import AsyncOpenAI
 from test_reconcile_apiserver import (
-    OPERATOR_SETTINGS,
     _kill,
+    apply,
     http,
+    operator_running,
     pod_with_sidecar,
-    service_account_kubeconfig,
     start_sidecar,
     start_upstream,
     wait_for,
@@ -37,7 +37,6 @@ from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespac
 
 from tokenbudget_api import names
 from tokenbudget_api.thinktier import ThinkTierStatus
-from tokenbudget_operator import certs
 from tokenbudget_operator.effective import TierView
 from tokenbudget_operator.thinktier_status import ThinkTierTracker, thinktier_status
 from tokenbudget_sidecar.thinking.sketch import LogHistogram
@@ -138,7 +137,6 @@ def think_stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
     token_file = workdir / "admin-token"
     token_file.write_text("test-token")
     procs: list[subprocess.Popen[bytes]] = []
-    operator: OperatorProcess | None = None
     with contextlib.suppress(Exception):
         kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     namespace(kube, NS, enabled=False, secret=True)
@@ -155,29 +153,12 @@ def think_stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
             status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
             kube.kubectl("patch", "pod", f"think-{'ab'[i]}", "-n", NS, "--subresource=status", "--type=merge",
                          "-p", json.dumps(status))
-        tls_dir = workdir / "tls"
-        certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
-        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-        operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
-        operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
-        operator.start()
-        yield ThinkStack(kube, operator, upstream)
+        with operator_running(kube, workdir) as operator:
+            yield ThinkStack(kube, operator, upstream)
     finally:
-        if operator is not None:
-            operator.stop()
         for proc in procs:
             _kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
-        kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
-                     "--ignore-not-found", check=False)
-        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
-                     check=False)
-        kube.kubectl("delete", "-f", str(Path(__file__).resolve().parent.parent / "deploy" / "rbac.yaml"),
-                     "--ignore-not-found", check=False)
-
-
-def apply(kube: ControlPlane, manifest: dict[str, Any]) -> None:
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
 def get_tt(kube: ControlPlane, name: str) -> dict[str, Any]:
