@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from sidecar_harness import Stack, http_get, stack
 
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.thinking_stats import ClassStats
 from tokenbudget_api.thinktier import Calibration, ThinkTierSpec, Tier
 from tokenbudget_api.tokenbudget import Dialect as DialectName
 from tokenbudget_sidecar.dialects import DIALECTS, Dialect, Reading
@@ -45,7 +46,7 @@ from tokenbudget_sidecar.thinking.providers import (
     family,
     gemini_budget_range,
 )
-from tokenbudget_sidecar.thinking.stats import ClassStats, ThinkTierStats
+from tokenbudget_sidecar.thinking.stats import ThinkTierStats
 from tokenbudget_sidecar.usage import Usage, UsageRecord, UsageSource
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "thinking"

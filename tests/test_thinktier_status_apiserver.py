@@ -36,11 +36,11 @@ from test_reconcile_apiserver import (
 from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
+from tokenbudget_api.sketch import LogHistogram
+from tokenbudget_api.thinking_stats import recommend
 from tokenbudget_api.thinktier import ThinkTierStatus
 from tokenbudget_operator.effective import TierView
 from tokenbudget_operator.thinktier_status import ThinkTierTracker, thinktier_status
-from tokenbudget_sidecar.thinking.sketch import LogHistogram
-from tokenbudget_sidecar.thinking.stats import recommend
 
 NS = "tb-thinktier"
 IPS = ("127.0.0.12", "127.0.0.13")

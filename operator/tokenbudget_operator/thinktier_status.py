@@ -3,9 +3,9 @@
 Each sidecar serves `GET /thinking`: per ThinkTier and class, counters (samples, truncations, thinking-only
 truncations), the budget the class ran under, and its log-histogram of thinking tokens. Histograms merge
 exactly by adding bucket counts, so the merged P50/P95/P99 are what one sidecar that had seen every call
-would report (within the sketch's 1 %). The sketch and the recommendation rule are imported from the
-sidecar's own modules (`tokenbudget_sidecar.thinking.sketch` / `.stats`: pure Python, no aiohttp or kube
-client; same distribution), so a recommendation here is computed exactly as a sidecar would.
+would report (within the sketch's 1 %). The sketch and the recommendation rule are the ones the sidecar
+uses (`tokenbudget_api.sketch` / `.thinking_stats`), so a recommendation here is computed exactly as a
+sidecar would.
 
 Counters are cumulative per sidecar process (and per class budget: the sidecar restarts a class's figures
 when its tier's budget changes, since thinking capped at another budget would mislead). So per pod and
@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenbudget_api.common import ConditionStatus
+from tokenbudget_api.sketch import LogHistogram
+from tokenbudget_api.thinking_stats import UNCLASSIFIED, ClassStats, percent
 from tokenbudget_api.thinktier import AutoApply, Calibration, Tier
 from tokenbudget_operator.conditions import (
     ConditionType,
@@ -58,9 +60,6 @@ from tokenbudget_operator.conditions import (
 )
 from tokenbudget_operator.effective import TierView
 from tokenbudget_operator.tier_checks import tier_spec_problems
-from tokenbudget_sidecar.thinking.classify import UNCLASSIFIED
-from tokenbudget_sidecar.thinking.sketch import LogHistogram
-from tokenbudget_sidecar.thinking.stats import ClassStats, percent
 
 CLASS_STATUS_FIELDS = ("name", "tier", "budgetTokens", "samples", "p50", "p95", "p99", "truncationPercent",
                        "thinkingOnlyTruncations", "underUsePercent", "recommendedBudgetTokens")

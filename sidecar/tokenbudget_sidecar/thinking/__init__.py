@@ -10,12 +10,12 @@ Modules, in the order a call meets them:
 - `engine`: `Thinking.apply` (before admission) and `Thinking.observe` (at settle), the proxy's two calls.
 """
 
-from tokenbudget_sidecar.thinking.classify import UNCLASSIFIED, Classification, Inputs, classify
+from tokenbudget_api.sketch import LogHistogram
+from tokenbudget_api.thinking_stats import UNCLASSIFIED, recommend, round_budget
+from tokenbudget_sidecar.thinking.classify import Classification, Inputs, classify
 from tokenbudget_sidecar.thinking.engine import Decision, Thinking, ThinkingMetrics
 from tokenbudget_sidecar.thinking.measure import Measurement, measure
 from tokenbudget_sidecar.thinking.providers import Family, Rewrite, Target, effort_for, family, rewrite
-from tokenbudget_sidecar.thinking.sketch import LogHistogram
-from tokenbudget_sidecar.thinking.stats import recommend, round_budget
 
 __all__ = [
     "UNCLASSIFIED",

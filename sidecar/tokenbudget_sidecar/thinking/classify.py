@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tokenbudget_api.policy import ThinkTierPolicy
+from tokenbudget_api.thinking_stats import UNCLASSIFIED
 from tokenbudget_api.thinktier import Authorization, QueryClass, ThinkTierSpec, Tier
 
 log = logging.getLogger(__name__)
-
-UNCLASSIFIED = "unclassified"
 
 
 @dataclass(frozen=True)

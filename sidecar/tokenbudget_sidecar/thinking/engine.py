@@ -18,12 +18,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.thinking_stats import ClassStats
 from tokenbudget_api.tokenbudget import Enforcement
 from tokenbudget_sidecar.dialects.base import JSON, Call, Dialect, Reading
 from tokenbudget_sidecar.thinking.classify import Classification, CompiledThinkTier, Inputs, classify
 from tokenbudget_sidecar.thinking.measure import Measurement, measure
 from tokenbudget_sidecar.thinking.providers import Family, Rewrite, Target, effort_for, family, restore, rewrite, save
-from tokenbudget_sidecar.thinking.stats import ClassStats, ThinkTierStats
+from tokenbudget_sidecar.thinking.stats import ThinkTierStats
 from tokenbudget_sidecar.usage import Outcome, UsageRecord, UsageSource
 
 log = logging.getLogger(__name__)
