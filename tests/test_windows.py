@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
@@ -655,25 +654,3 @@ def test_a_rolling_counter_forgets_each_amount_between_d_and_d_plus_granularity_
         model = sum(v for key, v in per_bucket.items() if now < key)  # never after its window passed
         assert window.used() == model >= 0
         assert window.bucket_count <= seconds // window.granularity + 2
-
-
-@pytest.mark.parametrize("limit", [
-    {"name": "d", "period": "Day", "tokens": 1000},
-    {"name": "r", "duration": "1h", "tokens": 1000},
-])
-def test_a_counter_rebuilt_from_its_entries_counts_the_same_now_and_later(limit: dict[str, Any]) -> None:
-    from tokenbudget_api.tokenbudget import Limit
-    from tokenbudget_api.windows import window_for
-
-    clock = ManualClock(dt.datetime(2026, 11, 23, 22, 0, tzinfo=UTC))
-    lim = Limit.model_validate(limit)
-    original = window_for(lim, "Europe/Berlin", clock)
-    for minutes, amount in ((0, 10), (7, 25), (31, 40), (59, 5)):
-        original.add(amount, clock.now() + dt.timedelta(minutes=minutes))
-    clock.advance(dt.timedelta(minutes=59))
-    rebuilt = window_for(lim, "Europe/Berlin", clock)
-    for at, amount in original.entries():
-        rebuilt.add(amount, at)
-    for later in (0, 20, 45, 61, 125):
-        at = clock.now() + dt.timedelta(minutes=later)
-        assert rebuilt.used(at) == original.used(at), f"{later} min later"

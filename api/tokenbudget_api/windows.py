@@ -291,10 +291,6 @@ class WindowCounter(abc.ABC):
         """The earliest instant whose usage still counts at `at`."""
 
     @abc.abstractmethod
-    def entries(self, at: dt.datetime | None = None) -> list[tuple[dt.datetime, Decimal]]:
-        """What counts at `at`, as (instant, amount) pairs: `add`ing them to a fresh counter rebuilds it."""
-
-    @abc.abstractmethod
     def available_at(
         self, amount: Decimal | int, limit: Decimal | int, at: dt.datetime | None = None
     ) -> dt.datetime | None:
@@ -349,12 +345,6 @@ class CalendarWindow(WindowCounter):
 
     def period_start(self, at: dt.datetime | None = None) -> dt.datetime:
         return self.bounds(at)[0]
-
-    def entries(self, at: dt.datetime | None = None) -> list[tuple[dt.datetime, Decimal]]:
-        at = self._at(at)
-        if self._bounds is not None and self._used and self._bounds[0] <= at < self._bounds[1]:
-            return [(self._bounds[0], self._used)]
-        return []
 
     def available_at(
         self, amount: Decimal | int, limit: Decimal | int, at: dt.datetime | None = None
@@ -432,9 +422,6 @@ class RollingWindow(WindowCounter):
     def period_start(self, at: dt.datetime | None = None) -> dt.datetime:
         x_us = _us(self._at(at))
         return _from_us((x_us - self._d_us) // self._g_us * self._g_us)
-
-    def entries(self, at: dt.datetime | None = None) -> list[tuple[dt.datetime, Decimal]]:
-        return [(_from_us(bucket * self._g_us), value) for bucket, value in self._live(_us(self._at(at)))]
 
     def available_at(
         self, amount: Decimal | int, limit: Decimal | int, at: dt.datetime | None = None

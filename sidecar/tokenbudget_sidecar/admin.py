@@ -121,7 +121,7 @@ async def ack_usage(request: web.Request) -> web.Response:
         cursor = int((await request.json())["cursor"])
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'body must be {"cursor": <int>}'}, status=400)
-    remaining = request.app[STATE].acknowledge(cursor)
+    remaining = await request.app[STATE].acknowledge(cursor)  # the checkpoint is stored first
     request.app[DRAIN].on_ack()
     return web.json_response({"acked": cursor, "remaining": remaining})
 

@@ -18,7 +18,7 @@ from decimal import Decimal
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, Stage
 from tokenbudget_api.windows import Clock
-from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Window
+from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend
 from tokenbudget_sidecar.dialects import Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.usage import Outcome, Usage, UsageRecord
@@ -239,31 +239,27 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         """Give back holds and the concurrency slot of a call that will not settle (refused, failed early)."""
         for b, reservation in ticket.holds:
-            b.settle(reservation, 0, Decimal(0))
+            b.release(reservation)
         ticket.holds = []
         if ticket.gate is not None:
             ticket.gate.release()
             ticket.gate = None
 
     def replay(self, records: Iterable[UsageRecord], budgets: Iterable[BudgetState] | None = None) -> None:
-        """Count `records` again in the windows of `budgets` (default: all) after a restart."""
+        """Count settled `records` again in the windows of `budgets` (default: all) that they name.
+
+        The same rule as settlement and the checkpoint (BudgetState.contributions); refused calls count nothing.
+        """
         chosen = list(self.budgets if budgets is None else budgets)
         for rec in records:
             if rec.outcome is Outcome.REFUSED:
                 continue
+            spend = Spend.of_record(rec)
             for b in chosen:
                 if b.name in rec.budgets:
-                    for w in b.windows_for(rec.model, rec.user):
-                        w.counter.add(_unit_amount(w, rec), rec.time)
+                    b.count(spend)
 
     def expire(self) -> int:
         return sum(b.expire() for b in self.budgets)
 
-
-def _unit_amount(w: Window, rec: UsageRecord) -> Decimal:
-    if w.limit.tokens is not None:
-        return Decimal(rec.usage.total_tokens)
-    if w.limit.cost_usd is not None:
-        return rec.cost_usd or Decimal(0)
-    return Decimal(1)
 

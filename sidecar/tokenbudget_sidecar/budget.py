@@ -18,10 +18,19 @@ from decimal import Decimal
 
 from tokenbudget_api.policy import BudgetPolicy, Lease
 from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
-from tokenbudget_api.windows import Clock, WindowCounter, limit_amount, percent_used, window_for
+from tokenbudget_api.windows import (
+    Clock,
+    RollingWindow,
+    WindowCounter,
+    limit_amount,
+    percent_used,
+    window_for,
+)
+from tokenbudget_sidecar.usage import UsageRecord
 
 LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
 MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ids = itertools.count(1)
 _alert_ids = itertools.count(1)
 
@@ -39,6 +48,32 @@ class Demand:
         if limit.cost_usd is not None:
             return self.cost_usd
         return Decimal(1)
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What settled calls spent, as windows count it: one usage record, or a sum of records of one user and
+    model within one second (checkpoint.py; no period or rolling bucket edge falls inside a second)."""
+
+    user: str | None
+    model: str
+    at: dt.datetime
+    tokens: int
+    cost_usd: Decimal  # an unpriced model counts 0 in dollar limits, as settlement counts it
+    requests: int = 1
+
+    @classmethod
+    def of_record(cls, record: UsageRecord) -> Spend:
+        return cls(record.user, record.model, record.time, record.usage.total_tokens,
+                   record.cost_usd if record.cost_usd is not None else Decimal(0))
+
+    def of(self, limit: Limit) -> Decimal:
+        """The amount in `limit`'s unit."""
+        if limit.tokens is not None:
+            return Decimal(self.tokens)
+        if limit.cost_usd is not None:
+            return self.cost_usd
+        return Decimal(self.requests)
 
 
 @dataclass
@@ -132,6 +167,9 @@ class BudgetState:
         for lease in policy.leases or []:
             self.leases[lease.window, lease.key] = (*self.leases.get((lease.window, lease.key), ()), lease)
         self.alerts: list[Alert] = []
+        # Use before this instant may be missing from the windows (the checkpoint was lost, checkpoint.py):
+        # a window whose span reaches back to it cannot be checked, and `failMode` decides (see reserve).
+        self.history_lost_before: dt.datetime | None = None
 
     @property
     def name(self) -> str:
@@ -143,7 +181,8 @@ class BudgetState:
 
     # ----- windows --------------------------------------------------------------------------------
 
-    def _key(self, limit: Limit, model: str, user: str | None) -> str | None:
+    def key_for(self, limit: Limit, model: str, user: str | None) -> str | None:
+        """The window key of a call in `limit`: its user or model for a per-key limit, else None."""
         if limit.per is LimitKey.USER:
             return user or "anonymous"
         if limit.per is LimitKey.MODEL:
@@ -151,7 +190,7 @@ class BudgetState:
         return None
 
     def windows_for(self, model: str, user: str | None) -> list[Window]:
-        return [self.window(limit, self._key(limit, model, user)) for limit in self.spec.limits or []]
+        return [self.window(limit, self.key_for(limit, model, user)) for limit in self.spec.limits or []]
 
     def window(self, limit: Limit, key: str | None) -> Window:
         """The window of `limit` (and `key`), made on first use; per-key windows beyond the cap evict the
@@ -160,7 +199,8 @@ class BudgetState:
         if window is None:
             window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
                             self.grants_for(limit, key))
-            if limit.per is not None and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT:
+            if (limit.per is not None and len(self.windows) >= MAX_KEYS_PER_LIMIT  # else no limit can be full
+                    and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT):
                 oldest = next(k for k in self.windows if k[0] == limit.name)
                 del self.windows[oldest]
         self.windows[(limit.name, key)] = window
@@ -170,6 +210,24 @@ class BudgetState:
         """What a window's counts depend on: the same shape in a new policy keeps them (adopt, checkpoint)."""
         return [limit.period.value if limit.period else None, limit.duration,
                 limit.per.value if limit.per else None, _unit(limit), self.spec.time_zone]
+
+    def contributions(self, spend: Spend) -> list[tuple[Limit, str | None, Decimal]]:
+        """Where `spend` counts: (limit, key, amount) for every limit it adds a non-zero amount to.
+
+        The one attribution rule for every replay of settled use (ledger records, checkpoint), the same
+        as settlement's: a zero amount is not counted, so it makes no window.
+        """
+        out = []
+        for limit in self.spec.limits or []:
+            amount = spend.of(limit)
+            if amount:
+                out.append((limit, self.key_for(limit, spend.model, spend.user), amount))
+        return out
+
+    def count(self, spend: Spend) -> None:
+        """Count settled use again in this budget's windows, at the instant it was spent."""
+        for limit, key, amount in self.contributions(spend):
+            self.window(limit, key).counter.add(amount, spend.at)
 
     def grants_for(self, limit: Limit, key: str | None) -> tuple[Lease, ...]:
         """The grants a window admits against: its own, else (per-key limit) the ones every key shares."""
@@ -182,6 +240,7 @@ class BudgetState:
         """Carry use, holds and ladder state over a policy push, for windows whose shape is unchanged."""
         self.reservations, self.would_have = old.reservations, old.would_have
         self.throttle_next, self.alerts = old.throttle_next, old.alerts
+        self.history_lost_before = old.history_lost_before
         limits = {lim.name: lim for lim in self.spec.limits or []}
         same_ladder = old.ladder == self.ladder
         for (name, key), window in old.windows.items():
@@ -236,6 +295,11 @@ class BudgetState:
                     continue  # Open: admit without checking this shared window until the lease is renewed
                 raise Refused(429, f"tokenbudget: the lease on budget {self.name} limit {window.label} expired "
                               "and was not renewed (failMode Closed)", retry_after=5)
+            clears = self.history_clears_at(window, now)
+            if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
+                if not self.dry_run:
+                    raise Refused(429, self._unknown(window, clears), max((clears - now).total_seconds(), 1.0))
+                decisions.append(Action.BLOCK)
             amount = demand.of(window.limit)
             if amount is None:
                 raise Refused(400, f"model has no price, so budget {self.name} cannot check its dollar limit "
@@ -250,6 +314,29 @@ class BudgetState:
             window.reserved += amount
         self.reservations[reservation.id] = reservation
         return reservation
+
+    def history_clears_at(self, window: Window, now: dt.datetime) -> dt.datetime | None:
+        """When `window` stops counting any instant before `history_lost_before`; None if it already has.
+
+        Until then part of what it counts may be missing (the checkpoint was lost or unreadable), so the
+        window cannot be checked: failMode Closed refuses in it, Open admits on what is known.
+        """
+        lost = self.history_lost_before
+        if lost is None or window.counter.period_start(now) > lost:
+            return None
+        counter = window.counter
+        if isinstance(counter, RollingWindow):  # the lost instant's bucket leaves the window
+            granularity = dt.timedelta(seconds=counter.granularity)
+            bucket = _EPOCH + (lost - _EPOCH) // granularity * granularity
+            return bucket + granularity + dt.timedelta(seconds=counter.seconds)
+        return counter.resets_at(now)  # a calendar period: the next one starts after the loss
+
+    def _unknown(self, window: Window, clears: dt.datetime) -> str:
+        lost = self.history_lost_before
+        assert lost is not None
+        return (f"tokenbudget: budget {self.name} limit {window.label} cannot be checked: what this pod spent "
+                f"before {lost.isoformat()} is unknown (its usage checkpoint was lost or unreadable), so with "
+                f"failMode Closed it admits nothing in this window until {clears.isoformat()}")
 
     def _exhausted(self, window: Window, amount: Decimal, now: dt.datetime) -> str:
         resets = window.counter.resets_at(now)
@@ -268,6 +355,14 @@ class BudgetState:
         start = max(self.throttle_next or now, now)
         self.throttle_next = start + interval
         return (start - now).total_seconds()
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back the holds of a call that was never forwarded: nothing is counted, not even a request
+        (its record says refused, and no replay counts it either)."""
+        if self.reservations.pop(reservation.id, None) is None:
+            return
+        for window, amount in reservation.holds:
+            window.reserved -= amount
 
     def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None,
                started: dt.datetime | None = None) -> None:
@@ -379,4 +474,4 @@ def _actual(limit: Limit, tokens: int, cost_usd: Decimal | None, reserved: Decim
     return Decimal(1)
 
 
-__all__ = ["Alert", "BudgetState", "Demand", "Refused", "Reservation", "Window", "WouldHave"]
+__all__ = ["Alert", "BudgetState", "Demand", "Refused", "Reservation", "Spend", "Window", "WouldHave"]

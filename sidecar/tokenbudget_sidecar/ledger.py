@@ -9,6 +9,8 @@ Layout of the directory (an ``emptyDir`` in pods)::
 
     LOCK                              flock'ed by the one process writing here
     ack.json                          {"acked": N, "lastSeq": M}, replaced atomically (temp + rename)
+    checkpoint.json                   what acknowledged records counted in the windows (checkpoint.py),
+                                      written before ack.json moves past them
     usage-00000000000000000001.jsonl  a segment; the name is the seq of its first record
     usage-00000000000000002114.jsonl  the active segment (the newest); records are only appended to it
 
@@ -53,10 +55,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pydantic
 
@@ -82,7 +83,6 @@ class Replayed:
     last_seq: int  # the highest seq ever handed out, as far as the disk knows; the next one is last_seq + 1
     torn: int  # torn last lines discarded
     skipped: int  # corrupt or duplicate lines skipped
-    state: dict[str, Any] | None = None  # what the owner stored with the last acknowledgement
 
 
 def segment_name(base: int) -> str:
@@ -137,7 +137,7 @@ class Ledger:
             raise LedgerLocked(f"{self.directory} is in use by another process") from None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.directory / (ACK_FILE + ".tmp"))  # an ack that never got renamed: not acked
-        acked, ack_last, state = self._read_ack()
+        acked, ack_last = self._read_ack()
         records, last_in_files, torn, skipped = self._replay_segments(acked)
         bases = [base for base, _ in self._segments]
         last_seq = max(acked, ack_last, last_in_files, max(bases, default=1) - 1)
@@ -161,20 +161,19 @@ class Ledger:
         log.info("ledger replayed", extra={"record": {
             "dir": str(self.directory), "unacked": len(records), "acked": acked, "lastSeq": last_seq,
             "segments": len(self._segments)}})
-        return Replayed(records, acked, last_seq, torn, skipped, state)
+        return Replayed(records, acked, last_seq, torn, skipped)
 
-    def _read_ack(self) -> tuple[int, int, dict[str, Any] | None]:
+    def _read_ack(self) -> tuple[int, int]:
         path = self.directory / ACK_FILE
         try:
             data = json.loads(path.read_bytes())
-            state = data.get("state")
-            return int(data["acked"]), int(data.get("lastSeq", 0)), state if isinstance(state, dict) else None
+            return int(data["acked"]), int(data.get("lastSeq", 0))
         except FileNotFoundError:
-            return 0, 0, None
+            return 0, 0
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("ledger ack file unreadable; treating nothing as acknowledged",
                         extra={"record": {"path": str(path), "error": repr(exc)}})
-            return 0, 0, None
+            return 0, 0
 
     def _replay_segments(self, acked: int) -> tuple[list[UsageRecord], int, int, int]:
         found = sorted((int(m.group(1)), self.directory / name)
@@ -276,20 +275,17 @@ class Ledger:
 
     # -- acknowledgement --------------------------------------------------------------------------------
 
-    def ack(self, cursor: int, last_seq: int, state: Mapping[str, Any] | None = None) -> None:
+    def ack(self, cursor: int, last_seq: int) -> None:
         """Persist the acknowledgement cursor now (process-kill safe); fsync and compaction follow.
 
         `cursor` must not exceed the last seq written (the caller clamps it). `last_seq` is stored too,
-        so seqs stay monotonic even when compaction leaves no record behind. `state` is the owner's,
-        stored in the same file, so it is replaced together with the cursor or not at all (`Replayed.state`).
+        so seqs stay monotonic even when compaction leaves no record behind. What the acknowledged records
+        counted in the windows is stored before this, in the checkpoint (checkpoint.py).
         """
         path = self.directory / ACK_FILE
         tmp = path.with_name(ACK_FILE + ".tmp")
-        body: dict[str, Any] = {"acked": cursor, "lastSeq": last_seq}
-        if state is not None:
-            body["state"] = state
         with open(tmp, "wb") as f:  # a plain write: the sync thread fsyncs it before compacting
-            f.write(json.dumps(body, separators=(",", ":")).encode())
+            f.write(json.dumps({"acked": cursor, "lastSeq": last_seq}).encode())
         os.replace(tmp, path)
         if cursor >= self._written_seq and self._active_size:
             self._create_segment(self._written_seq + 1)  # everything is acknowledged: free the active segment

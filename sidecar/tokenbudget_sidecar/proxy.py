@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Gauge
 
 from tokenbudget_api.policy import PolicyUpstream, SidecarPolicy
 from tokenbudget_api.tokenbudget import OnDisconnect
 from tokenbudget_api.windows import Clock, SystemClock
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
-from tokenbudget_sidecar.budget import Refused
-from tokenbudget_sidecar.checkpoint import Checkpoint
+from tokenbudget_sidecar.budget import BudgetState, Refused
+from tokenbudget_sidecar.checkpoint import Checkpoint, CheckpointFile
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.pricing import PriceBook
@@ -64,14 +65,27 @@ class State:
     admission: Admission = field(init=False)
     thinking: Thinking = field(init=False)
     checkpoint: Checkpoint = field(init=False)
+    checkpoint_file: CheckpointFile | None = field(init=False)
     session: aiohttp.ClientSession | None = None
+    _acks: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
                                            self.settings.count_hard_cap_bytes)
-        self.checkpoint = Checkpoint(self.usage_log.restored)  # a restart resumes the windows (checkpoint.py)
+        # What acknowledged records counted, so a restart resumes every window (checkpoint.py); without a
+        # ledger it lives in memory only, for a budget that leaves the policy and comes back.
+        ledger = self.usage_log.ledger
+        self.checkpoint_file = CheckpointFile(ledger.directory) if ledger is not None else None
+        self.checkpoint = (self.checkpoint_file.load(self.usage_log.acked, self.clock.now())
+                           if self.checkpoint_file is not None else Checkpoint())
+        if (checkpoint_file := self.checkpoint_file) is not None:
+            Gauge("tokenbudget_checkpoint_bytes", "Size of the last usage checkpoint written (checkpoint.py).",
+                  registry=self.metrics.registry).set_function(lambda: checkpoint_file.last_bytes)
+            Gauge("tokenbudget_checkpoint_write_errors", "Usage checkpoint writes that failed since start: the "
+                  "ledger then keeps acknowledged records.", registry=self.metrics.registry).set_function(
+                lambda: checkpoint_file.write_errors)
         self._build(self.policy)
-        self.checkpoint.restore(self.admission, self.admission.budgets, self.usage_log.all())
+        self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
 
     def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy
@@ -85,16 +99,31 @@ class State:
     def apply(self, policy: SidecarPolicy) -> None:
         """Switch policy without a restart, keeping window use and holds (see Admission.adopt)."""
         old, old_thinking = self.admission, self.thinking
-        fresh = self._build(policy).adopt(old)
-        self.checkpoint.restore(self.admission, fresh, self.usage_log.all())
+        self._seed(self._build(policy).adopt(old))
         self.thinking.adopt(old_thinking)
 
-    def acknowledge(self, cursor: int) -> int:
-        """The operator has the records up to `cursor`; the windows' counters are stored with the ack."""
-        snapshot = None
-        if self.usage_log.ledger is not None:
-            snapshot = self.checkpoint.snapshot(self.admission, self.usage_log.last_seq, self.clock.now())
-        return self.usage_log.ack(cursor, snapshot)
+    def _seed(self, fresh: list[BudgetState]) -> None:
+        """Budgets new to this process's policy get what they counted before: the checkpoint, then the
+        unacknowledged records that name them (one path for the startup policy and for pushes)."""
+        if fresh:
+            self.checkpoint.seed(fresh, self.usage_log.all(), self.clock.now())
+
+    async def acknowledge(self, cursor: int) -> int:
+        """The operator has the records up to `cursor`: count them into the checkpoint, store it (off the
+        loop), then let the ledger forget them; returns how many records remain unacknowledged.
+
+        Serialized, so checkpoints reach the disk in cursor order. If the checkpoint cannot be stored, the
+        records leave memory but stay in the ledger, to be counted (and offered) again after a restart.
+        """
+        async with self._acks:
+            cursor = min(cursor, self.usage_log.last_seq)
+            stored = True
+            if cursor > self.checkpoint.cursor:  # else already counted (a retry, or a crash before the ack)
+                self.checkpoint.absorb(self.usage_log.upto(cursor), self.admission.budgets, cursor,
+                                       self.clock.now())
+                if self.checkpoint_file is not None:
+                    stored = await self.checkpoint_file.save(self.checkpoint)
+            return self.usage_log.ack(cursor, persist=stored)
 
     def user_header(self) -> str | None:
         budgets = self.policy.budgets

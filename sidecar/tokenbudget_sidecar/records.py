@@ -16,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -45,11 +44,10 @@ class UsageLog:
         self.backlog_warning = backlog_warning
         self._backlog_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.restored: dict[str, Any] | None = None  # the state stored with the last ack before a restart
         if ledger is not None:
             replayed = ledger.open()
             self._records.extend(replayed.records)
-            self.last_seq, self.acked, self.restored = replayed.last_seq, replayed.acked, replayed.state
+            self.last_seq, self.acked = replayed.last_seq, replayed.acked
             ledger.on_durable = self._wake
             self._check_backlog()
 
@@ -96,20 +94,29 @@ class UsageLog:
                 out.append(record)
         return out
 
-    def ack(self, cursor: int, state: Mapping[str, Any] | None = None) -> int:
-        """Drop records up to `cursor` (persisted with a ledger, with `state`); returns how many remain.
+    def upto(self, cursor: int) -> Iterator[UsageRecord]:
+        """The unacknowledged records with seq ≤ `cursor`, oldest first (durable or not)."""
+        for record in self._records:
+            if record.seq > cursor:
+                return
+            yield record
+
+    def ack(self, cursor: int, *, persist: bool = True) -> int:
+        """Drop records up to `cursor` (persisted with a ledger); returns how many remain.
 
         Clamped to `last_seq`, not to `visible_seq`: acknowledging a record not yet durable is the
         operator's call (it says it has it), and the ack file's cursor keeps its seq from being reused.
+        `persist=False` drops them from memory only: the ledger keeps them on disk, to be offered again
+        after a restart (the caller could not store what they counted, see State.acknowledge).
         """
         cursor = min(cursor, self.last_seq)
         while self._records and self._records[0].seq <= cursor:
             self._records.popleft()
         if cursor > self.acked:
             self.acked = cursor
-            if self.ledger is not None:
+            if self.ledger is not None and persist:
                 try:
-                    self.ledger.ack(cursor, self.last_seq, state)
+                    self.ledger.ack(cursor, self.last_seq)
                 except OSError:
                     log.exception("ledger ack write failed; the records are dropped from memory but may "
                                   "be offered again after a restart", extra={"record": {"cursor": cursor}})
