@@ -69,11 +69,20 @@ class Spend:
 
     def of(self, limit: Limit) -> Decimal:
         """The amount in `limit`'s unit."""
-        if limit.tokens is not None:
-            return Decimal(self.tokens)
-        if limit.cost_usd is not None:
-            return self.cost_usd
-        return Decimal(self.requests)
+        return spent_in(limit, self.tokens, self.cost_usd, self.requests)
+
+
+def spent_in(limit: Limit, tokens: int, cost_usd: Decimal | None, requests: int = 1) -> Decimal:
+    """Settled use in `limit`'s unit: settlement, replay and the checkpoint all count by this.
+
+    An unpriced model never gets to settle under a dollar limit (refused at admission), so a missing cost
+    means nothing billed.
+    """
+    if limit.tokens is not None:
+        return Decimal(tokens)
+    if limit.cost_usd is not None:
+        return cost_usd if cost_usd is not None else Decimal(0)
+    return Decimal(requests)
 
 
 @dataclass
@@ -376,7 +385,7 @@ class BudgetState:
         now = started or self.clock.now()
         for window, amount in reservation.holds:
             window.reserved -= amount
-            actual = _actual(window.limit, tokens, cost_usd, amount)
+            actual = spent_in(window.limit, tokens, cost_usd)
             if actual:
                 window.counter.add(actual, now)
         for action in reservation.decisions:
@@ -463,15 +472,6 @@ class BudgetState:
 
 def _unit(limit: Limit) -> str:
     return "tokens" if limit.tokens is not None else ("USD" if limit.cost_usd is not None else "requests")
-
-
-def _actual(limit: Limit, tokens: int, cost_usd: Decimal | None, reserved: Decimal) -> Decimal:
-    if limit.tokens is not None:
-        return Decimal(tokens)
-    if limit.cost_usd is not None:
-        # An unpriced model never got this far (refused at admission), so None means "nothing billed".
-        return cost_usd if cost_usd is not None else Decimal(0)
-    return Decimal(1)
 
 
 __all__ = ["Alert", "BudgetState", "Demand", "Refused", "Reservation", "Spend", "Window", "WouldHave"]
