@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Obtain kube-apiserver, etcd, kubectl and kube-controller-manager for the test control plane.
+# Obtain kube-apiserver, etcd, kubectl, kube-controller-manager, kube-scheduler and kubelet for the test
+# control plane and its real node.
 #
 # No registry ships these binaries, but the Go module proxy ships their source, so we build them
 # once with the machine's Go and cache them outside git, keyed by version. People who already have
 # envtest binaries skip the build: KUBEBUILDER_ASSETS, or matching binaries on PATH, win.
 #
 # Prints the directory holding the binaries on its last line of stdout; progress goes to stderr.
-# Cold build here: about 7 minutes on 2 cores; warm (cache kept): a few seconds.
+# Cold build here: about 10 minutes on 2 cores; warm (cache kept): a few seconds.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.7.0}"
-BINARIES=(kube-apiserver kubectl etcd kube-controller-manager)
+BINARIES=(kube-apiserver kubectl etcd kube-controller-manager kube-scheduler kubelet)
 CACHE_ROOT="${TOKENBUDGET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenbudget}"
 OUT="$CACHE_ROOT/k8s/$K8S_VERSION"
 
@@ -33,7 +34,8 @@ fi
 
 # Binaries on PATH at the pinned version: link them into the cache dir so callers see one folder.
 if command -v kube-apiserver >/dev/null && command -v etcd >/dev/null && command -v kubectl >/dev/null \
-   && command -v kube-controller-manager >/dev/null \
+   && command -v kube-controller-manager >/dev/null && command -v kube-scheduler >/dev/null \
+   && command -v kubelet >/dev/null \
    && kube-apiserver --version 2>/dev/null | grep -q "$K8S_VERSION"; then
   mkdir -p "$OUT"
   for b in "${BINARIES[@]}"; do ln -sf "$(command -v "$b")" "$OUT/$b"; done
@@ -52,7 +54,7 @@ mkdir -p "$WORK" "$OUT.tmp"
 cd "$WORK"
 
 start=$(date +%s)
-log "building Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from the Go module proxy (first time: ~7 min)"
+log "building Kubernetes $K8S_VERSION and etcd $ETCD_VERSION from the Go module proxy (first time: ~10 min)"
 k8s_gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
 minor="v0.${K8S_VERSION#v1.}"
 
@@ -80,13 +82,15 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
 
 go mod tidy >&2
 major=1; kminor="${K8S_VERSION#v1.}"; kminor="${kminor%%.*}"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$kminor -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-for cmd in kube-apiserver kubectl kube-controller-manager; do
+for cmd in kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet; do
   log "go build $cmd"
   go build -ldflags "$ldflags" -o "$OUT.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
 done
