@@ -11,10 +11,10 @@ export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 
 .PHONY: setup tiktoken envtest helm lint test test-fast demo crds deploy benchmarks clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev]' -e ./testing
 	touch $@
 
 setup: $(VENV)/.installed tiktoken
@@ -48,7 +48,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not kube"
 
 demo: setup
-	$(PY) -m tokenbudget_sidecar.demo
+	$(PY) -m tokenbudget_testing.demo
 
 # Benchmarks print figures and assert nothing; run them on a quiet machine.
 benchmarks: setup envtest

@@ -153,7 +153,7 @@ def main() -> None:
 
         log = workdir / "upstream.log"
         with open(log, "ab") as out:
-            procs.append(subprocess.Popen([sys.executable, "-m", "tokenbudget_testupstream", "--port", "0"],
+            procs.append(subprocess.Popen([sys.executable, "-m", "tokenbudget_testing.upstream", "--port", "0"],
                                           stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
         upstream = wait_line(log, "listening on ", procs[-1]).split("listening on ", 1)[1].strip()
 

@@ -7,7 +7,7 @@ Run on demand (it asserts nothing and exits 0 whatever the figures are)::
     .venv/bin/python benchmarks/sidecar_latency.py --quick   # under a minute, fewer samples
 
 Three separate processes, as in a pod, so none shares an event loop with another: the test upstream
-(``python -m tokenbudget_testupstream``), the sidecar (``python -m tokenbudget_sidecar``, configured by
+(``python -m tokenbudget_testing.upstream``), the sidecar (``python -m tokenbudget_sidecar``, configured by
 TOKENBUDGET_* variables and a generated standalone policy) and this process, the load generator (an
 aiohttp client, not the SDKs, whose own overhead would swamp the figures; it sends the exact body and
 headers openai-python sends). When ``nginx`` is installed it is started too, with a generated config in a
@@ -203,7 +203,7 @@ def child_env() -> dict[str, str]:
 
 def start_upstream(workdir: Path) -> tuple[Service, str]:
     port = free_port()
-    service = spawn("upstream", [sys.executable, "-m", "tokenbudget_testupstream", "--host", HOST,
+    service = spawn("upstream", [sys.executable, "-m", "tokenbudget_testing.upstream", "--host", HOST,
                                  "--port", str(port)], child_env(), workdir, signal.SIGTERM)
     url = f"http://{HOST}:{port}"
     wait_ready(service, f"{url}/v1/models")

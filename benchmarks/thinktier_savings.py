@@ -65,8 +65,8 @@ from tokenbudget_sidecar.dialects import DIALECTS
 from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.thinking.providers import anthropic_max_output, effort_for, fit_anthropic, gemini_budget_range
-from tokenbudget_testupstream import DEFAULT_EFFORT_BUDGETS, LEDGER
-from tokenbudget_testupstream import create_app as create_upstream
+from tokenbudget_testing.upstream import DEFAULT_EFFORT_BUDGETS, LEDGER
+from tokenbudget_testing.upstream import create_app as create_upstream
 
 HOST = "127.0.0.1"
 MAX_BUDGET, SMALL_BUDGET = 65_536, 1024

@@ -43,6 +43,19 @@ if command -v kube-apiserver >/dev/null && command -v etcd >/dev/null && command
   echo "$OUT"; exit 0
 fi
 
+# One Go build at a time per cache (helm.sh takes the same lock): a second caller (another test run, another
+# worktree) waits for the first, then finds its binaries. Two concurrent builds share GOCACHE, and each
+# one's final `go clean -cache` would pull the build cache from under the other.
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.go-build.lock"
+if ! flock -n 9; then
+  log "another build holds $CACHE_ROOT/.go-build.lock: waiting for it"
+  flock 9
+fi
+if have_all "$OUT"; then
+  echo "$OUT"; exit 0
+fi
+
 command -v go >/dev/null || { log "Go is required to build the control plane (or set KUBEBUILDER_ASSETS)"; exit 1; }
 
 export GOMODCACHE="$CACHE_ROOT/go/mod"

@@ -37,6 +37,17 @@ if command -v helm >/dev/null && [ "$(helm version --template '{{.Version}}' 2>/
   echo "$OUT/helm"; exit 0
 fi
 
+# One Go build at a time per cache (see envtest.sh: they share GOCACHE and each cleans it at the end).
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.go-build.lock"
+if ! flock -n 9; then
+  log "another build holds $CACHE_ROOT/.go-build.lock: waiting for it"
+  flock 9
+fi
+if [ -x "$OUT/helm" ]; then
+  echo "$OUT/helm"; exit 0
+fi
+
 command -v go >/dev/null || { log "Go is required to build helm (or set HELM)"; exit 1; }
 
 export GOMODCACHE="$CACHE_ROOT/go/mod"

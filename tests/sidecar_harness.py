@@ -24,9 +24,9 @@ from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
 from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.usage import UsageRecord
-from tokenbudget_testupstream.app import LEDGER, serve_in_thread
-from tokenbudget_testupstream.app import create_app as create_upstream
-from tokenbudget_testupstream.ledger import Ledger
+from tokenbudget_testing.upstream.app import LEDGER, serve_in_thread
+from tokenbudget_testing.upstream.app import create_app as create_upstream
+from tokenbudget_testing.upstream.ledger import Ledger
 
 
 def http_get(url: str) -> str:

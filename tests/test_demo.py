@@ -7,7 +7,7 @@ import sys
 
 
 def test_the_demo_meters_exactly_what_the_provider_served() -> None:
-    out = subprocess.run([sys.executable, "-m", "tokenbudget_sidecar.demo"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "tokenbudget_testing.demo"], capture_output=True, text=True,
                          timeout=180, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "the sidecar metered" in out.stdout

@@ -429,7 +429,7 @@ class Processes:
 
 
 def start_upstream(procs: Processes, env: dict[str, str]) -> str:
-    proc = subprocess.Popen([str(PYTHON), "-m", "tokenbudget_testupstream", "--host", "127.0.0.1", "--port", "0"],
+    proc = subprocess.Popen([str(PYTHON), "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     procs.procs.append(proc)
     assert proc.stdout is not None

@@ -36,8 +36,8 @@ from tokenbudget_sidecar.app import create_admin_app, create_app
 from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.records import UsageLog
 from tokenbudget_sidecar.settings import Settings
-from tokenbudget_testupstream.app import LEDGER, serve_in_thread
-from tokenbudget_testupstream.app import create_app as create_upstream
+from tokenbudget_testing.upstream.app import LEDGER, serve_in_thread
+from tokenbudget_testing.upstream.app import create_app as create_upstream
 
 NAME = "team-a/shared"
 LIMITS: list[dict[str, Any]] = [

@@ -17,7 +17,7 @@ from google.genai import types as gtypes
 from sidecar_harness import Stack, http_get, http_post, stack
 
 from tokenbudget_sidecar.usage import Outcome, UsageRecord, UsageSource
-from tokenbudget_testupstream.ledger import ServedRecord
+from tokenbudget_testing.upstream.ledger import ServedRecord
 
 MESSAGES: list[Any] = [{"role": "system", "content": "You are terse."},
                        {"role": "user", "content": "Name three prime numbers."}]

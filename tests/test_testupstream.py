@@ -26,7 +26,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from tokenbudget_testupstream import (
+from tokenbudget_testing.upstream import (
     LEDGER,
     Ledger,
     ServedRecord,
@@ -35,8 +35,8 @@ from tokenbudget_testupstream import (
     serve,
     serve_in_thread,
 )
-from tokenbudget_testupstream.behaviour import Controls, make_plan, parse_controls
-from tokenbudget_testupstream.tokens import answer_words, count_messages, count_text, thinking_words
+from tokenbudget_testing.upstream.behaviour import Controls, make_plan, parse_controls
+from tokenbudget_testing.upstream.tokens import answer_words, count_messages, count_text, thinking_words
 
 CLAUDE = "claude-sonnet-4-6"
 GEMINI = "gemini-2.5-flash"
@@ -917,7 +917,7 @@ def test_a_malformed_control_header_is_a_400_in_the_dialect_shape(claude: anthro
 def upstream_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "TOKENBUDGET_TESTUPSTREAM_DEFAULT_OUTPUT_TOKENS": "3"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tokenbudget_testupstream", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -26,8 +26,8 @@ from .ledger import Ledger
 from .settings import UpstreamSettings
 from .tokens import CHAT_ENCODING, EMBEDDING_ENCODING, encoding
 
-SETTINGS = web.AppKey("tokenbudget_testupstream.settings", UpstreamSettings)
-LEDGER = web.AppKey("tokenbudget_testupstream.ledger", Ledger)
+SETTINGS = web.AppKey("tokenbudget_testing.upstream.settings", UpstreamSettings)
+LEDGER = web.AppKey("tokenbudget_testing.upstream.ledger", Ledger)
 
 
 async def _read_json(request: web.Request) -> tuple[Any, str | None, int]:

@@ -21,7 +21,7 @@ through the SDKs' ``extra_headers`` and through any proxy in between:
     leaves (less than wanted is a truncation). Budgets: Anthropic ``thinking.budget_tokens`` (thinking
     happens only when ``thinking`` is enabled/adaptive), Gemini ``thinkingBudget`` (0 = off, -1 or
     absent = no budget) or ``thinkingLevel``, OpenAI ``reasoning_effort`` / ``reasoning.effort``
-    (``none`` = off) via :data:`~tokenbudget_testupstream.settings.DEFAULT_EFFORT_BUDGETS`:
+    (``none`` = off) via :data:`~tokenbudget_testing.upstream.settings.DEFAULT_EFFORT_BUDGETS`:
     minimal 128, low 1024, medium 8192, high 32768, xhigh 65536, max 131072. Output caps:
     ``max_completion_tokens`` (else ``max_tokens``), ``max_output_tokens``, ``max_tokens``,
     ``maxOutputTokens``. Truncation shows as ``finish_reason: "length"``, Responses ``status:
@@ -46,14 +46,14 @@ through the SDKs' ``extra_headers`` and through any proxy in between:
     Behave like an old server that reports no usage at all, streamed or not.
 
 Prompt tokens are counted with tiktoken o200k_base and the cookbook chat rule; see
-:mod:`tokenbudget_testupstream.tokens` for the exact rule.
+:mod:`tokenbudget_testing.upstream.tokens` for the exact rule.
 
 Every call is recorded in a :class:`Ledger` of :class:`ServedRecord` (normalized usage, truncation,
 whether usage reached the client, whether the response completed, the request body and headers):
 in-process as ``app[LEDGER]``, over HTTP as ``GET /_upstream/served`` and ``DELETE /_upstream/served``.
 Every response carries ``x-upstream-request-id``, equal to the response id the SDK exposes.
 
-Run it standalone with ``python -m tokenbudget_testupstream --host 127.0.0.1 --port 8000``.
+Run it standalone with ``python -m tokenbudget_testing.upstream --host 127.0.0.1 --port 8000``.
 
 Modules: ``app`` (routes, generic request flow, ``serve``/``serve_in_thread``), ``behaviour`` (headers →
 token plan), ``call`` (writing bodies/streams, failure injection, ledger bookkeeping), ``dialect``

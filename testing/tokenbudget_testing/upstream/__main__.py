@@ -1,4 +1,4 @@
-"""``python -m tokenbudget_testupstream --host 127.0.0.1 --port N``: run the test upstream as a process.
+"""``python -m tokenbudget_testing.upstream --host 127.0.0.1 --port N``: run the test upstream as a process.
 
 Prints one line ``tokenbudget-testupstream listening on http://HOST:PORT`` to stdout once it accepts
 connections (with ``--port 0`` this is how a parent process learns the port), then serves until
@@ -19,7 +19,7 @@ from .settings import UpstreamSettings
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (host, port and the two wire-quirk switches)."""
-    parser = argparse.ArgumentParser(prog="python -m tokenbudget_testupstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tokenbudget_testing.upstream", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one")
     parser.add_argument(

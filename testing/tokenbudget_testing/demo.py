@@ -1,6 +1,6 @@
 """`make demo`: the standalone sidecar metering a small workload made with the official SDKs.
 
-Starts the stand-in provider (tokenbudget_testupstream) and the real sidecar as separate processes on
+Starts the stand-in provider (tokenbudget_testing.upstream) and the real sidecar as separate processes on
 loopback, points the OpenAI, Anthropic and Gemini SDKs at the sidecar by base URL only, runs a few
 calls of each kind, then reads the sidecar's usage records from its admin API and prints what it
 metered next to what the provider says it served. No cluster, no network, no keys.
@@ -143,7 +143,7 @@ def main() -> None:
                    TOKENBUDGET_ADMIN_PORT=str(admin_port), TOKENBUDGET_ADMIN_HOST="127.0.0.1",
                    TOKENBUDGET_LEDGER_DIR=str(Path(tmp) / "ledger"), TOKENBUDGET_LOG_LEVEL="WARNING")
         procs = [
-            subprocess.Popen([sys.executable, "-m", "tokenbudget_testupstream", "--host", "127.0.0.1",
+            subprocess.Popen([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1",
                               "--port", str(up_port)], env=env),
             subprocess.Popen([sys.executable, "-m", "tokenbudget_sidecar"], env=env),
         ]
