@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from tokenbudget_api.common import Condition
 from tokenbudget_api.tokenbudget import TokenBudgetSpec, TokenBudgetStatus
 from tokenbudget_api.windows import ManualClock, RollingWindow
-from tokenbudget_operator.aggregate import Aggregator
-from tokenbudget_operator.conditions import Problem, budget_conditions
-from tokenbudget_operator.effective import BudgetView
+from tokenbudget_operator.reconciler.aggregate import Aggregator
+from tokenbudget_operator.reconciler.conditions import Problem, budget_conditions
+from tokenbudget_operator.reconciler.effective import BudgetView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.records import UsageLog
 from tokenbudget_sidecar.usage import Outcome, Usage, UsageRecord

@@ -24,9 +24,9 @@ import yaml
 from controlplane import ControlPlane
 
 from tokenbudget_api import names
-from tokenbudget_operator import certs
 from tokenbudget_operator.config import OperatorSettings
-from tokenbudget_operator.webhookconfig import client_config, mutating_webhook_configuration
+from tokenbudget_operator.injector import certs
+from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART = REPO_ROOT / "charts" / "tokenbudget"

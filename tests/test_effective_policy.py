@@ -16,7 +16,7 @@ from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.thinktier import ThinkTierSpec
 from tokenbudget_api.tokenbudget import FailMode, OnDisconnect, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.effective import (
+from tokenbudget_operator.reconciler.effective import (
     BudgetView,
     PodView,
     ProblemReason,
@@ -265,8 +265,8 @@ async def test_overlapping_budgets_in_the_sidecar_the_strictest_cap_wins() -> No
 
 def test_a_model_the_spec_names_without_a_price_is_a_problem_on_the_budget() -> None:
     from tokenbudget_api.tokenbudget import TokenBudgetSpec
-    from tokenbudget_operator.effective import BudgetView
-    from tokenbudget_operator.spec_checks import spec_problems
+    from tokenbudget_operator.reconciler.effective import BudgetView
+    from tokenbudget_operator.reconciler.spec_checks import spec_problems
 
     def view(limit: dict[str, object], models: dict[str, object] | None = None) -> BudgetView:
         spec = {"selector": {}, "limits": [{"name": "l", "period": "Day", **limit}],

@@ -27,7 +27,6 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tokenbudget_api import names
-from tokenbudget_operator import metrics, webhook
 from tokenbudget_operator.config import (
     FailurePolicy,
     InjectionConfig,
@@ -35,9 +34,11 @@ from tokenbudget_operator.config import (
     SidecarMode,
     WebhookConfigOwner,
 )
-from tokenbudget_operator.injection import Action, Reason, decide
+from tokenbudget_operator.injector import handlers as webhook
+from tokenbudget_operator.injector import metrics
+from tokenbudget_operator.injector.injection import Action, Reason, decide
+from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 from tokenbudget_operator.runtime import MEMO_KEY, Runtime
-from tokenbudget_operator.webhookconfig import client_config, mutating_webhook_configuration
 from tokenbudget_sidecar.settings import Settings as SidecarSettings
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "injection"

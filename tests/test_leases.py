@@ -16,8 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tokenbudget_api.tokenbudget import Limit, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.effective import BudgetView, PodView, effective_policy
-from tokenbudget_operator.leases import (
+from tokenbudget_operator.reconciler.effective import BudgetView, PodView, effective_policy
+from tokenbudget_operator.reconciler.leases import (
     USD_QUANTUM,
     Allocation,
     LeaseAllocator,

@@ -31,7 +31,7 @@ from openai import AsyncOpenAI
 from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
-from tokenbudget_operator import certs
+from tokenbudget_operator.injector import certs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
@@ -129,7 +129,7 @@ class Stack:
 
 def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = workdir / "upstream.log"
-    proc = _spawn([sys.executable, "-m", "tokenbudget_testupstream", "--host", "127.0.0.1", "--port", "0"],
+    proc = _spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
                   dict(os.environ), log)
 
     def url() -> str | None:

@@ -13,8 +13,8 @@ from tokenbudget_api import names
 from tokenbudget_api.policy import Lease
 from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_operator.config import OperatorSettings
-from tokenbudget_operator.effective import BudgetView, PodView, resolve
-from tokenbudget_operator.reconcile import (
+from tokenbudget_operator.reconciler.effective import BudgetView, PodView, resolve
+from tokenbudget_operator.reconciler.reconcile import (
     BudgetEntry,
     PodAgent,
     PodEntry,

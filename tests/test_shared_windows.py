@@ -17,8 +17,8 @@ from budget_helpers import run_call
 
 from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.effective import BudgetView, PodView, effective_policy
-from tokenbudget_operator.leases import (
+from tokenbudget_operator.reconciler.effective import BudgetView, PodView, effective_policy
+from tokenbudget_operator.reconciler.leases import (
     LeaseAllocator,
     LeaseConfig,
     LeaseKey,
@@ -28,7 +28,7 @@ from tokenbudget_operator.leases import (
     lease_period_start,
     lease_periods,
 )
-from tokenbudget_operator.reconcile import applied_leases
+from tokenbudget_operator.reconciler.reconcile import applied_leases
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.pricing import PriceBook

@@ -39,8 +39,8 @@ from tokenbudget_api import names
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.thinking_stats import recommend
 from tokenbudget_api.thinktier import ThinkTierStatus
-from tokenbudget_operator.effective import TierView
-from tokenbudget_operator.thinktier_status import ThinkTierTracker, thinktier_status
+from tokenbudget_operator.reconciler.effective import TierView
+from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker, thinktier_status
 
 NS = "tb-thinktier"
 IPS = ("127.0.0.12", "127.0.0.13")

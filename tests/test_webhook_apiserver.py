@@ -29,7 +29,7 @@ from controlplane import ControlPlane, KubectlError, _die_with_parent, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
-from tokenbudget_operator import certs
+from tokenbudget_operator.injector import certs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_NAMESPACE = "tokenbudget-system"

@@ -1,7 +1,7 @@
 """Providers' published limits on thinking budgets, in tokens: one table for the sidecar and the operator.
 
 The sidecar fits every budget it writes into these limits (`tokenbudget_sidecar.thinking.providers`), and
-the operator reports a ThinkTier tier that no model takes as declared (`tokenbudget_operator.tier_checks`).
+the operator reports a ThinkTier tier that no model takes as declared (`tokenbudget_operator.reconciler.tier_checks`).
 Both read this module, so the ceiling the operator warns about is the one the sidecar clamps to.
 
 - Anthropic: `1024 ≤ thinking.budget_tokens < max_tokens ≤ anthropic_max_output(model)`; max_tokens counts

@@ -18,8 +18,8 @@ from tokenbudget_operator.runtime import MEMO_KEY, Runtime
 HANDLER_MODULES: Final = (
     "tokenbudget_operator.kopfsettings",
     "tokenbudget_operator.ops",
-    "tokenbudget_operator.webhook",
-    "tokenbudget_operator.reconcile",
+    "tokenbudget_operator.injector.handlers",
+    "tokenbudget_operator.reconciler.reconcile",
 )
 
 

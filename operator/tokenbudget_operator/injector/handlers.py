@@ -19,13 +19,14 @@ import jsonpatch
 import kopf
 
 from tokenbudget_api import names
-from tokenbudget_operator import kube, metrics
-from tokenbudget_operator.certs import CertSource, SecretDirSource, SelfSignedSource
+from tokenbudget_operator import kube
 from tokenbudget_operator.config import OperatorSettings, TLSSource, WebhookConfigOwner
-from tokenbudget_operator.injection import Action, Decision, JSONPatchOp, Reason, decide
+from tokenbudget_operator.injector import metrics
+from tokenbudget_operator.injector.certs import CertSource, SecretDirSource, SelfSignedSource
+from tokenbudget_operator.injector.injection import Action, Decision, JSONPatchOp, Reason, decide
+from tokenbudget_operator.injector.server import AdmissionServer
+from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 from tokenbudget_operator.runtime import runtime
-from tokenbudget_operator.server import AdmissionServer
-from tokenbudget_operator.webhookconfig import client_config, mutating_webhook_configuration
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from kopf import WebhookClientConfig, WebhookFn
 # Private, as kopf's own WebhookServer uses it: kopf exports no error types for custom servers.
 from kopf._core.engines import admission
 
-from tokenbudget_operator import metrics
-from tokenbudget_operator.certs import CertMaterial, CertSource, server_context
+from tokenbudget_operator.injector import metrics
+from tokenbudget_operator.injector.certs import CertMaterial, CertSource, server_context
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("tokenbudget_operator.admission")

@@ -48,8 +48,8 @@ from tokenbudget_api.windows import (
     period_bounds,
     rolling_granularity,
 )
-from tokenbudget_operator.conditions import k8s_time
-from tokenbudget_operator.effective import BudgetView
+from tokenbudget_operator.reconciler.conditions import k8s_time
+from tokenbudget_operator.reconciler.effective import BudgetView
 
 ZERO = Decimal(0)
 STATE_VERSION = 1

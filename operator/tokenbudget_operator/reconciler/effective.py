@@ -56,8 +56,8 @@ from tokenbudget_api.policy import (
 )
 from tokenbudget_api.thinktier import Authorization, ThinkTierSpec
 from tokenbudget_api.tokenbudget import FailMode, ModelPrice, OnDisconnect, PriceTier, TokenBudgetSpec, Upstream
-from tokenbudget_operator.conditions import Problem
-from tokenbudget_operator.tier_checks import tier_problems as tier_fit_problems
+from tokenbudget_operator.reconciler.conditions import Problem
+from tokenbudget_operator.reconciler.tier_checks import tier_problems as tier_fit_problems
 
 
 class ProblemReason(StrEnum):

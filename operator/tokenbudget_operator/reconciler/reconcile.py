@@ -51,13 +51,14 @@ from tokenbudget_api import names
 from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.tokenbudget import Enforcement, Limit, Stage
 from tokenbudget_api.windows import as_utc, limit_amount
-from tokenbudget_operator import kube, reconcile_metrics
-from tokenbudget_operator.aggregate import Aggregator
-from tokenbudget_operator.conditions import Problem, budget_conditions, k8s_time
+from tokenbudget_operator import kube
 from tokenbudget_operator.config import OperatorSettings
-from tokenbudget_operator.effective import BudgetView, Effective, PodView, TierView, resolve
-from tokenbudget_operator.leader import LeaderElector
-from tokenbudget_operator.leases import (
+from tokenbudget_operator.reconciler import metrics as reconcile_metrics
+from tokenbudget_operator.reconciler.aggregate import Aggregator
+from tokenbudget_operator.reconciler.conditions import Problem, budget_conditions, k8s_time
+from tokenbudget_operator.reconciler.effective import BudgetView, Effective, PodView, TierView, resolve
+from tokenbudget_operator.reconciler.leader_election import LeaderElector
+from tokenbudget_operator.reconciler.leases import (
     LeaseAllocator,
     LeaseConfig,
     LeaseKey,
@@ -68,10 +69,9 @@ from tokenbudget_operator.leases import (
     lease_periods,
     quantum_for,
 )
-from tokenbudget_operator.runtime import runtime
-from tokenbudget_operator.sidecar_client import SidecarClient, SidecarError
-from tokenbudget_operator.spec_checks import spec_problems
-from tokenbudget_operator.status_writer import (
+from tokenbudget_operator.reconciler.sidecar_client import SidecarClient, SidecarError
+from tokenbudget_operator.reconciler.spec_checks import spec_problems
+from tokenbudget_operator.reconciler.status_writer import (
     StateConflict,
     StateStore,
     patch_budget_status,
@@ -79,7 +79,8 @@ from tokenbudget_operator.status_writer import (
     post_event,
     read_admin_token,
 )
-from tokenbudget_operator.thinktier_status import ThinkTierTracker, thinktier_status
+from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker, thinktier_status
+from tokenbudget_operator.runtime import runtime
 
 logger = logging.getLogger(__name__)
 MEMO_RECONCILER = "tokenbudget_reconciler"

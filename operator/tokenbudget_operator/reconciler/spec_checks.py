@@ -9,8 +9,8 @@ should hear it from `kubectl get tb`, not from a failed call.
 from __future__ import annotations
 
 from tokenbudget_api.prices import catalog_price
-from tokenbudget_operator.conditions import Problem
-from tokenbudget_operator.effective import BudgetView
+from tokenbudget_operator.reconciler.conditions import Problem
+from tokenbudget_operator.reconciler.effective import BudgetView
 
 WILDCARDS = frozenset("*?[")
 

@@ -19,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tokenbudget_api import names
-from tokenbudget_operator.conditions import k8s_time
+from tokenbudget_operator.reconciler.conditions import k8s_time
 
 logger = logging.getLogger(__name__)
 STATE_KEY = "state.json"

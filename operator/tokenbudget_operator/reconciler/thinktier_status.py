@@ -49,7 +49,7 @@ from tokenbudget_api.common import ConditionStatus
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.thinking_stats import UNCLASSIFIED, ClassStats, percent
 from tokenbudget_api.thinktier import AutoApply, Calibration, Tier
-from tokenbudget_operator.conditions import (
+from tokenbudget_operator.reconciler.conditions import (
     ConditionType,
     DesiredCondition,
     Problem,
@@ -58,8 +58,8 @@ from tokenbudget_operator.conditions import (
     synced_condition,
     synced_counts,
 )
-from tokenbudget_operator.effective import TierView
-from tokenbudget_operator.tier_checks import tier_spec_problems
+from tokenbudget_operator.reconciler.effective import TierView
+from tokenbudget_operator.reconciler.tier_checks import tier_spec_problems
 
 CLASS_STATUS_FIELDS = ("name", "tier", "budgetTokens", "samples", "p50", "p95", "p99", "truncationPercent",
                        "thinkingOnlyTruncations", "underUsePercent", "recommendedBudgetTokens")

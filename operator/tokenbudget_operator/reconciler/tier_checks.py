@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 from tokenbudget_api.thinking_limits import GEMINI_MAX_THINKING, LARGEST_MAX_OUTPUT
 from tokenbudget_api.thinktier import ANTHROPIC_MIN_THINKING
 from tokenbudget_api.tokenbudget import Enforcement
-from tokenbudget_operator.conditions import Problem
+from tokenbudget_operator.reconciler.conditions import Problem
 
 if TYPE_CHECKING:  # effective.py calls this module
-    from tokenbudget_operator.effective import BudgetView, TierView
+    from tokenbudget_operator.reconciler.effective import BudgetView, TierView
 
 
 class TierReason(StrEnum):
