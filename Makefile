@@ -32,8 +32,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The CRDs and the admin API's OpenAPI document, both generated from the pydantic models.
 crds: $(VENV)/.installed
 	$(PY) -m tokenbudget_api.crdgen
+	$(PY) -m tokenbudget_api.openapi
 
 # deploy/rbac.yaml is rendered from the chart (tests/test_chart.py checks they agree).
 deploy: helm

@@ -2,7 +2,7 @@
 
 One lease round reads every sidecar's GET /budgets and allocates each window (leases.py). A per-User
 window's snapshot carries one entry per key the pod has seen, which the operator folds into the pod's
-fullest key; a whole window carries one. Each sidecar's answer here is a real `BudgetState.snapshot()`
+fullest key; a whole window carries one. Each sidecar's answer here is a real `BudgetState.report().dump()`
 of a budget with one daily window and one per-user daily window after K users called, serialized as the
 admin API does; the operator side is `PodReport.from_sidecar` + `LeaseAllocator.allocate` for P pods,
 exactly as `Reconciler.lease_round` calls them. HTTP is left out (see operator_propagation.py for that).

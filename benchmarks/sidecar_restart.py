@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.usage import Usage, UsageRecord
 from tokenbudget_sidecar.app import create_state
 from tokenbudget_sidecar.budget import Spend
-from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.settings import Settings
-from tokenbudget_sidecar.usage import Usage, UsageRecord
+from tokenbudget_sidecar.state import State
 
 NAME = "team-a/shared"
 POLICY = {"budgets": [{"namespace": "team-a", "name": "shared", "spec": {

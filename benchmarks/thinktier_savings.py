@@ -62,8 +62,8 @@ from tokenbudget_api.thinktier import EffortThresholds
 from tokenbudget_api.tokenbudget import Dialect as DialectName
 from tokenbudget_sidecar.app import create_app, create_state
 from tokenbudget_sidecar.dialects import DIALECTS
-from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.settings import Settings
+from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking.providers import anthropic_max_output, effort_for, fit_anthropic, gemini_budget_range
 from tokenbudget_testing.upstream import DEFAULT_EFFORT_BUDGETS, LEDGER
 from tokenbudget_testing.upstream import create_app as create_upstream
@@ -197,7 +197,7 @@ class Bench:
             calls = [(k.name, k.need(rnd)) for k in CLASSES for _ in range(per_class)]
             rnd.shuffle(calls)
             await self.run(calls, budgets, rho)
-            snap = self.state.thinking.snapshot()["thinkTiers"][0]  # type: ignore[index]
+            snap = self.state.thinking.report().dump()["thinkTiers"][0]  # type: ignore[index]
             for c in snap["classes"]:
                 if c["name"] in budgets and c["recommendedBudgetTokens"] is not None:
                     budgets[c["name"]] = c["recommendedBudgetTokens"]
@@ -312,7 +312,7 @@ async def main() -> int:
                     history = await bench.calibrate(rounds, per_class, rho, args.seed + 1, pct)
                     bench.use(history[-1], pct)
                     results[f"cal. P{pct}+{HEADROOM}%"] = summarize(await bench.run(calls, history[-1], rho))
-                    learned[pct] = (history, state.thinking.snapshot()["thinkTiers"][0])  # type: ignore[index]
+                    learned[pct] = (history, state.thinking.report().dump()["thinkTiers"][0])  # type: ignore[index]
                 verdicts[rho] = print_table(rho, results, n_eval)
                 for pct, (history, snap) in learned.items():
                     print(f"calibration at P{pct}+{HEADROOM}% (tier budget per learning round; "

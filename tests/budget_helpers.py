@@ -6,11 +6,11 @@ import datetime as dt
 from typing import Any
 
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.usage import Usage, UsageRecord
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.dialects import DIALECTS, Call
 from tokenbudget_sidecar.pricing import PriceBook
-from tokenbudget_sidecar.usage import Usage, UsageRecord
 
 OPENAI = DIALECTS[next(iter(DIALECTS))]
 

@@ -20,10 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from tokenbudget_api.policy import SidecarPolicy
+from tokenbudget_api.usage import UsageRecord
 from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
-from tokenbudget_sidecar.proxy import State
 from tokenbudget_sidecar.settings import Settings
-from tokenbudget_sidecar.usage import UsageRecord
+from tokenbudget_sidecar.state import State
 from tokenbudget_testing.upstream.app import LEDGER, serve_in_thread
 from tokenbudget_testing.upstream.app import create_app as create_upstream
 from tokenbudget_testing.upstream.ledger import Ledger

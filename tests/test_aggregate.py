@@ -14,15 +14,16 @@ from budget_helpers import admission
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokenbudget_api.admin import UsagePage
 from tokenbudget_api.common import Condition
 from tokenbudget_api.tokenbudget import TokenBudgetSpec, TokenBudgetStatus
+from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import ManualClock, RollingWindow
 from tokenbudget_operator.reconciler.aggregate import Aggregator
 from tokenbudget_operator.reconciler.conditions import Problem, budget_conditions
 from tokenbudget_operator.reconciler.effective import BudgetView
 from tokenbudget_sidecar.admission import Admission
-from tokenbudget_sidecar.records import UsageLog
-from tokenbudget_sidecar.usage import Outcome, Usage, UsageRecord
+from tokenbudget_sidecar.usage_log import UsageLog
 
 UTC = dt.UTC
 SYDNEY_MIDNIGHT = dt.datetime(2026, 11, 22, 13, tzinfo=UTC)  # 2026-11-23 00:00 AEDT (UTC+11)
@@ -45,9 +46,10 @@ def rec(seq: int, at: dt.datetime, tokens: int = 100, *, cost: str | None = "0.0
                        budgets=[BUDGET] if budgets is None else budgets, decisions=decisions or [])
 
 
-def wire(*records: UsageRecord) -> list[dict[str, Any]]:
-    """As GET /usage returns them."""
-    return [r.model_dump(mode="json") for r in records]
+def wire(*records: UsageRecord) -> list[UsageRecord]:
+    """As the operator reads them from GET /usage: through JSON and back."""
+    page = UsagePage(records=list(records), cursor=0, last_seq=0)
+    return UsagePage.model_validate_json(page.model_dump_json()).records
 
 
 def used(status: dict[str, Any], name: str, key: str | None = None) -> str:
@@ -56,7 +58,7 @@ def used(status: dict[str, Any], name: str, key: str | None = None) -> str:
 
 def sidecar_windows(adm: Admission) -> list[dict[str, Any]]:
     """The windows of the sidecar's GET /budgets snapshot for its one budget."""
-    return cast(list[dict[str, Any]], adm.budgets[0].snapshot()["windows"])
+    return cast(list[dict[str, Any]], adm.budgets[0].report().dump()["windows"])
 
 
 DAY = {"timeZone": "Australia/Sydney", "limits": [{"name": "daily", "period": "Day", "tokens": 1000}]}

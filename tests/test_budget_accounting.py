@@ -205,7 +205,7 @@ async def test_a_leased_window_is_reported_before_its_first_call() -> None:
     adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock, leases=[{
         "window": "day", "granted": "700", "periodStart": "2026-11-23T00:00:00+00:00",
         "expiresAt": "2026-11-23T11:00:00+00:00"}])
-    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    (w,) = adm.budgets[0].report().dump()["windows"]  # type: ignore[misc]
     assert w["limit"] == "700"
     assert w["lease"]["granted"] == "700"
     assert w["used"] == "0"
@@ -216,14 +216,14 @@ async def test_a_lease_without_key_on_a_per_user_limit_caps_every_user_separatel
     adm = admission({"limits": [{"name": "per-user", "period": "Day", "tokens": 100000, "per": "User"}]}, clock,
                     leases=[{"window": "per-user", "granted": "150", "periodStart": "2026-11-23T00:00:00+00:00",
                              "expiresAt": "2026-11-23T11:00:00+00:00"}])
-    assert adm.budgets[0].snapshot()["windows"] == [], "the shared lease has no window of its own"
+    assert adm.budgets[0].report().dump()["windows"] == [], "the shared lease has no window of its own"
     await run_call(adm, clock, 60, 40, cap=40, user="alice")  # holds ≈ 60·1.1 + framing + 40
     with pytest.raises(Refused) as refused:
         await run_call(adm, clock, 60, 40, cap=40, user="alice")
     assert "per-user[alice]" in refused.value.message
     assert "of 150" in refused.value.message
     await run_call(adm, clock, 60, 40, cap=40, user="bob")  # bob has his own 150
-    windows = {w["key"]: w for w in adm.budgets[0].snapshot()["windows"]}  # type: ignore[attr-defined]
+    windows = {w["key"]: w for w in adm.budgets[0].report().dump()["windows"]}  # type: ignore[attr-defined]
     assert windows["alice"]["limit"] == windows["bob"]["limit"] == "150"
     assert windows["alice"]["lease"] | {"expiresAt": None} == {
         "granted": "150", "remaining": "50", "low": False, "expiresAt": None}
@@ -239,7 +239,7 @@ async def test_a_rolling_lease_is_a_level_that_frees_up_as_use_ages_out() -> Non
         await run_call(adm, clock, 60, 40, cap=40)
     clock.advance(dt.timedelta(minutes=31))  # the first call left the window: its 100 tokens are free again
     await run_call(adm, clock, 60, 40, cap=40)
-    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    (w,) = adm.budgets[0].report().dump()["windows"]  # type: ignore[misc]
     assert (w["limit"], w["used"]) == ("150", "100"), "not stale although its bucket start moved"
 
 
@@ -256,5 +256,5 @@ async def test_the_next_periods_lease_takes_over_at_midnight_without_a_push() ->
     clock.set(at("2026-11-24T00:00:01+00:00"))
     for _ in range(2):
         await run_call(adm, clock, 60, 40, cap=40)  # tomorrow's 300, with no new policy
-    (w,) = adm.budgets[0].snapshot()["windows"]  # type: ignore[misc]
+    (w,) = adm.budgets[0].report().dump()["windows"]  # type: ignore[misc]
     assert (w["limit"], w["used"], w["lease"]["granted"]) == ("300", "200", "300")

@@ -14,7 +14,7 @@ from google import genai
 from google.genai import types as gtypes
 from sidecar_harness import Stack, http_get, http_post, stack
 
-from tokenbudget_sidecar.usage import Outcome
+from tokenbudget_api.usage import Outcome
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Name three prime numbers."}]
 

@@ -14,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from tokenbudget_api.admin import WindowReport
 from tokenbudget_api.tokenbudget import Limit, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_operator.reconciler.effective import BudgetView, PodView, effective_policy
@@ -450,21 +451,23 @@ def test_dollar_windows_are_granted_in_micro_dollars() -> None:
 
 
 def test_reports_are_read_from_the_sidecar_snapshot_for_the_same_period_only() -> None:
-    entry = {"name": "daily", "key": None, "used": "120", "reserved": "30", "limit": "250",
-             "periodStart": KEY.period_start.isoformat(),
+    entry = {"name": "daily", "key": None, "unit": "tokens", "used": "120", "reserved": "30", "limit": "250",
+             "percent": 60, "periodStart": KEY.period_start.isoformat(),
              "lease": {"granted": "250", "remaining": "100", "low": False, "expiresAt": T0.isoformat()}}
-    assert PodReport.from_sidecar(KEY, [entry]) == PodReport(held=D(250), used=D(120), reserved=D(30), low=False)
+    assert PodReport.from_sidecar(KEY, [WindowReport.model_validate(entry)]) == PodReport(
+        held=D(250), used=D(120), reserved=D(30), low=False)
     assert KEY.period_start is not None
     yesterday = {**entry, "periodStart": (KEY.period_start - dt.timedelta(days=1)).isoformat()}
-    assert PodReport.from_sidecar(KEY, [yesterday]) == PodReport()
+    assert PodReport.from_sidecar(KEY, [WindowReport.model_validate(yesterday)]) == PodReport()
     assert PodReport.from_sidecar(KEY, []) == PodReport()
 
 
 def test_the_keys_of_a_per_key_window_fold_into_their_fullest_one() -> None:
-    def entry(key: str, used: str, reserved: str, low: bool) -> dict[str, object]:
-        return {"name": "daily", "key": key, "used": used, "reserved": reserved, "limit": "250",
-                "periodStart": KEY.period_start.isoformat() if KEY.period_start else None,
-                "lease": {"granted": "250", "low": low}}
+    def entry(key: str, used: str, reserved: str, low: bool) -> WindowReport:
+        return WindowReport.model_validate({
+            "name": "daily", "key": key, "unit": "tokens", "used": used, "reserved": reserved, "limit": "250",
+            "percent": 0, "periodStart": KEY.period_start.isoformat() if KEY.period_start else None,
+            "lease": {"granted": "250", "remaining": "0", "low": low, "expiresAt": T0.isoformat()}})
     entries = [entry("alice", "100", "20", False), entry("bob", "90", "60", True), entry("carol", "5", "0", False)]
     assert PodReport.from_sidecar(KEY, entries) == PodReport(held=D(250), used=D(90), reserved=D(60), low=True)
 

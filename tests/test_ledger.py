@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from tokenbudget_api.usage import Usage, UsageRecord
 from tokenbudget_sidecar.ledger import SEGMENT_RE, Ledger, LedgerLocked
-from tokenbudget_sidecar.records import UsageLog
-from tokenbudget_sidecar.usage import Usage, UsageRecord
+from tokenbudget_sidecar.usage_log import UsageLog
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -242,7 +242,7 @@ def test_a_failed_disk_write_is_logged_kept_in_memory_and_leaves_no_half_line(
 
     with opened(tmp_path) as log:
         log.append(make_record(1))
-        with monkeypatch.context() as patch, caplog.at_level(logging.ERROR, "tokenbudget_sidecar.records"):
+        with monkeypatch.context() as patch, caplog.at_level(logging.ERROR, "tokenbudget_sidecar.usage_log"):
             patch.setattr(os, "write", full_disk)
             assert log.append(make_record(2)).seq == 2, "settlement never fails because of the disk"
         assert [r.getMessage() for r in caplog.records] == ["ledger write failed; the record is kept in memory only"]
@@ -299,7 +299,7 @@ def test_disk_use_stays_bounded_while_the_operator_keeps_acknowledging(tmp_path:
 def test_a_large_backlog_is_logged_once_and_exported_as_a_metric(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     registry = CollectorRegistry()
-    with caplog.at_level(logging.WARNING, "tokenbudget_sidecar.records"), \
+    with caplog.at_level(logging.WARNING, "tokenbudget_sidecar.usage_log"), \
             opened(tmp_path, backlog_warning=10) as log:
         log.register_metrics(registry)
         for n in range(25):

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenbudget_api.tokenbudget import ModelPrice
+from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.pricing import PriceBook, catalog_price
-from tokenbudget_sidecar.usage import Usage
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "o4-mini", "gpt-5", "gpt-4.1-nano", "claude-sonnet-4-5", "claude-haiku-4-5",
           "gemini-2.5-flash", "gemini-2.5-pro", "claude-opus-4-1", "gpt-4.1"]

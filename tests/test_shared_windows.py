@@ -77,8 +77,7 @@ class Fleet:
             key = LeaseKey(self.view.key, self.limit.name, None, start)
             inputs = []
             for uid, adm in self.pods.items():
-                windows: list[dict[str, Any]] = adm.budgets[0].snapshot()["windows"]  # type: ignore[assignment]
-                own = [w for w in windows if w["name"] == self.limit.name]
+                own = [w for w in adm.budgets[0].report().windows if w.name == self.limit.name]
                 inputs.append(PodInput(uid, PodReport.from_sidecar(key, own, self.held[uid])))
             rolling = dt.timedelta(seconds=self.limit.rolling_seconds) if self.limit.rolling_seconds else None
             alloc = self.allocator.allocate(WindowInput(key, self.total, inputs, rolling=rolling), now)
@@ -175,11 +174,11 @@ async def test_the_fullest_key_alone_gives_the_operator_the_same_report_as_every
     await fleet.traffic(rng, 30, [f"user-{i}" for i in range(12)])
     budget = fleet.pods["pod-0"].budgets[0]
     key = LeaseKey(fleet.view.key, "per-user", None, lease_period_start(fleet.limit, "UTC", fleet.clock.now()))
-    every: list[dict[str, Any]] = budget.snapshot()["windows"]  # type: ignore[assignment]
-    fullest: list[dict[str, Any]] = budget.snapshot(fullest_only=True)["windows"]  # type: ignore[assignment]
+    every = budget.report().windows
+    fullest = budget.report(fullest_only=True).windows
     assert len(every) > 5
     (top,) = fullest
-    assert top["keys"] == len(every)
-    assert top["used"] == max((w["used"] for w in every), key=Decimal)
+    assert top.keys == len(every)
+    assert top.used == max(w.used for w in every)
     held = fleet.held["pod-0"]
     assert PodReport.from_sidecar(key, fullest, held) == PodReport.from_sidecar(key, every, held)

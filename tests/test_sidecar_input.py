@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from sidecar_harness import Stack, stack
 
+from tokenbudget_api.usage import Disconnect, Outcome, UsageSource
 from tokenbudget_sidecar.settings import Settings
-from tokenbudget_sidecar.usage import Disconnect, Outcome, UsageSource
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -33,9 +33,9 @@ from tokenbudget_api.windows import Clock, ManualClock, SystemClock
 from tokenbudget_sidecar import budget as budget_module
 from tokenbudget_sidecar import checkpoint as checkpoint_module
 from tokenbudget_sidecar.app import create_admin_app, create_app
-from tokenbudget_sidecar.proxy import State
-from tokenbudget_sidecar.records import UsageLog
 from tokenbudget_sidecar.settings import Settings
+from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.usage_log import UsageLog
 from tokenbudget_testing.upstream.app import LEDGER, serve_in_thread
 from tokenbudget_testing.upstream.app import create_app as create_upstream
 

@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types as gtypes
 from sidecar_harness import Stack, http_get, http_post, stack
 
-from tokenbudget_sidecar.usage import Outcome, UsageRecord, UsageSource
+from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_testing.upstream.ledger import ServedRecord
 
 MESSAGES: list[Any] = [{"role": "system", "content": "You are terse."},

@@ -31,6 +31,7 @@ from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.thinking_stats import ClassStats
 from tokenbudget_api.thinktier import Calibration, ThinkTierSpec, Tier
 from tokenbudget_api.tokenbudget import Dialect as DialectName
+from tokenbudget_api.usage import Usage, UsageRecord, UsageSource
 from tokenbudget_sidecar.dialects import DIALECTS, Dialect, Reading
 from tokenbudget_sidecar.thinking import UNCLASSIFIED, Inputs, LogHistogram, Thinking, measure, recommend
 from tokenbudget_sidecar.thinking.classify import CompiledThinkTier, classify
@@ -47,7 +48,6 @@ from tokenbudget_sidecar.thinking.providers import (
     gemini_budget_range,
 )
 from tokenbudget_sidecar.thinking.stats import ThinkTierStats
-from tokenbudget_sidecar.usage import Usage, UsageRecord, UsageSource
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "thinking"
 UPDATE = os.environ.get("TOKENBUDGET_UPDATE_GOLDEN", "") not in ("", "0", "false")
@@ -419,9 +419,9 @@ def test_a_required_tier_is_refused_without_authorization_and_granted_with_it(
     assert after["thinking"] == {"type": "enabled", "budget_tokens": 65536}
     assert after["max_tokens"] == 66536
     assert "uses authorized tier max" in caplog.text
-    by_name = {c["name"]: c for c in refused.snapshot()["thinkTiers"][0]["classes"]}  # type: ignore[index]
+    by_name = {c["name"]: c for c in refused.report().dump()["thinkTiers"][0]["classes"]}  # type: ignore[index]
     assert (by_name["research"]["tier"], by_name["research"]["authorizationDenied"]) == ("standard", 1)
-    by_name = {c["name"]: c for c in granted.snapshot()["thinkTiers"][0]["classes"]}  # type: ignore[index]
+    by_name = {c["name"]: c for c in granted.report().dump()["thinkTiers"][0]["classes"]}  # type: ignore[index]
     assert (by_name["research"]["tier"], by_name["research"]["authorizedUses"]) == ("max", 2)
 
 
@@ -561,7 +561,7 @@ def test_conditions_fire_on_truncation_under_use_and_unclassified_calls() -> Non
     assert conditions["UnderUsed"]["status"] == "True"
     assert "analysis: 87.79%" in conditions["UnderUsed"]["message"]
     assert conditions["UnclassifiedHigh"]["status"] == "True"
-    classes = {c["name"]: c for c in tt.snapshot()["classes"]}  # type: ignore[attr-defined]
+    classes = {c["name"]: c for c in tt.report().dump()["classes"]}  # type: ignore[attr-defined]
     assert classes["lookup"]["truncationPercent"] == "3.00"
     assert classes["lookup"]["thinkingOnlyTruncations"] == 1
     assert classes["analysis"]["underUsePercent"] == "87.79"
@@ -571,7 +571,7 @@ def test_conditions_fire_on_truncation_under_use_and_unclassified_calls() -> Non
 def test_the_snapshot_is_thinktier_status_shaped() -> None:
     from tokenbudget_api.thinktier import ClassStatus, ThinkTierStatus
     thinking = Thinking(policy())
-    snap = thinking.snapshot()["thinkTiers"][0]  # type: ignore[index]
+    snap = thinking.report().dump()["thinkTiers"][0]  # type: ignore[index]
     status = ThinkTierStatus.model_validate({"classes": snap["classes"], "unclassifiedPercent": snap[
         "unclassifiedPercent"]})
     assert status.classes is not None

@@ -36,6 +36,7 @@ from test_reconcile_apiserver import (
 from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
+from tokenbudget_api.admin import ThinkingAnswer
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.thinking_stats import recommend
 from tokenbudget_api.thinktier import ThinkTierStatus
@@ -59,15 +60,16 @@ def tier_spec(min_samples: int = 5, auto_apply: str = "Disabled") -> dict[str, A
 # ----- the tracker, without a cluster ----------------------------------------------------------------------
 
 
-def report(calls: int, lookup: list[int], *, budget: int = 2048, truncations: int = 0) -> dict[str, Any]:
+def report(calls: int, lookup: list[int], *, budget: int = 2048, truncations: int = 0) -> ThinkingAnswer:
     """A GET /thinking answer with one ThinkTier whose `lookup` class measured `lookup`."""
     hist = LogHistogram()
     for v in lookup:
         hist.add(v)
     klass = {"name": "lookup", "tier": "shallow", "budgetTokens": budget, "samples": len(lookup),
              "truncations": truncations, "thinkingOnlyTruncations": 0, "histogram": hist.wire()}
-    return {"thinkTiers": [{"namespace": NS, "name": "reasoning", "calls": calls, "unclassified": 0,
-                            "classes": [klass]}]}
+    return ThinkingAnswer.model_validate({"thinkTiers": [{
+        "namespace": NS, "name": "reasoning", "generation": 1, "calls": calls, "unclassified": 0,
+        "classes": [klass]}]})
 
 
 def lookup_of(tracker: ThinkTierTracker, uids: list[str], budget: int = 2048) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def test_pods_merge_by_adding_histograms_and_a_departed_pod_is_dropped() -> None
     lookup = lookup_of(tracker, ["a", "b"])
     assert (lookup["samples"], lookup["truncationPercent"]) == (4, "25.00")
     assert lookup["p50"] == pytest.approx(200, rel=0.01)
-    tracker.observe("b", {"thinkTiers": []})  # an empty answer (not re-pushed yet) keeps its figures
+    tracker.observe("b", ThinkingAnswer(think_tiers=[]))  # an empty answer (not re-pushed yet) keeps its figures
     assert lookup_of(tracker, ["a", "b"])["samples"] == 4
     tracker.retain({"a": [f"{NS}/reasoning"]})  # pod b deleted
     assert lookup_of(tracker, ["a", "b"])["samples"] == 2

@@ -46,6 +46,10 @@ class ApiModel(BaseModel):
         """The JSON form Kubernetes stores: camelCase, no unset optional fields."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def dump(self) -> dict[str, Any]:
+        """The JSON form of an admin API answer: camelCase, every field (None as null)."""
+        return self.model_dump(mode="json", by_alias=True)
+
 
 MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,9})?$"
 

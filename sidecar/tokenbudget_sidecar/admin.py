@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import Any
 
 import pydantic
 from aiohttp import web
@@ -15,9 +16,21 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenbudget_api import names
+from tokenbudget_api.admin import (
+    AdminError,
+    AlertReport,
+    BudgetsAnswer,
+    Health,
+    PolicyApplied,
+    Readiness,
+    UsageAck,
+    UsageAcked,
+    UsagePage,
+)
+from tokenbudget_api.common import ApiModel
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.drain import DRAIN, Drain, drain
-from tokenbudget_sidecar.proxy import STATE, State
+from tokenbudget_sidecar.state import STATE, State
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", names.SIDECAR_DRAIN_PATH})  # drain: kubelet preStop
 
@@ -33,18 +46,26 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
         expected = _token(request.app[STATE])
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+            return _error(401, "missing or wrong bearer token")
     return await handler(request)
 
 
+def _answer(model: ApiModel, status: int = 200) -> web.Response:
+    return web.json_response(model.dump(), status=status)
+
+
+def _error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
+    return _answer(AdminError(error=message, details=details), status)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _answer(Health())
 
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ready = state.session is not None
-    return web.json_response({"ready": ready, "policyVersion": state.policy.version}, status=200 if ready else 503)
+    return _answer(Readiness(ready=ready, policy_version=state.policy.version), 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -62,13 +83,13 @@ async def put_policy(request: web.Request) -> web.Response:
     try:
         policy = SidecarPolicy.model_validate(await request.json())
     except json.JSONDecodeError as exc:
-        return web.json_response({"error": f"policy is not valid JSON: {exc}"}, status=400)
+        return _error(400, f"policy is not valid JSON: {exc}")
     except pydantic.ValidationError as exc:
-        return web.json_response({"error": "invalid policy", "details": json.loads(exc.json())}, status=422)
+        return _error(422, "invalid policy", json.loads(exc.json()))
     changed = policy.version != state.policy.version
     if changed:
         state.apply(policy)
-    return web.json_response({"applied": state.policy.version, "changed": changed})
+    return _answer(PolicyApplied(applied=state.policy.version, changed=changed))
 
 
 async def get_budgets(request: web.Request) -> web.Response:
@@ -79,14 +100,11 @@ async def get_budgets(request: web.Request) -> web.Response:
     try:
         after = int(request.query.get("alertsAfter", "0"))
     except ValueError:
-        return web.json_response({"error": "alertsAfter must be an integer"}, status=400)
-    alerts = [
-        {"seq": a.seq, "budget": a.budget, "window": a.window, "stage": a.stage.value, "percent": a.percent,
-         "time": a.time.isoformat()}
-        for b in admission.budgets for a in b.alerts if a.seq > after
-    ]
-    return web.json_response({"budgets": [b.snapshot(fullest) for b in admission.budgets],
-                              "alerts": sorted(alerts, key=lambda a: int(str(a["seq"])))})
+        return _error(400, "alertsAfter must be an integer")
+    alerts = sorted((AlertReport(seq=a.seq, budget=a.budget, window=a.window, stage=a.stage, percent=a.percent,
+                                 time=a.time)
+                     for b in admission.budgets for a in b.alerts if a.seq > after), key=lambda a: a.seq)
+    return _answer(BudgetsAnswer(budgets=[b.report(fullest) for b in admission.budgets], alerts=alerts))
 
 
 async def get_thinking(request: web.Request) -> web.Response:
@@ -95,7 +113,7 @@ async def get_thinking(request: web.Request) -> web.Response:
     Each class also carries its quantile sketch (`histogram`), so the operator can merge the pods a
     ThinkTier selects exactly before it writes status.
     """
-    return web.json_response(request.app[STATE].thinking.snapshot())
+    return _answer(request.app[STATE].thinking.report())
 
 
 async def get_usage(request: web.Request) -> web.Response:
@@ -104,26 +122,25 @@ async def get_usage(request: web.Request) -> web.Response:
         cursor = int(request.query.get("after", "0"))
         limit = min(int(request.query.get("limit", "1000")), 10_000)
     except ValueError:
-        return web.json_response({"error": "after and limit must be integers"}, status=400)
+        return _error(400, "after and limit must be integers")
     request.app[DRAIN].operator_seen = True
     await state.usage_log.flush()  # records settle-ms old are fsynced and shown, not left for the next pull
     records = state.usage_log.after(cursor, limit)
-    return web.json_response({
-        "records": [r.model_dump(mode="json") for r in records],
-        "cursor": records[-1].seq if records else max(cursor, state.usage_log.acked),
-        "lastSeq": state.usage_log.last_seq,
-        "policyVersion": state.policy.version,  # a restarted sidecar runs its default: the operator re-pushes
-    })
+    return _answer(UsagePage(
+        records=records, cursor=records[-1].seq if records else max(cursor, state.usage_log.acked),
+        last_seq=state.usage_log.last_seq,
+        policy_version=state.policy.version,  # a restarted sidecar runs its default: the operator re-pushes
+    ))
 
 
 async def ack_usage(request: web.Request) -> web.Response:
     try:
-        cursor = int((await request.json())["cursor"])
-    except (ValueError, KeyError, TypeError):
-        return web.json_response({"error": 'body must be {"cursor": <int>}'}, status=400)
+        cursor = UsageAck.model_validate(await request.json()).cursor
+    except (ValueError, pydantic.ValidationError):
+        return _error(400, 'body must be {"cursor": <int>}')
     remaining = await request.app[STATE].acknowledge(cursor)  # the checkpoint is stored first
     request.app[DRAIN].on_ack()
-    return web.json_response({"acked": cursor, "remaining": remaining})
+    return _answer(UsageAcked(acked=cursor, remaining=remaining))
 
 
 def create_admin_app(state: State) -> web.Application:

@@ -17,11 +17,11 @@ from decimal import Decimal
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, Stage
+from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
 from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend
 from tokenbudget_sidecar.dialects import Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
-from tokenbudget_sidecar.usage import Outcome, Usage, UsageRecord
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 

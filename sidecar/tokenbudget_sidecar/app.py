@@ -13,9 +13,10 @@ from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admin import create_admin_app
 from tokenbudget_sidecar.metrics import Metrics
-from tokenbudget_sidecar.proxy import STATE, Proxy, State
-from tokenbudget_sidecar.records import UsageLog
+from tokenbudget_sidecar.proxy import Proxy
 from tokenbudget_sidecar.settings import Settings
+from tokenbudget_sidecar.state import STATE, State
+from tokenbudget_sidecar.usage_log import UsageLog
 
 
 def load_policy(settings: Settings) -> SidecarPolicy:

@@ -16,8 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from tokenbudget_api import admin
+from tokenbudget_api.admin import BudgetReport, LeaseReport, WindowReport
 from tokenbudget_api.policy import BudgetPolicy, Lease
 from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
+from tokenbudget_api.usage import UsageRecord
 from tokenbudget_api.windows import (
     Clock,
     RollingWindow,
@@ -26,7 +29,6 @@ from tokenbudget_api.windows import (
     percent_used,
     window_for,
 )
-from tokenbudget_sidecar.usage import UsageRecord
 
 LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
 MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
@@ -200,6 +202,14 @@ class BudgetState:
 
     def windows_for(self, model: str, user: str | None) -> list[Window]:
         return [self.window(limit, self.key_for(limit, model, user)) for limit in self.spec.limits or []]
+
+    def seed(self, limit: Limit, key: str | None, slots: Iterable[tuple[dt.datetime, Decimal]]) -> None:
+        """Count what an earlier process of this pod counted in one window (checkpoint.py restores it):
+        each slot's amount at the instant it started. Pass rolling slots newest first, so the counter never
+        rescans its buckets for expired ones."""
+        counter = self.window(limit, key).counter
+        for start, amount in slots:
+            counter.add(amount, start)
 
     def window(self, limit: Limit, key: str | None) -> Window:
         """The window of `limit` (and `key`), made on first use; per-key windows beyond the cap evict the
@@ -394,7 +404,7 @@ class BudgetState:
             would.tokens += tokens
             would.cost_usd += cost_usd or Decimal(0)
 
-    def snapshot(self, fullest_only: bool = False) -> dict[str, object]:
+    def report(self, fullest_only: bool = False) -> BudgetReport:
         """What the operator reads to write status: use per window, stage, dry-run counts, leases.
 
         `fullest_only`: of a per-User/per-Model limit, only its fullest key (with `keys`, how many there
@@ -404,32 +414,28 @@ class BudgetState:
         now = self.clock.now()
         self._ensure_leased_windows()
         chosen = list(self.windows.values())
+        counts: dict[str, int] = {}
         if fullest_only:
             chosen, counts = self._fullest_keys(chosen, now)
         windows = []
         for w in chosen:
-            entry: dict[str, object] = {
-                "name": w.limit.name, "key": w.key, "unit": _unit(w.limit), "used": str(w.used(now)),
-                "reserved": str(w.reserved), "limit": str(w.amount(now)), "percent": w.percent(now),
-                "periodStart": w.counter.period_start(now).isoformat(),
-            }
-            resets = w.counter.resets_at(now)
-            entry["resetsAt"] = resets.isoformat() if resets else None
             lease = w.lease(now)
-            if lease is not None:
-                entry["lease"] = {"granted": str(lease.granted), "remaining": str(max(w.room(now), Decimal(0))),
-                                  "low": w.room(now) < Decimal(lease.granted) * LEASE_LOW,
-                                  "expiresAt": lease.expires_at.isoformat()}
-            if fullest_only and w.key is not None:
-                entry["keys"] = counts[w.limit.name]
-            windows.append(entry)
-        return {
-            "name": self.name, "generation": self.policy.generation, "stage": self.stage().value,
-            "enforcement": self.spec.enforcement.value, "windows": windows,
-            "reservations": len(self.reservations),
-            "wouldHave": {k: {"count": v.count, "tokens": v.tokens, "costUSD": str(v.cost_usd)}
-                          for k, v in self.would_have.items()},
-        }
+            room = w.room(now)
+            windows.append(WindowReport(
+                name=w.limit.name, key=w.key, unit=_unit(w.limit), used=w.used(now), reserved=w.reserved,
+                limit=w.amount(now), percent=w.percent(now), period_start=w.counter.period_start(now),
+                resets_at=w.counter.resets_at(now),
+                lease=None if lease is None else LeaseReport(
+                    granted=lease.granted, remaining=max(room, Decimal(0)),
+                    low=room < Decimal(lease.granted) * LEASE_LOW, expires_at=lease.expires_at),
+                keys=counts[w.limit.name] if fullest_only and w.key is not None else None,
+            ))
+        return BudgetReport(
+            name=self.name, generation=self.policy.generation, stage=self.stage(),
+            enforcement=self.spec.enforcement, windows=windows, reservations=len(self.reservations),
+            would_have={k: admin.WouldHave(count=v.count, tokens=v.tokens, cost_usd=v.cost_usd)
+                        for k, v in self.would_have.items()},
+        )
 
     @staticmethod
     def _fullest_keys(windows: list[Window], now: dt.datetime) -> tuple[list[Window], dict[str, int]]:

@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenbudget_api.tokenbudget import Limit
+from tokenbudget_api.usage import Outcome, UsageRecord
 from tokenbudget_api.windows import period_bounds, rolling_granularity
 from tokenbudget_sidecar.budget import MAX_KEYS_PER_LIMIT, BudgetState, Spend
-from tokenbudget_sidecar.usage import Outcome, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,7 @@ class Checkpoint:
                     live = sorted(((start, amount) for start, (amount, end) in slots.items() if end > now_us),
                                   reverse=True)
                     if live:
-                        counter = b.window(limit, key).counter
-                        for start, amount in live:
-                            counter.add(amount, _at(start))
+                        b.seed(limit, key, ((_at(start), amount) for start, amount in live))
             if self.lost_before is not None:
                 b.history_lost_before = self.lost_before
         for rec in records:

@@ -20,7 +20,8 @@ import time
 
 from aiohttp import web
 
-from tokenbudget_sidecar.proxy import STATE
+from tokenbudget_api.admin import DrainAnswer
+from tokenbudget_sidecar.state import STATE
 
 
 class Drain:
@@ -49,8 +50,8 @@ async def drain(request: web.Request) -> web.Response:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hook.acked.wait(), left)
     unacked = max(log.last_seq - log.acked, 0)
-    return web.json_response({"unacked": unacked, "waitedSeconds": round(time.monotonic() - started, 3),
-                              "operatorSeen": waiting})
+    answer = DrainAnswer(unacked=unacked, waited_seconds=round(time.monotonic() - started, 3), operator_seen=waiting)
+    return web.json_response(answer.dump())
 
 
 __all__ = ["DRAIN", "Drain", "drain"]

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import pydantic
 
-from tokenbudget_sidecar.usage import UsageRecord
+from tokenbudget_api.usage import UsageRecord
 
 log = logging.getLogger(__name__)
 

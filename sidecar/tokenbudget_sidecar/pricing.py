@@ -12,7 +12,7 @@ import genai_prices
 
 from tokenbudget_api.prices import catalog_price
 from tokenbudget_api.tokenbudget import ModelPrice
-from tokenbudget_sidecar.usage import Usage
+from tokenbudget_api.usage import Usage
 
 MILLION = Decimal(1_000_000)
 

@@ -17,28 +17,21 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import Gauge
 
-from tokenbudget_api.policy import PolicyUpstream, SidecarPolicy
+from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
-from tokenbudget_api.windows import Clock, SystemClock
+from tokenbudget_api.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
 from tokenbudget_sidecar import tokens
-from tokenbudget_sidecar.admission import Admission, Ticket
-from tokenbudget_sidecar.budget import BudgetState, Refused
-from tokenbudget_sidecar.checkpoint import Checkpoint, CheckpointFile
+from tokenbudget_sidecar.admission import Ticket
+from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
-from tokenbudget_sidecar.metrics import Metrics
-from tokenbudget_sidecar.pricing import PriceBook
-from tokenbudget_sidecar.records import UsageLog
-from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.sse import SSEParser
-from tokenbudget_sidecar.thinking import Decision, Thinking
-from tokenbudget_sidecar.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
+from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.thinking import Decision
 
 log = logging.getLogger(__name__)
 
@@ -51,86 +44,6 @@ CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
-@dataclass
-class State:
-    """Everything the data path shares; the policy is replaced whole when a new one is applied."""
-
-    settings: Settings
-    policy: SidecarPolicy
-    metrics: Metrics = field(default_factory=Metrics)
-    usage_log: UsageLog = field(default_factory=UsageLog)
-    prices: PriceBook = field(init=False)
-    counter: tokens.TokenCounter = field(init=False)
-    clock: Clock = field(default_factory=SystemClock)
-    admission: Admission = field(init=False)
-    thinking: Thinking = field(init=False)
-    checkpoint: Checkpoint = field(init=False)
-    checkpoint_file: CheckpointFile | None = field(init=False)
-    session: aiohttp.ClientSession | None = None
-    _acks: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-
-    def __post_init__(self) -> None:
-        self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
-                                           self.settings.count_hard_cap_bytes)
-        # What acknowledged records counted, so a restart resumes every window (checkpoint.py); without a
-        # ledger it lives in memory only, for a budget that leaves the policy and comes back.
-        ledger = self.usage_log.ledger
-        self.checkpoint_file = CheckpointFile(ledger.directory) if ledger is not None else None
-        self.checkpoint = (self.checkpoint_file.load(self.usage_log.acked, self.clock.now())
-                           if self.checkpoint_file is not None else Checkpoint())
-        if (checkpoint_file := self.checkpoint_file) is not None:
-            Gauge("tokenbudget_checkpoint_bytes", "Size of the last usage checkpoint written (checkpoint.py).",
-                  registry=self.metrics.registry).set_function(lambda: checkpoint_file.last_bytes)
-            Gauge("tokenbudget_checkpoint_write_errors", "Usage checkpoint writes that failed since start: the "
-                  "ledger then keeps acknowledged records.", registry=self.metrics.registry).set_function(
-                lambda: checkpoint_file.write_errors)
-        self._build(self.policy)
-        self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
-
-    def _build(self, policy: SidecarPolicy) -> Admission:
-        self.policy = policy
-        self.prices = PriceBook(policy.prices)
-        s = self.settings
-        self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
-                                   s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
-        self.thinking = Thinking(policy, self.metrics.registry, s.default_output_tokens)
-        return self.admission
-
-    def apply(self, policy: SidecarPolicy) -> None:
-        """Switch policy without a restart, keeping window use and holds (see Admission.adopt)."""
-        old, old_thinking = self.admission, self.thinking
-        self._seed(self._build(policy).adopt(old))
-        self.thinking.adopt(old_thinking)
-
-    def _seed(self, fresh: list[BudgetState]) -> None:
-        """Budgets new to this process's policy get what they counted before: the checkpoint, then the
-        unacknowledged records that name them (one path for the startup policy and for pushes)."""
-        if fresh:
-            self.checkpoint.seed(fresh, self.usage_log.all(), self.clock.now())
-
-    async def acknowledge(self, cursor: int) -> int:
-        """The operator has the records up to `cursor`: count them into the checkpoint, store it (off the
-        loop), then let the ledger forget them; returns how many records remain unacknowledged.
-
-        Serialized, so checkpoints reach the disk in cursor order. If the checkpoint cannot be stored, the
-        records leave memory but stay in the ledger, to be counted (and offered) again after a restart.
-        """
-        async with self._acks:
-            cursor = min(cursor, self.usage_log.last_seq)
-            stored = True
-            if cursor > self.checkpoint.cursor:  # else already counted (a retry, or a crash before the ack)
-                self.checkpoint.absorb(self.usage_log.upto(cursor), self.admission.budgets, cursor,
-                                       self.clock.now())
-                if self.checkpoint_file is not None:
-                    stored = await self.checkpoint_file.save(self.checkpoint)
-            return self.usage_log.ack(cursor, persist=stored)
-
-    def user_header(self) -> str | None:
-        budgets = self.policy.budgets
-        return budgets[0].spec.user_header if budgets else None
-
-
-STATE = web.AppKey("state", State)
 
 
 def error_response(dialect: Dialect, status: int, message: str, *, retry_after: float | None = None,

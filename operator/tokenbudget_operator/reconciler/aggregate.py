@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenbudget_api.tokenbudget import LadderStep, Limit, LimitKey, Period, Stage, Unit
+from tokenbudget_api.usage import Outcome, UsageRecord
 from tokenbudget_api.windows import (
     ManualClock,
     RollingWindow,
@@ -53,7 +54,6 @@ from tokenbudget_operator.reconciler.effective import BudgetView
 
 ZERO = Decimal(0)
 STATE_VERSION = 1
-REFUSED = "refused"
 ANONYMOUS = "anonymous"  # the sidecar's key for per-User windows when a call names no user
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NOMINAL = {Period.MINUTE: 60, Period.HOUR: 3600, Period.DAY: 86400, Period.WEEK: 7 * 86400,
@@ -79,22 +79,16 @@ class Entry:
     dry_run: tuple[tuple[str, str], ...]  # (budget, action) pairs, each at most once per record
 
     @classmethod
-    def from_record(cls, pod: str, record: Mapping[str, Any]) -> Entry:
-        usage = record.get("usage") or {}
-        tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
-        cost = record.get("cost_usd")
+    def from_record(cls, pod: str, record: UsageRecord) -> Entry:
         dry: list[tuple[str, str]] = []
-        for decision in record.get("decisions") or []:
-            parts = str(decision).split(":")
+        for decision in record.decisions:
+            parts = decision.split(":")
             if len(parts) == 3 and parts[1] == "DryRun" and (parts[0], parts[2]) not in dry:
                 dry.append((parts[0], parts[2]))
         return cls(
-            time=as_utc(dt.datetime.fromisoformat(str(record["time"]))),
-            pod=pod, user=record.get("user"), model=str(record.get("model", "")), tokens=tokens,
-            cost=Decimal(str(cost)) if cost is not None else ZERO,
-            counted=record.get("outcome") != REFUSED,
-            budgets=tuple(str(b) for b in record.get("budgets") or []),
-            dry_run=tuple(dry),
+            time=as_utc(record.time), pod=pod, user=record.user, model=record.model,
+            tokens=record.usage.total_tokens, cost=record.cost_usd if record.cost_usd is not None else ZERO,
+            counted=record.outcome is not Outcome.REFUSED, budgets=tuple(record.budgets), dry_run=tuple(dry),
         )
 
     def wire(self) -> list[Any]:
@@ -282,7 +276,7 @@ class Aggregator:
         """The seq to acknowledge (POST /usage/ack) once `state()` is persisted; 0 before any record."""
         return self._cursors.get(pod_uid, 0)
 
-    def add(self, pod_uid: str, records: Iterable[Mapping[str, Any]], *, pod_name: str | None = None,
+    def add(self, pod_uid: str, records: Iterable[UsageRecord], *, pod_name: str | None = None,
             last_seq: int | None = None) -> int:
         """Take one pull's records; returns how many were new (the rest were already counted).
 
@@ -295,8 +289,8 @@ class Aggregator:
         if last_seq is not None and last_seq < cursor:
             cursor = 0
         added = 0
-        for record in sorted(records, key=lambda r: int(r["seq"])):
-            seq = int(record["seq"])
+        for record in sorted(records, key=lambda r: r.seq):
+            seq = record.seq
             if seq <= cursor:
                 continue
             cursor = seq

@@ -61,8 +61,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
 
+from tokenbudget_api.admin import WindowReport
 from tokenbudget_api.policy import Lease
 from tokenbudget_api.tokenbudget import Limit
 from tokenbudget_api.windows import ManualClock, as_utc, window_for
@@ -110,10 +110,6 @@ def quantum_for(limit: Limit) -> Decimal:
     return USD_QUANTUM if limit.cost_usd is not None else Decimal(1)
 
 
-def _amount(value: object) -> Decimal:
-    return Decimal(str(value)) if value is not None else ZERO
-
-
 def _same_period(a: dt.datetime | None, b: dt.datetime | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and as_utc(a) == b)
 
@@ -132,7 +128,7 @@ class PodReport:
 
     @classmethod
     def from_sidecar(
-        cls, key: LeaseKey, entries: Iterable[Mapping[str, Any]], applied: Iterable[Lease] = ()
+        cls, key: LeaseKey, entries: Iterable[WindowReport], applied: Iterable[Lease] = ()
     ) -> PodReport:
         """From the window's `windows[]` entries in the sidecar's GET /budgets (none: not used yet; one per
         key for the lease every key of a per-key limit shares) and the window's leases in the policy version
@@ -147,17 +143,13 @@ class PodReport:
         used = reserved = ZERO
         low = False
         for entry in entries:
-            start = entry.get("periodStart")
-            if key.period_start is not None and (
-                    start is None or as_utc(dt.datetime.fromisoformat(str(start))) != key.period_start):
+            if key.period_start is not None and as_utc(entry.period_start) != key.period_start:
                 continue
-            lease = entry.get("lease")
-            if isinstance(lease, Mapping):
-                held = max(held, _amount(lease.get("granted")))
-                low = low or bool(lease.get("low"))
-            u, r = _amount(entry.get("used")), _amount(entry.get("reserved"))
-            if u + r > used + reserved:
-                used, reserved = u, r
+            if entry.lease is not None:
+                held = max(held, entry.lease.granted)
+                low = low or entry.lease.low
+            if entry.used + entry.reserved > used + reserved:
+                used, reserved = entry.used, entry.reserved
         return cls(held=held, used=used, reserved=reserved, low=low)
 
 

@@ -48,6 +48,7 @@ import kopf
 import pydantic
 
 from tokenbudget_api import names
+from tokenbudget_api.admin import BudgetReport
 from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.tokenbudget import Enforcement, Limit, Stage
 from tokenbudget_api.windows import as_utc, limit_amount
@@ -570,7 +571,7 @@ class Reconciler:
                 out.setdefault(view.key, []).extend(sorted(mine, key=lambda x: x.period_start or now))
         return out
 
-    async def _report(self, agent: PodAgent) -> tuple[str, dict[str, Any] | None]:
+    async def _report(self, agent: PodAgent) -> tuple[str, dict[str, BudgetReport] | None]:
         """uid → the sidecar's GET /budgets by budget key (None: not heard from this round).
 
         A sidecar whose applied policy we do not know (we just started) is asked for it first: the leases
@@ -589,7 +590,7 @@ class Reconciler:
         except Exception as exc:
             logger.warning("lease report from pod %s failed: %s", agent.entry.view.key, exc)
             return uid, None
-        return uid, {str(b.get("name")): b for b in answer.get("budgets") or []}
+        return uid, {b.name: b for b in answer.budgets}
 
     async def lease_round(self) -> None:
         """Reports from every sidecar of a leased budget, one allocation per window, then the pushes.
@@ -620,10 +621,10 @@ class Reconciler:
                     if report is None:
                         pods.append(PodInput(uid, None, a.entry.terminating))
                         continue
-                    snapshot = report.get(view.key) or {}
+                    snapshot = report.get(view.key)
                     # A per-key limit's entries (one per key) all live under the lease every key shares.
-                    own = [w for w in snapshot.get("windows") or []
-                           if w.get("name") == lim.name and (w.get("key") is None) == (lim.per is None)]
+                    own = [w for w in (snapshot.windows if snapshot else [])
+                           if w.name == lim.name and (w.key is None) == (lim.per is None)]
                     held = a.applied_leases.get((view.key, lim.name), [])
                     pods.append(PodInput(uid, PodReport.from_sidecar(key, own, held), a.entry.terminating))
                 # Nothing is spent yet in the next period (a call counts in the period it started in).

@@ -14,11 +14,15 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+import pydantic
 
+from tokenbudget_api.admin import BudgetsAnswer, PolicyApplied, ThinkingAnswer, UsageAck, UsageAcked, UsagePage
 from tokenbudget_api.policy import SidecarPolicy
+
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 class SidecarError(RuntimeError):
@@ -42,16 +46,6 @@ class Backoff:
         return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
 
 
-@dataclass(frozen=True)
-class UsagePage:
-    """One GET /usage answer: records after the cursor asked for, the cursor to resume from, the log's end."""
-
-    records: list[dict[str, Any]]
-    cursor: int
-    last_seq: int
-    policy_version: str | None = None  # what the sidecar enforces now
-
-
 class SidecarClient:
     """Talks to sidecars over one shared aiohttp session; the address and token are passed per call.
 
@@ -65,8 +59,8 @@ class SidecarClient:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.backoff = backoff or Backoff()
 
-    async def _call(self, method: str, url: str, token: str | None, body: Any = None,
-                    params: Mapping[str, str] | None = None) -> Any:
+    async def _call(self, answer: type[M], method: str, url: str, token: str | None, body: Any = None,
+                    params: Mapping[str, str] | None = None) -> M:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         last: SidecarError | None = None
         for attempt in range(self.backoff.attempts):
@@ -76,7 +70,7 @@ class SidecarClient:
                 async with self.session.request(method, url, json=body, params=params, headers=headers,
                                                 timeout=self.timeout) as resp:
                     if resp.status == 200:
-                        return await resp.json()
+                        return _valid(answer, await resp.json(), f"{method} {url}")
                     text = (await resp.text())[:300]
                     last = SidecarError(f"{method} {url}: HTTP {resp.status}: {text}", resp.status)
                     if resp.status < 500:  # 4xx: a retry gives the same answer
@@ -88,35 +82,42 @@ class SidecarClient:
 
     async def put_policy(self, base: str, token: str | None, policy: SidecarPolicy) -> str:
         """PUT /policy; returns the version the sidecar says it applied."""
-        answer = await self._call("PUT", f"{base}/policy", token, policy.model_dump(mode="json", by_alias=True))
-        return str(answer["applied"])
+        answer = await self._call(PolicyApplied, "PUT", f"{base}/policy", token,
+                                  policy.model_dump(mode="json", by_alias=True))
+        return answer.applied
 
     async def get_policy(self, base: str, token: str | None) -> SidecarPolicy:
         """The policy the sidecar enforces now (GET /policy): after an operator restart, what it holds."""
-        return SidecarPolicy.model_validate(await self._call("GET", f"{base}/policy", token))
+        return await self._call(SidecarPolicy, "GET", f"{base}/policy", token)
 
     async def get_usage(self, base: str, token: str | None, after: int, limit: int = 1000) -> UsagePage:
         """GET /usage?after=&limit=: records with seq > after, in seq order."""
-        answer = await self._call("GET", f"{base}/usage", token, params={"after": str(after), "limit": str(limit)})
-        return UsagePage(records=list(answer.get("records") or []), cursor=int(answer.get("cursor", after)),
-                         last_seq=int(answer.get("lastSeq", 0)), policy_version=answer.get("policyVersion"))
+        return await self._call(UsagePage, "GET", f"{base}/usage", token,
+                                params={"after": str(after), "limit": str(limit)})
 
     async def ack_usage(self, base: str, token: str | None, cursor: int) -> None:
         """POST /usage/ack: the sidecar may forget records up to `cursor` (only after they are persisted)."""
-        await self._call("POST", f"{base}/usage/ack", token, {"cursor": cursor})
+        await self._call(UsageAcked, "POST", f"{base}/usage/ack", token, UsageAck(cursor=cursor).dump())
 
     async def get_budgets(self, base: str, token: str | None, alerts_after: int = 0,
-                          fullest_keys: bool = False) -> dict[str, Any]:
+                          fullest_keys: bool = False) -> BudgetsAnswer:
         """GET /budgets: windows, stage, leases, dry-run counts, and alerts after a cursor; `fullest_keys`:
         one entry per per-key limit (its fullest key), all a lease round needs."""
         params = {"alertsAfter": str(alerts_after)} | ({"keys": "fullest"} if fullest_keys else {})
-        answer: dict[str, Any] = await self._call("GET", f"{base}/budgets", token, params=params)
-        return answer
+        return await self._call(BudgetsAnswer, "GET", f"{base}/budgets", token, params=params)
 
-    async def get_thinking(self, base: str, token: str | None) -> dict[str, Any]:
+    async def get_thinking(self, base: str, token: str | None) -> ThinkingAnswer:
         """GET /thinking: per ThinkTier and class, cumulative figures and the mergeable histogram."""
-        answer: dict[str, Any] = await self._call("GET", f"{base}/thinking", token)
-        return answer
+        return await self._call(ThinkingAnswer, "GET", f"{base}/thinking", token)
 
 
-__all__ = ["Backoff", "SidecarClient", "SidecarError", "UsagePage"]
+def _valid(model: type[M], data: Any, what: str) -> M:
+    """The answer as its wire model; one that does not fit is the sidecar's error, not a KeyError here."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise SidecarError(f"{what}: answer is not a valid {model.__name__}: {exc.error_count()} errors, "
+                           f"first: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}", 200) from exc
+
+
+__all__ = ["Backoff", "SidecarClient", "SidecarError"]

@@ -45,6 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenbudget_api.admin import ClassReport, ThinkingAnswer, ThinkTierReport
 from tokenbudget_api.common import ConditionStatus
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.thinking_stats import UNCLASSIFIED, ClassStats, percent
@@ -65,10 +66,6 @@ CLASS_STATUS_FIELDS = ("name", "tier", "budgetTokens", "samples", "p50", "p95", 
                        "thinkingOnlyTruncations", "underUsePercent", "recommendedBudgetTokens")
 
 
-def _int(value: object) -> int:
-    return int(str(value)) if value is not None else 0
-
-
 @dataclass
 class ClassSeries:
     """One class's figures on one sidecar, cumulative since the series began."""
@@ -85,12 +82,10 @@ class ClassSeries:
         return self.tier, self.budget
 
     @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> ClassSeries:
-        raw = data.get("histogram")
-        hist = LogHistogram.from_wire(dict(raw)) if isinstance(raw, Mapping) else LogHistogram()
-        return cls(tier=str(data.get("tier", "")), budget=_int(data.get("budgetTokens")),
-                   samples=_int(data.get("samples")), truncations=_int(data.get("truncations")),
-                   thinking_only=_int(data.get("thinkingOnlyTruncations")), hist=hist)
+    def from_report(cls, data: ClassReport) -> ClassSeries:
+        return cls(tier=data.tier, budget=data.budget_tokens, samples=data.samples, truncations=data.truncations,
+                   thinking_only=data.thinking_only_truncations or 0,
+                   hist=LogHistogram.from_wire(data.histogram.dump()))
 
     def continues(self, before: ClassSeries) -> bool:
         """Whether this report extends `before` (same budget, no counter or bucket went down)."""
@@ -139,19 +134,17 @@ class PodTrack:
     retired_unclassified: int = 0
     classes: dict[str, ClassTrack] = field(default_factory=dict)
 
-    def observe(self, tt: Mapping[str, Any]) -> None:
-        calls, unclassified = _int(tt.get("calls")), _int(tt.get("unclassified"))
+    def observe(self, tt: ThinkTierReport) -> None:
+        calls, unclassified = tt.calls, tt.unclassified
         if calls < self.calls or unclassified < self.unclassified:  # a restart: a new series
             self.retired_calls += self.calls
             self.retired_unclassified += self.unclassified
         self.calls, self.unclassified = calls, unclassified
-        for c in tt.get("classes") or []:
-            if not isinstance(c, Mapping) or "name" not in c:
-                continue
-            series = ClassSeries.from_wire(c)
-            track = self.classes.get(str(c["name"]))
+        for c in tt.classes:
+            series = ClassSeries.from_report(c)
+            track = self.classes.get(c.name)
             if track is None:
-                self.classes[str(c["name"])] = ClassTrack(series)
+                self.classes[c.name] = ClassTrack(series)
             else:
                 track.observe(series)
 
@@ -170,12 +163,10 @@ class ThinkTierTracker:
     def __init__(self) -> None:
         self.pods: dict[tuple[str, str], PodTrack] = {}
 
-    def observe(self, uid: str, snapshot: Mapping[str, Any]) -> None:
+    def observe(self, uid: str, snapshot: ThinkingAnswer) -> None:
         """Take one `GET /thinking` answer of pod `uid`; a ThinkTier absent from it keeps its last figures."""
-        for tt in snapshot.get("thinkTiers") or []:
-            if not isinstance(tt, Mapping):
-                continue
-            key = f"{tt.get('namespace')}/{tt.get('name')}"
+        for tt in snapshot.think_tiers:
+            key = f"{tt.namespace}/{tt.name}"
             self.pods.setdefault((uid, key), PodTrack()).observe(tt)
 
     def retain(self, selected: Mapping[str, Iterable[str]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import (
     JSON,
     PASSTHROUGH,
@@ -18,14 +19,13 @@ from tokenbudget_sidecar.dialects.base import (
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
-from tokenbudget_sidecar.usage import Usage
 
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large",
                415: "invalid_request_error", 429: "rate_limit_error", 502: "api_error", 504: "timeout_error"}
 
 
 def usage_of(raw: Any, previous: Usage | None = None) -> Usage | None:
-    """Anthropic's input_tokens excludes cache reads and writes; we add them back (see usage.py).
+    """Anthropic's input_tokens excludes cache reads and writes; we add them back (see tokenbudget_api.usage).
 
     In a stream, message_delta repeats only some fields; the others keep their message_start value.
     """

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.sse import Event
-from tokenbudget_sidecar.usage import Usage
 
 JSON = dict[str, Any]
 PASSTHROUGH = "passthrough"

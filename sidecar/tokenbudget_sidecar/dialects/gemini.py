@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import (
     JSON,
     PASSTHROUGH,
@@ -18,7 +19,6 @@ from tokenbudget_sidecar.dialects.base import (
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
-from tokenbudget_sidecar.usage import Usage
 
 ROUTE = re.compile(r"^/(v1|v1beta|v1alpha)/(?:models|tunedModels)/([^/:]+):([A-Za-z]+)$")
 STATUSES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT",

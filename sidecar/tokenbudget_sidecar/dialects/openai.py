@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import (
     JSON,
     PASSTHROUGH,
@@ -18,7 +19,6 @@ from tokenbudget_sidecar.dialects.base import (
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
-from tokenbudget_sidecar.usage import Usage
 
 OPERATIONS = {
     "/v1/chat/completions": "chat",

@@ -17,15 +17,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from tokenbudget_api.admin import ThinkingAnswer
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.thinking_stats import ClassStats
 from tokenbudget_api.tokenbudget import Enforcement
+from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_sidecar.dialects.base import JSON, Call, Dialect, Reading
 from tokenbudget_sidecar.thinking.classify import Classification, CompiledThinkTier, Inputs, classify
 from tokenbudget_sidecar.thinking.measure import Measurement, measure
 from tokenbudget_sidecar.thinking.providers import Family, Rewrite, Target, effort_for, family, restore, rewrite, save
 from tokenbudget_sidecar.thinking.stats import ThinkTierStats
-from tokenbudget_sidecar.usage import Outcome, UsageRecord, UsageSource
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,9 @@ class Thinking:
 
     # --- reading it back ------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, object]:
+    def report(self) -> ThinkingAnswer:
         """What GET /thinking serves: per ThinkTier, ClassStatus-shaped classes, conditions, unclassified share."""
-        return {"thinkTiers": [s.snapshot() for s in self.stats.values()], "skipped": dict(self.skipped)}
+        return ThinkingAnswer(think_tiers=[s.report() for s in self.stats.values()], skipped=dict(self.skipped))
 
     def _class(self, decision: Decision) -> ClassStats | None:
         tts = self.stats.get(decision.thinktier)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tokenbudget_api.usage import UsageRecord, UsageSource
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.dialects.base import Reading
-from tokenbudget_sidecar.usage import UsageRecord, UsageSource
 
 NEAR_EMPTY_TOKENS = 8
 """A truncated answer this short is lost: thinking ate the cap (a bare "The" is no answer)."""

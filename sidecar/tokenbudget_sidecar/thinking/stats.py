@@ -8,6 +8,7 @@ reported but nothing is concluded from them.
 
 from __future__ import annotations
 
+from tokenbudget_api.admin import ClassReport, ReportedCondition, ThinkTierReport
 from tokenbudget_api.thinking_stats import UNCLASSIFIED, ClassStats, percent
 from tokenbudget_api.thinktier import Authorization, Calibration
 from tokenbudget_sidecar.thinking.classify import Classification, CompiledThinkTier
@@ -105,12 +106,11 @@ class ThinkTierStats:
                         "message": f"{percent(self.unclassified_calls, self.calls)}% of calls matched no class"})
         return out
 
-    def snapshot(self) -> dict[str, object]:
+    def report(self) -> ThinkTierReport:
         p = self.tt.policy
-        return {
-            "namespace": p.namespace, "name": p.name, "generation": p.generation,
-            "calls": self.calls, "unclassified": self.unclassified_calls,
-            "unclassifiedPercent": percent(self.unclassified_calls, self.calls),
-            "classes": [s.status(self.calibration) for s in self.classes.values()],
-            "conditions": self.conditions(),
-        }
+        return ThinkTierReport(
+            namespace=p.namespace, name=p.name, generation=p.generation, calls=self.calls,
+            unclassified=self.unclassified_calls, unclassified_percent=percent(self.unclassified_calls, self.calls),
+            classes=[ClassReport.model_validate(s.status(self.calibration)) for s in self.classes.values()],
+            conditions=[ReportedCondition.model_validate(c) for c in self.conditions()],
+        )

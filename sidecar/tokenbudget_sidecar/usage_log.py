@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from tokenbudget_api.usage import UsageRecord
 from tokenbudget_sidecar.ledger import Ledger
 from tokenbudget_sidecar.settings import Settings
-from tokenbudget_sidecar.usage import UsageRecord
 
 log = logging.getLogger(__name__)
 
