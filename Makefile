@@ -37,7 +37,7 @@ crds: $(VENV)/.installed
 	$(PY) -m tokenbudget_api.crdgen
 	$(PY) -m tokenbudget_api.openapi
 
-# deploy/rbac.yaml is rendered from the chart (tests/test_chart.py checks they agree).
+# deploy/rbac.yaml is rendered from the chart (tests/chart/test_chart.py checks they agree).
 deploy: helm
 	"$$(scripts/helm.sh)" template tokenbudget charts/tokenbudget --namespace tokenbudget-system \
 		--show-only templates/rbac.yaml > deploy/rbac.yaml

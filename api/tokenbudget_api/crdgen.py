@@ -3,7 +3,7 @@
 Pydantic's JSON schema is close to what Kubernetes wants but not structural: it uses `$ref`s, titles,
 `anyOf [X, null]` for optional fields and `const`. We rewrite it here (inline refs, drop titles and null
 branches, turn const into a one-value enum) and keep the rest: descriptions for `kubectl explain`,
-bounds, patterns, list-map keys and CEL rules. `tests/test_crds.py` regenerates and fails on drift.
+bounds, patterns, list-map keys and CEL rules. `tests/api/test_api_models.py` regenerates and fails on drift.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which pods get the sidecar, and the JSON patch (RFC 6902) that adds it.
 
 Pure functions of (pod, what the operator knows about its namespace, config): no kopf, no Kubernetes client,
-no I/O, so every row of the decision table is a golden-file test (tests/golden/injection/). The webhook
+no I/O, so every row of the decision table is a golden-file test (tests/injector/golden/injection/). The webhook
 configuration's selectors keep the apiserver from calling for most pods that would be skipped; the same
 rules are checked again here, because the configuration may be edited by hand or rendered by the chart.
 

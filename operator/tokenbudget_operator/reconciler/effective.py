@@ -1,7 +1,7 @@
 """One pod's effective policy: every TokenBudget and ThinkTier that selects it, combined into a `SidecarPolicy`.
 
 A pure function of what the operator's indexes hold (`PodView`, `BudgetView`, `TierView`), so the kopf
-handlers stay tiny and every combination rule below is a row in tests/test_effective_policy.py.
+handlers stay tiny and every combination rule below is a row in tests/reconciler/test_effective_policy.py.
 
 Which objects apply: every TokenBudget and ThinkTier *in the pod's namespace* whose `selector` matches
 the pod's labels (Kubernetes LabelSelector semantics: an empty selector selects every pod). They are

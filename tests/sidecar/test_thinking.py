@@ -1,9 +1,9 @@
 """ThinkTier in the sidecar: classification, provider parameters, measurement, statistics, end to end.
 
-Golden request bodies live in tests/golden/thinking/<case>.json: a hand-written request and, per tier, the
+Golden request bodies live in tests/sidecar/golden/thinking/<case>.json: a hand-written request and, per tier, the
 body the sidecar forwards. Regenerate the `expected` part (inputs are never touched) and review the diff:
 
-    TOKENBUDGET_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_thinking.py -k golden
+    TOKENBUDGET_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/sidecar/test_thinking.py -k golden
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.injector import certs
 from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "tokenbudget"
 RBAC_FILE = REPO_ROOT / "deploy" / "rbac.yaml"
 NS = "tokenbudget-system"

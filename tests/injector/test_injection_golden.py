@@ -1,11 +1,11 @@
 """Golden files for sidecar injection: input pod → decision and JSON patch, one file per case.
 
-Each tests/golden/injection/<case>.json holds a hand-written input (pod, namespace labels, config overrides,
+Each tests/injector/golden/injection/<case>.json holds a hand-written input (pod, namespace labels, config overrides,
 whether the admin token Secret exists, dry run) and the recorded `expected` output. Regenerate every
 `expected` (inputs are never touched) with ONE command, then review the diff: it is exactly the change in
 what the webhook does to users' pods.
 
-    TOKENBUDGET_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_injection_golden.py
+    TOKENBUDGET_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/injector/test_injection_golden.py
 
 The other tests here apply each patch (with `jsonpatch`, as the apiserver would) and check the result is a
 valid pod, that kopf re-diffs our patch into an equivalent one, that the decision table has a case for every

@@ -33,7 +33,7 @@ from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespac
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
 NS = "tb-reconcile"
 TOKEN = "test-token"

@@ -51,7 +51,7 @@ BUDGET: dict[str, Any] = {"namespace": "team-a", "name": "shared", "generation":
                           "spec": {"selector": {}, "timeZone": "Europe/Berlin", "limits": LIMITS}}
 PRICES = [{"model": "gpt-4o-mini", "inputPerMillion": "150", "outputPerMillion": "600"}]  # big: exact sums
 MIDNIGHT = dt.datetime(2026, 11, 24, 23, 0, tzinfo=dt.UTC)  # 00:00 in Berlin on the 25th
-PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
 
 
 @contextlib.contextmanager

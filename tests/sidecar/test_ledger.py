@@ -382,7 +382,7 @@ def test_after_any_sequence_of_operations_exactly_the_unacknowledged_records_rem
 
 # -- end to end: SIGKILL the real sidecar mid-traffic ------------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
 POLICY = """\
 upstreams:

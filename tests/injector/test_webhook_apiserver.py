@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "tokenbudget-system"
 INJECTED_NS = "tb-webhook-injected"  # labelled enabled, has the admin token Secret
 PLAIN_NS = "tb-webhook-plain"  # not labelled
