@@ -19,7 +19,7 @@ HANDLER_MODULES: Final = (
     "tokenbudget_operator.kopfsettings",
     "tokenbudget_operator.ops",
     "tokenbudget_operator.injector.handlers",
-    "tokenbudget_operator.reconciler.reconcile",
+    "tokenbudget_operator.reconciler.handlers",
 )
 
 

@@ -12,131 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import ssl
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane, KubectlError, _die_with_parent, free_port, terminate
-from prometheus_client.parser import text_string_to_metric_families
+from controlplane import ControlPlane, KubectlError
+from operator_harness import CONFIG_NAME, OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_NAMESPACE = "tokenbudget-system"
 INJECTED_NS = "tb-webhook-injected"  # labelled enabled, has the admin token Secret
 PLAIN_NS = "tb-webhook-plain"  # not labelled
 NO_SECRET_NS = "tb-webhook-nosecret"  # labelled enabled, no admin token Secret
 DEPLOY_NS = "tb-webhook-deploy"  # labelled enabled, for the Deployment
 ROTATE_NS = "tb-webhook-rotate"  # served by the second operator only (certificate rotation)
 LATE_NS = "tb-webhook-late"  # labelled only after the operator started
-CONFIG_NAME = "tokenbudget-sidecar-injector-tests"
-
-
-class OperatorProcess:
-    """`python -m tokenbudget_operator` against the test control plane; output in a log file."""
-
-    def __init__(self, kube: ControlPlane, workdir: Path, name: str, **settings: str) -> None:
-        self.kube = kube
-        self.webhook_port = free_port()
-        self.metrics_port = free_port()
-        self.log_path = workdir / f"{name}.log"
-        self.config_name = settings.pop("webhook_configuration_name", CONFIG_NAME)
-        values = {
-            "namespace": OPERATOR_NAMESPACE,
-            "webhook_listen_host": "127.0.0.1",
-            "webhook_port": str(self.webhook_port),
-            "webhook_url": f"https://127.0.0.1:{self.webhook_port}",
-            "webhook_config_owner": "Operator",
-            "webhook_configuration_name": self.config_name,
-            "tls_source": "SelfSigned",
-            "metrics_host": "127.0.0.1",
-            "metrics_port": str(self.metrics_port),
-            "index_wait_timeout_s": "10",
-            **settings,
-        }
-        self.env = {**kube.env(), **{f"TOKENBUDGET_OPERATOR_{key.upper()}": value for key, value in values.items()}}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> OperatorProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tokenbudget_operator"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"operator exited with {self.proc.returncode}\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if self._get("/readyz")[0] == 200:
-                    return self
-            time.sleep(0.1)
-        raise AssertionError(f"operator not ready in {timeout:.0f} s\n{self.log_tail()}")
-
-    def stop(self, grace: float = 5.0) -> float:
-        """SIGTERM, then SIGKILL after grace seconds (kopf can hang on SIGTERM); returns the seconds it took."""
-        began = time.monotonic()
-        if self.proc is not None:
-            terminate(self.proc, grace)
-        return time.monotonic() - began
-
-    def _get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.metrics_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def samples(self, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
-        """Samples of one metric from /metrics, keyed by their sorted labels."""
-        status, text = self._get("/metrics")
-        assert status == 200
-        return {
-            tuple(sorted(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == metric
-        }
-
-    def webhook_calls(self) -> float:
-        return sum(self.samples("tokenbudget_webhook_requests_total").values())
-
-    def admissions(self, action: str, reason: str, dry_run: bool = False) -> float:
-        key = (("action", action), ("dry_run", str(dry_run).lower()), ("reason", reason))
-        return self.samples("tokenbudget_webhook_admissions_total").get(key, 0.0)
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-def namespace(kube: ControlPlane, name: str, *, enabled: bool, secret: bool) -> None:
-    labels = {names.INJECTION_LABEL: names.INJECTION_ENABLED} if enabled else {}
-    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    if secret:
-        kube.kubectl(
-            "create", "secret", "generic", names.ADMIN_TOKEN_SECRET, "-n", name,
-            f"--from-literal={names.ADMIN_TOKEN_SECRET_KEY}=test-token",
-        )  # fmt: skip
 
 
 def pod_manifest(name: str, ns: str, **spec: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import ManualClock, RollingWindow
 from tokenbudget_operator.reconciler.aggregate import Aggregator
 from tokenbudget_operator.reconciler.conditions import Problem, budget_conditions
-from tokenbudget_operator.reconciler.effective import BudgetView
+from tokenbudget_operator.reconciler.views import BudgetView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.usage_log import UsageLog
 

@@ -16,14 +16,9 @@ from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.thinktier import ThinkTierSpec
 from tokenbudget_api.tokenbudget import FailMode, OnDisconnect, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.reconciler.effective import (
-    BudgetView,
-    PodView,
-    ProblemReason,
-    TierView,
-    effective_policy,
-    resolve,
-)
+from tokenbudget_operator.reconciler.conditions import Reason
+from tokenbudget_operator.reconciler.effective import effective_policy, resolve
+from tokenbudget_operator.reconciler.views import BudgetView, PodView, TierView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.pricing import PriceBook
@@ -115,7 +110,7 @@ ROWS = [
     Row("one upstream name, two endpoints: the budget first by name wins and both are told", pod(),
         [budget("b", {"upstreams": [upstream("llm", "https://b.example", "Anthropic")]}),
          budget("a", {"upstreams": [upstream("llm", "https://a.example")]})],
-        upstreams={"llm": ("https://a.example", "OpenAI", None)}, problems=[ProblemReason.UPSTREAM_CONFLICT]),
+        upstreams={"llm": ("https://a.example", "OpenAI", None)}, problems=[Reason.UPSTREAM_CONFLICT]),
     Row("the same upstream declared twice (trailing slash aside) is no conflict", pod(),
         [budget("a", {"upstreams": [upstream("llm", "https://x.example/")]}),
          budget("b", {"upstreams": [upstream("llm", "https://x.example")]})],
@@ -135,7 +130,7 @@ ROWS = [
         prices={"m": {"inputPerMillion": "1.5", "outputPerMillion": "8", "cachedInputPerMillion": "1.5",
                       "tiers": [{"aboveInputTokens": 100000, "inputPerMillion": "3", "outputPerMillion": "8"},
                                 {"aboveInputTokens": 200000, "inputPerMillion": "3", "outputPerMillion": "9"}]}},
-        problems=[ProblemReason.PRICE_CONFLICT, ProblemReason.PRICE_CONFLICT]),
+        problems=[Reason.PRICE_CONFLICT, Reason.PRICE_CONFLICT]),
     Row("onDisconnect: Drain unless every budget says Cut", pod(),
         [budget("a", {"onDisconnect": "Cut"}), budget("b")], on_disconnect=OnDisconnect.DRAIN),
     Row("onDisconnect: Cut when every budget says Cut", pod(),
@@ -146,14 +141,14 @@ ROWS = [
         [budget("a", {"failMode": "Open"}), budget("b", {"failMode": "Open"})], fail_mode=FailMode.OPEN),
     Row("the annotation authorizes only existing Required tiers; an unknown name is reported",
         pod(annotations={names.AUTHORIZED_TIERS_ANNOTATION: " max, deep,,bogus "}), tiers=[tier("tt")],
-        authorized={"tt": ["max"]}, problems=[ProblemReason.UNKNOWN_AUTHORIZED_TIER]),
+        authorized={"tt": ["max"]}, problems=[Reason.UNKNOWN_AUTHORIZED_TIER]),
     Row("without the annotation no Required tier is authorized", pod(), tiers=[tier("tt")], authorized={"tt": []}),
     Row("a ThinkTier that does not select the pod is not passed on", pod({"app": "batch"}), tiers=[tier("tt")],
         authorized={}),
     Row("two ThinkTiers selecting one pod are both passed on, and the overlap is reported",
         pod(annotations={names.AUTHORIZED_TIERS_ANNOTATION: "max"}), tiers=[tier("z"), tier("a")],
         authorized={"a": ["max"], "z": ["max"]},
-        problems=[ProblemReason.OVERLAPPING_THINK_TIERS, ProblemReason.OVERLAPPING_THINK_TIERS]),
+        problems=[Reason.OVERLAPPING_THINK_TIERS, Reason.OVERLAPPING_THINK_TIERS]),
 ]
 
 

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from tokenbudget_api.admin import WindowReport
 from tokenbudget_api.tokenbudget import Limit, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.reconciler.effective import BudgetView, PodView, effective_policy
+from tokenbudget_operator.reconciler.effective import effective_policy
 from tokenbudget_operator.reconciler.leases import (
     USD_QUANTUM,
     Allocation,
@@ -32,6 +32,7 @@ from tokenbudget_operator.reconciler.leases import (
     lease_period_start,
     quantum_for,
 )
+from tokenbudget_operator.reconciler.views import BudgetView, PodView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.pricing import PriceBook

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, _die_with_parent, terminate
 from openai import AsyncOpenAI
-from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs

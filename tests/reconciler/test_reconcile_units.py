@@ -13,16 +13,12 @@ from tokenbudget_api import names
 from tokenbudget_api.policy import Lease
 from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_operator.config import OperatorSettings
-from tokenbudget_operator.reconciler.effective import BudgetView, PodView, resolve
-from tokenbudget_operator.reconciler.reconcile import (
-    BudgetEntry,
-    PodAgent,
-    PodEntry,
-    Reconciler,
-    applied_leases,
-    has_sidecar,
-    leased_windows,
-)
+from tokenbudget_operator.reconciler.effective import resolve
+from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
+from tokenbudget_operator.reconciler.indexes import BudgetEntry, PodEntry, has_sidecar
+from tokenbudget_operator.reconciler.lease_rules import applied_leases, leased_windows, leases_for, stable
+from tokenbudget_operator.reconciler.status_loop import budget_status
+from tokenbudget_operator.reconciler.views import BudgetView, PodView
 
 NS = "team-a"
 KEY_DIR = "/var/run/secrets/tokenbudget/upstreams"
@@ -40,9 +36,9 @@ def pod(name: str, labels: dict[str, str] | None = None) -> PodEntry:
     return PodEntry(view, "127.0.0.2")
 
 
-def reconciler(*budgets: BudgetView) -> Reconciler:
+def fleet_of(*budgets: BudgetView) -> Fleet:
     index: Any = {NS: [BudgetEntry(b) for b in budgets]} if budgets else {}
-    return Reconciler(OperatorSettings(namespace="tokenbudget-system"), None, index, {}, {})
+    return Fleet(OperatorSettings(namespace="tokenbudget-system"), None, index, {}, {})
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
@@ -70,39 +66,35 @@ def test_every_window_of_an_enforcing_budget_is_leased() -> None:
 
 def test_a_new_pod_gets_a_zero_level_on_a_rolling_window_stable_for_the_day() -> None:
     view = budget("b", limits=[{"name": "burst", "duration": "5m", "tokens": 600}])
-    rec = reconciler(view)
-    (lease,) = rec._leases_for("uid-new", [view])[view.key]
+    (lease,) = leases_for({}, [view], dt.datetime.now(dt.UTC))[view.key]
     assert (lease.granted, lease.period_start) == (0, None)
     assert lease.expires_at > dt.datetime.now(dt.UTC) + dt.timedelta(days=30), "expiry would admit under Open"
-    assert rec._leases_for("uid-new", [view])[view.key] == [lease]
+    assert leases_for({}, [view], dt.datetime.now(dt.UTC))[view.key] == [lease]
 
 
 def test_a_pod_new_to_a_leased_window_gets_a_zero_grant_never_the_whole_limit() -> None:
     view = budget("b")
-    rec = reconciler(view)
-    leases = rec._leases_for("uid-new", [view])
+    leases = leases_for({}, [view], dt.datetime.now(dt.UTC))
     (lease,) = leases[view.key]
     assert lease.granted == 0
     assert lease.period_start == dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     # Stable until the period ends: re-resolving gives the same version, so nothing is pushed twice.
-    again = rec._leases_for("uid-new", [view])
+    again = leases_for({}, [view], dt.datetime.now(dt.UTC))
     entry = pod("new")
     assert resolve(entry.view, [view], [], KEY_DIR, leases=leases).policy.version == resolve(
         entry.view, [view], [], KEY_DIR, leases=again).policy.version
 
 
 def test_a_renewal_that_only_moves_the_expiry_is_not_pushed_until_half_the_ttl_is_gone() -> None:
-    view = budget("b")
-    rec = reconciler(view)
     now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
     start = now.replace(hour=0)
+    ttl = dt.timedelta(seconds=OperatorSettings(namespace="tokenbudget-system").lease_ttl_s)
     pushed = Lease(window="day", granted=Decimal(250), period_start=start, expires_at=now + dt.timedelta(seconds=60))
-    rec.leases = {"uid-a": {view.key: [pushed]}}
     renewed = pushed.model_copy(update={"expires_at": now + dt.timedelta(seconds=70)})
-    assert rec._stable("uid-a", view.key, renewed, now + dt.timedelta(seconds=10)) is pushed
-    assert rec._stable("uid-a", view.key, renewed, now + dt.timedelta(seconds=40)) is renewed  # < ttl/2 left
+    assert stable([pushed], renewed, now + dt.timedelta(seconds=10), ttl) is pushed
+    assert stable([pushed], renewed, now + dt.timedelta(seconds=40), ttl) is renewed  # < ttl/2 left
     more = renewed.model_copy(update={"granted": Decimal(300)})
-    assert rec._stable("uid-a", view.key, more, now + dt.timedelta(seconds=10)) is more  # a new amount goes out
+    assert stable([pushed], more, now + dt.timedelta(seconds=10), ttl) is more  # a new amount goes out
 
 
 def test_applied_leases_are_read_back_from_a_pushed_policy() -> None:
@@ -116,7 +108,7 @@ def test_applied_leases_are_read_back_from_a_pushed_policy() -> None:
 
 def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_selected() -> None:
     view = budget("b")
-    rec = reconciler(view)
+    rec = fleet_of(view)
     now = dt.datetime.now(dt.UTC)
     for name, synced in (("a", True), ("b", False)):
         entry = pod(name)
@@ -124,13 +116,13 @@ def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_select
         rec.agents[entry.view.uid] = PodAgent(entry, desired, desired.policy.version if synced else None)
     other = pod("c", {"app": "other"})
     rec.agents[other.view.uid] = PodAgent(other, resolve(other.view, [view], [], KEY_DIR))
-    status = rec.budget_status(BudgetEntry(view), now)
+    status = budget_status(rec, BudgetEntry(view), now)
     assert status["pods"] == {"selected": 2, "synced": 1}
     synced_c = next(c for c in status["conditions"] if c["type"] == "Synced")
     assert (synced_c["status"], synced_c["reason"]) == ("False", "SyncInProgress")
     assert status["observedGeneration"] == 1
 
-    lonely = reconciler(budget("nobody", selector={"matchLabels": {"app": "none"}}))
-    ready = next(c for c in lonely.budget_status(BudgetEntry(budget("nobody")), now)["conditions"]
+    lonely = fleet_of(budget("nobody", selector={"matchLabels": {"app": "none"}}))
+    ready = next(c for c in budget_status(lonely, BudgetEntry(budget("nobody")), now)["conditions"]
                  if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NoPodsSelected")

@@ -17,7 +17,8 @@ from budget_helpers import run_call
 
 from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.reconciler.effective import BudgetView, PodView, effective_policy
+from tokenbudget_operator.reconciler.effective import effective_policy
+from tokenbudget_operator.reconciler.lease_rules import applied_leases
 from tokenbudget_operator.reconciler.leases import (
     LeaseAllocator,
     LeaseConfig,
@@ -28,7 +29,7 @@ from tokenbudget_operator.reconciler.leases import (
     lease_period_start,
     lease_periods,
 )
-from tokenbudget_operator.reconciler.reconcile import applied_leases
+from tokenbudget_operator.reconciler.views import BudgetView, PodView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.pricing import PriceBook
@@ -70,7 +71,7 @@ class Fleet:
         return adm
 
     def lease_round(self) -> None:
-        """As `Reconciler.lease_round`: this period and, close to its end, the next one."""
+        """As `lease_loop.lease_round`: this period and, close to its end, the next one."""
         now = self.clock.now()
         grants: dict[str, list[Any]] = {uid: [] for uid in self.pods}
         for start in lease_periods(self.limit, "UTC", now, self.ahead):

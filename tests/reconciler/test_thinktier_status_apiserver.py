@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from controlplane import ControlPlane
 from openai import AsyncOpenAI
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
 from test_reconcile_apiserver import (
     _kill,
     apply,
@@ -33,15 +34,14 @@ from test_reconcile_apiserver import (
     start_upstream,
     wait_for,
 )
-from test_webhook_apiserver import OPERATOR_NAMESPACE, OperatorProcess, namespace
 
 from tokenbudget_api import names
 from tokenbudget_api.admin import ThinkingAnswer
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.thinking_stats import recommend
 from tokenbudget_api.thinktier import ThinkTierStatus
-from tokenbudget_operator.reconciler.effective import TierView
 from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker, thinktier_status
+from tokenbudget_operator.reconciler.views import TierView
 
 NS = "tb-thinktier"
 IPS = ("127.0.0.12", "127.0.0.13")

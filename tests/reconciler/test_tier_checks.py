@@ -11,9 +11,10 @@ import pytest
 from tokenbudget_api import thinking_limits
 from tokenbudget_api.thinktier import ThinkTierSpec, ThinkTierStatus
 from tokenbudget_api.tokenbudget import TokenBudgetSpec
-from tokenbudget_operator.reconciler.effective import BudgetView, PodView, TierView, resolve
+from tokenbudget_operator.reconciler.effective import resolve
 from tokenbudget_operator.reconciler.thinktier_status import thinktier_status
 from tokenbudget_operator.reconciler.tier_checks import output_ceiling, tier_problems, tier_spec_problems
+from tokenbudget_operator.reconciler.views import BudgetView, PodView, TierView
 from tokenbudget_sidecar.thinking import providers
 
 POD = PodView("team-a", "chat-0", "uid-0", labels={"app": "chat"})

@@ -50,7 +50,7 @@ from tokenbudget_api.windows import (
     rolling_granularity,
 )
 from tokenbudget_operator.reconciler.conditions import k8s_time
-from tokenbudget_operator.reconciler.effective import BudgetView
+from tokenbudget_operator.reconciler.views import BudgetView
 
 ZERO = Decimal(0)
 STATE_VERSION = 1

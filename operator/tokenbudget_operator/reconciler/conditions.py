@@ -50,7 +50,7 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """CamelCase reasons the operator writes; Problem reasons (misconfiguration) come from their producers."""
+    """Every CamelCase reason the reconciler writes, in conditions and Events: one list to read and grep."""
 
     ENFORCING = "Enforcing"
     DRY_RUN = "DryRun"
@@ -66,6 +66,16 @@ class Reason(StrEnum):
     MEDIAN_FAR_BELOW_BUDGET = "MedianFarBelowBudget"
     WITHIN_THRESHOLD = "WithinThreshold"
     RECOMMENDATION_ONLY = "RecommendationOnly"
+    STAGE_CHANGED = "StageChanged"  # the Event on a ladder stage change
+    # Problems (Ready=False): misconfiguration found while resolving policy or checking a spec.
+    UPSTREAM_CONFLICT = "UpstreamConflict"
+    PRICE_CONFLICT = "PriceConflict"
+    UNKNOWN_AUTHORIZED_TIER = "UnknownAuthorizedTier"
+    OVERLAPPING_THINK_TIERS = "OverlappingThinkTiers"
+    MODEL_WITHOUT_PRICE = "ModelWithoutPrice"
+    UNKNOWN_MODEL = "UnknownModel"
+    TIER_ABOVE_PROVIDER_MAX = "TierAboveProviderMax"
+    TIER_ABOVE_OUTPUT_CAP = "TierAboveOutputCap"
 
 
 @dataclass(frozen=True)

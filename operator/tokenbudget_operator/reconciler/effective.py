@@ -40,9 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from tokenbudget_api import names
@@ -54,96 +53,11 @@ from tokenbudget_api.policy import (
     ThinkTierPolicy,
     default_upstreams,
 )
-from tokenbudget_api.thinktier import Authorization, ThinkTierSpec
-from tokenbudget_api.tokenbudget import FailMode, ModelPrice, OnDisconnect, PriceTier, TokenBudgetSpec, Upstream
-from tokenbudget_operator.reconciler.conditions import Problem
+from tokenbudget_api.thinktier import Authorization
+from tokenbudget_api.tokenbudget import FailMode, ModelPrice, OnDisconnect, PriceTier, Upstream
+from tokenbudget_operator.reconciler.conditions import Problem, Reason
 from tokenbudget_operator.reconciler.tier_checks import tier_problems as tier_fit_problems
-
-
-class ProblemReason(StrEnum):
-    """Reasons of the problems this module reports (CamelCase, used as condition reasons)."""
-
-    UPSTREAM_CONFLICT = "UpstreamConflict"
-    PRICE_CONFLICT = "PriceConflict"
-    UNKNOWN_AUTHORIZED_TIER = "UnknownAuthorizedTier"
-    OVERLAPPING_THINK_TIERS = "OverlappingThinkTiers"
-
-
-# ----- what the operator indexes -------------------------------------------------------------------------
-
-
-def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = body.get("metadata") or {}
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def _str_map(value: object) -> dict[str, str]:
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
-def _identity(body: Mapping[str, Any]) -> dict[str, Any]:
-    """namespace, name, uid and generation of a kopf body, the fields every view shares."""
-    meta = _meta(body)
-    return {"namespace": str(meta.get("namespace", "")), "name": str(meta.get("name", "")),
-            "uid": str(meta.get("uid", "")), "generation": int(meta.get("generation") or 0)}
-
-
-class _Keyed:
-    namespace: str
-    name: str
-
-    @property
-    def key(self) -> str:
-        """"namespace/name": how the sidecar names budgets and tiers in records and decisions."""
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class PodView(_Keyed):
-    """The parts of a Pod the policy depends on (labels choose budgets, an annotation authorizes tiers)."""
-
-    namespace: str
-    name: str
-    uid: str = ""
-    generation: int = 0
-    labels: Mapping[str, str] = field(default_factory=dict)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> PodView:
-        meta = _meta(body)
-        return cls(**_identity(body), labels=_str_map(meta.get("labels")),
-                   annotations=_str_map(meta.get("annotations")))
-
-
-@dataclass(frozen=True)
-class BudgetView(_Keyed):
-    """A TokenBudget as indexed: identity, generation and parsed spec (status is not an input)."""
-
-    namespace: str
-    name: str
-    spec: TokenBudgetSpec
-    uid: str = ""
-    generation: int = 0
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> BudgetView:
-        return cls(**_identity(body), spec=TokenBudgetSpec.model_validate(body.get("spec") or {}))
-
-
-@dataclass(frozen=True)
-class TierView(_Keyed):
-    """A ThinkTier as indexed."""
-
-    namespace: str
-    name: str
-    spec: ThinkTierSpec
-    uid: str = ""
-    generation: int = 0
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> TierView:
-        return cls(**_identity(body), spec=ThinkTierSpec.model_validate(body.get("spec") or {}))
+from tokenbudget_operator.reconciler.views import BudgetView, PodView, TierView, authorized_tier_names, selects
 
 
 @dataclass(frozen=True)
@@ -154,25 +68,6 @@ class Effective:
     budgets: tuple[str, ...]  # "namespace/name" of the matching TokenBudgets, by name
     tiers: tuple[str, ...]  # "namespace/name" of the matching ThinkTiers, by name
     problems: tuple[Problem, ...]
-
-
-# ----- selection -----------------------------------------------------------------------------------------
-
-
-def selects(view: BudgetView | TierView, pod: PodView) -> bool:
-    """Whether `view` applies to `pod`: same namespace and its selector matches the pod's labels."""
-    return view.namespace == pod.namespace and view.spec.selector.matches(dict(pod.labels))
-
-
-def authorized_tier_names(pod: PodView) -> list[str]:
-    """Tier names the pod's annotation lists: comma-separated, blanks ignored, de-duplicated, in order."""
-    raw = pod.annotations.get(names.AUTHORIZED_TIERS_ANNOTATION, "")
-    out: list[str] = []
-    for part in raw.split(","):
-        tier = part.strip()
-        if tier and tier not in out:
-            out.append(tier)
-    return out
 
 
 # ----- merging -------------------------------------------------------------------------------------------
@@ -206,7 +101,7 @@ def merge_upstreams(budgets: Sequence[BudgetView], key_dir: str) -> tuple[list[P
             elif _endpoint(first[0]) != _endpoint(u):
                 winner, owner = first
                 problems.append(Problem(
-                    ProblemReason.UPSTREAM_CONFLICT,
+                    Reason.UPSTREAM_CONFLICT,
                     f"upstream {u.name} is {u.base_url} ({u.dialect.value}) in budget {b.name} but "
                     f"{winner.base_url} ({winner.dialect.value}) in budget {owner.name}; pods selected by both "
                     f"use {owner.name}'s (first by name)",
@@ -280,7 +175,7 @@ def merge_prices(budgets: Sequence[BudgetView]) -> tuple[list[ModelPrice], list[
         who = ", ".join(b.name for _, b in entries)
         for _, b in entries:
             problems.append(Problem(
-                ProblemReason.PRICE_CONFLICT,
+                Reason.PRICE_CONFLICT,
                 f"budgets {who} give different prices for model {model}; pods selected by several of them use "
                 "the highest of each price",
                 b.key,
@@ -316,7 +211,7 @@ def think_tier_policies(pod: PodView, tiers: Sequence[TierView]) -> tuple[list[T
     unknown = [name for name in requested if name not in known]
     if unknown:
         problems.append(Problem(
-            ProblemReason.UNKNOWN_AUTHORIZED_TIER,
+            Reason.UNKNOWN_AUTHORIZED_TIER,
             f"annotation {names.AUTHORIZED_TIERS_ANNOTATION} names tier(s) {', '.join(unknown)} that no "
             "ThinkTier selecting this pod defines",
             pod.key,
@@ -324,7 +219,7 @@ def think_tier_policies(pod: PodView, tiers: Sequence[TierView]) -> tuple[list[T
     if len(tiers) > 1:
         listed = ", ".join(t.name for t in tiers)
         problems.extend(Problem(
-            ProblemReason.OVERLAPPING_THINK_TIERS,
+            Reason.OVERLAPPING_THINK_TIERS,
             f"ThinkTiers {listed} all select pod {pod.name}; they are applied in name order",
             t.key,
         ) for t in tiers)
@@ -402,12 +297,7 @@ def effective_policy(
 
 
 __all__ = [
-    "BudgetView",
     "Effective",
-    "PodView",
-    "ProblemReason",
-    "TierView",
-    "authorized_tier_names",
     "effective_policy",
     "highest_price",
     "merge_fail_mode",
@@ -416,6 +306,5 @@ __all__ = [
     "merge_upstreams",
     "policy_version",
     "resolve",
-    "selects",
     "think_tier_policies",
 ]

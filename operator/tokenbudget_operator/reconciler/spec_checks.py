@@ -9,8 +9,8 @@ should hear it from `kubectl get tb`, not from a failed call.
 from __future__ import annotations
 
 from tokenbudget_api.prices import catalog_price
-from tokenbudget_operator.reconciler.conditions import Problem
-from tokenbudget_operator.reconciler.effective import BudgetView
+from tokenbudget_operator.reconciler.conditions import Problem, Reason
+from tokenbudget_operator.reconciler.views import BudgetView
 
 WILDCARDS = frozenset("*?[")
 
@@ -35,7 +35,7 @@ def spec_problems(view: BudgetView) -> list[Problem]:
         return []
     listed = ", ".join(unknown)
     if dollars:
-        return [Problem("ModelWithoutPrice", f"no price for {listed} in the catalog or spec.models.prices: "
+        return [Problem(Reason.MODEL_WITHOUT_PRICE, f"no price for {listed} in the catalog or spec.models.prices: "
                         "calls to them are refused, since the costUSD limit cannot be checked", view.key)]
-    return [Problem("UnknownModel", f"{listed} not in the price catalog: their spend is reported unpriced; "
+    return [Problem(Reason.UNKNOWN_MODEL, f"{listed} not in the price catalog: their spend is reported unpriced; "
                     "add spec.models.prices", view.key)]

@@ -1,4 +1,4 @@
-"""The Kubernetes writes of the reconciler: budget status, stage Events, the usage-state ConfigMap.
+"""The Kubernetes writes of the reconciler: status (rate-limited), stage Events, the usage-state ConfigMap.
 
 Blocking calls of the official client (callers use asyncio.to_thread), each with the narrowest verb:
 status goes through the status subresource as a JSON merge patch (spec and metadata are never sent, so
@@ -9,14 +9,18 @@ commit usage: the loser gets 409 and reloads instead of acknowledging records it
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from tokenbudget_api import names
 from tokenbudget_operator.reconciler.conditions import k8s_time
@@ -25,22 +29,62 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "state.json"
 
 
-def patch_budget_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch `status` of one TokenBudget (a None value removes that field)."""
+def patch_status(api: Any, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch `status` of one TokenBudget or ThinkTier (a None value removes that field; never spec:
+    a ThinkTier's autoApply stays a recommendation)."""
     custom: Any = client.CustomObjectsApi(api)
     custom.patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, namespace, names.TOKENBUDGET_PLURAL, name, {"status": status},
+        names.GROUP, names.VERSION, namespace, plural, name, {"status": status},
         _content_type="application/merge-patch+json",
     )
 
 
-def patch_thinktier_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Merge-patch `status` of one ThinkTier (never its spec: autoApply stays a recommendation)."""
-    custom: Any = client.CustomObjectsApi(api)
-    custom.patch_namespaced_custom_object_status(
-        names.GROUP, names.VERSION, namespace, names.THINKTIER_PLURAL, name, {"status": status},
-        _content_type="application/merge-patch+json",
-    )
+@dataclass
+class Written:
+    """Per object: the status last written and when (monotonic s), its conditions and the stage announced."""
+
+    status: dict[str, Any] | None = None
+    at: float = 0.0
+    stage: str | None = None
+    conditions: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+class StatusWriter:
+    """Writes one kind's status, per object at most once every `min_interval_s` and only when it changed.
+
+    One writer per kind (TokenBudget, ThinkTier), the same rules for both: a failed patch also waits out
+    the interval (an unreachable apiserver is not hammered), and `retain` forgets deleted objects.
+    """
+
+    def __init__(self, api: Any, plural: str, min_interval_s: float, patches: Counter) -> None:
+        self.api, self.plural, self.min_interval_s, self.patches = api, plural, min_interval_s, patches
+        self.slots: dict[str, Written] = {}
+
+    def slot(self, key: str, conditions: Sequence[Mapping[str, Any]] = (), stage: str | None = None) -> Written:
+        """What was written for `key`; a new slot starts from the object's stored conditions and stage."""
+        return self.slots.setdefault(key, Written(stage=stage, conditions=list(conditions)))
+
+    def due(self, key: str, status: Mapping[str, Any]) -> bool:
+        slot = self.slots[key]
+        return status != slot.status and time.monotonic() - slot.at >= self.min_interval_s
+
+    async def write(self, namespace: str, name: str, status: dict[str, Any], now: dt.datetime) -> None:
+        """Patch `status` (plus lastUpdated) of namespace/name; the slot remembers it only on success."""
+        slot = self.slots[f"{namespace}/{name}"]
+        try:
+            await asyncio.to_thread(patch_status, self.api, self.plural, namespace, name,
+                                    {**status, "lastUpdated": k8s_time(now)})
+        except Exception as exc:
+            self.patches.labels(result="error").inc()
+            logger.warning("status patch of %s %s/%s failed: %s", self.plural, namespace, name, exc)
+            slot.at = time.monotonic()
+            return
+        self.patches.labels(result="ok").inc()
+        slot.status, slot.at, slot.conditions = status, time.monotonic(), status["conditions"]
+
+    def retain(self, keys: set[str]) -> None:
+        for key in set(self.slots) - keys:
+            del self.slots[key]
 
 
 def post_event(api: Any, involved: dict[str, Any], *, type_: str, reason: str, message: str,
@@ -131,5 +175,5 @@ class StateStore:
         self.resource_version = done.metadata.resource_version
 
 
-__all__ = ["StateConflict", "StateStore", "patch_budget_status", "patch_thinktier_status", "post_event",
+__all__ = ["StateConflict", "StateStore", "StatusWriter", "Written", "patch_status", "post_event",
            "read_admin_token"]

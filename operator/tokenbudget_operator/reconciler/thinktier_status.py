@@ -59,8 +59,8 @@ from tokenbudget_operator.reconciler.conditions import (
     synced_condition,
     synced_counts,
 )
-from tokenbudget_operator.reconciler.effective import TierView
 from tokenbudget_operator.reconciler.tier_checks import tier_spec_problems
+from tokenbudget_operator.reconciler.views import TierView
 
 CLASS_STATUS_FIELDS = ("name", "tier", "budgetTokens", "samples", "p50", "p95", "p99", "truncationPercent",
                        "thinkingOnlyTruncations", "underUsePercent", "recommendedBudgetTokens")

@@ -32,21 +32,12 @@ only where a real pod meets both; the reconciler gathers those per-pod problems 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from tokenbudget_api.thinking_limits import GEMINI_MAX_THINKING, LARGEST_MAX_OUTPUT
 from tokenbudget_api.thinktier import ANTHROPIC_MIN_THINKING
 from tokenbudget_api.tokenbudget import Enforcement
-from tokenbudget_operator.reconciler.conditions import Problem
-
-if TYPE_CHECKING:  # effective.py calls this module
-    from tokenbudget_operator.reconciler.effective import BudgetView, TierView
-
-
-class TierReason(StrEnum):
-    ABOVE_PROVIDER_MAX = "TierAboveProviderMax"
-    ABOVE_OUTPUT_CAP = "TierAboveOutputCap"
+from tokenbudget_operator.reconciler.conditions import Problem, Reason
+from tokenbudget_operator.reconciler.views import BudgetView, TierView
 
 
 def output_ceiling(budgets: Sequence[BudgetView]) -> tuple[int, BudgetView] | None:
@@ -64,7 +55,7 @@ def output_ceiling(budgets: Sequence[BudgetView]) -> tuple[int, BudgetView] | No
 def tier_spec_problems(view: TierView) -> list[Problem]:
     """TierAboveProviderMax for each tier of `view` above what any model takes as a number."""
     return [Problem(
-        TierReason.ABOVE_PROVIDER_MAX,
+        Reason.TIER_ABOVE_PROVIDER_MAX,
         f"tier {tier.name} ({tier.budget_tokens} thinking tokens) is above {LARGEST_MAX_OUTPUT}, the most any "
         f"model takes as a number (Claude's largest max_tokens, thinking and answer together; Gemini 2.5 at most "
         f"{GEMINI_MAX_THINKING}): every call gets less thinking than the tier says", view.key)
@@ -81,11 +72,11 @@ def tier_problems(tiers: Sequence[TierView], budgets: Sequence[BudgetView]) -> l
     no_thinking = (f"; at {cap} Anthropic calls get no thinking at all (budget_tokens must be at least "
                    f"{ANTHROPIC_MIN_THINKING} and below max_tokens)" if cap <= ANTHROPIC_MIN_THINKING else "")
     return [Problem(
-        TierReason.ABOVE_OUTPUT_CAP,
+        Reason.TIER_ABOVE_OUTPUT_CAP,
         f"tier {tier.name} ({tier.budget_tokens} thinking tokens) is not below the output cap {cap} "
         f"(request.maxOutputTokens) that TokenBudget {budget.key} enforces on pods this ThinkTier selects: "
         f"thinking counts against output, so every call in the tier gets less thinking than it says{no_thinking}",
         t.key) for t in tiers for tier in t.spec.tiers if tier.budget_tokens >= cap]
 
 
-__all__ = ["TierReason", "output_ceiling", "tier_problems", "tier_spec_problems"]
+__all__ = ["output_ceiling", "tier_problems", "tier_spec_problems"]

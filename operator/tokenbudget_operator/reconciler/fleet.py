@@ -1,0 +1,235 @@
+"""What the reconciler's loops share: one `PodAgent` per sidecar, the indexes, the usage aggregator, the lease
+allocator and the status writers. Each loop is a module of its own (push_loop, usage_loop, lease_loop,
+status_loop, thinktier_loop) whose functions take the Fleet; only the Fleet holds state between rounds,
+and none of it is persisted except through the usage-state ConfigMap (aggregate.py says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from tokenbudget_api import names
+from tokenbudget_api.policy import Lease
+from tokenbudget_operator.config import OperatorSettings
+from tokenbudget_operator.reconciler import lease_rules, metrics
+from tokenbudget_operator.reconciler.aggregate import Aggregator
+from tokenbudget_operator.reconciler.effective import Effective, resolve
+from tokenbudget_operator.reconciler.indexes import BudgetEntry, BudgetIndex, PodEntry, PodIndex, TierEntry, TierIndex
+from tokenbudget_operator.reconciler.leader_election import LeaderElector
+from tokenbudget_operator.reconciler.leases import LeaseAllocator, LeaseConfig
+from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
+from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
+from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker
+from tokenbudget_operator.reconciler.views import BudgetView, TierView
+
+logger = logging.getLogger(__name__)
+TOKEN_TTL_S = 60.0
+
+
+@dataclass
+class PodAgent:
+    """What the operator knows about one sidecar between rounds."""
+
+    entry: PodEntry
+    desired: Effective | None = None
+    applied: str | None = None  # version the sidecar last answered with
+    applied_leases: dict[tuple[str, str], list[Lease]] = field(default_factory=dict)  # (budget, window) → held
+    pushing: bool = False
+    failures: int = 0
+    next_try: float = 0.0  # monotonic; backoff after a failed push
+    acked: int = 0  # last cursor the sidecar acknowledged to us
+    departed: bool = False  # gone from the index: one last usage pull, then forgotten
+
+    @property
+    def synced(self) -> bool:
+        return self.desired is not None and self.applied == self.desired.policy.version
+
+
+Loop = Callable[["Fleet"], Coroutine[Any, Any, None]]
+
+
+class Fleet:
+    """Every sidecar the operator talks to, and everything the loops keep between rounds."""
+
+    def __init__(self, settings: OperatorSettings, api: Any, budgets: BudgetIndex, tiers: TierIndex,
+                 pods: PodIndex) -> None:
+        self.settings = settings
+        self.api = api
+        self.budgets_index = budgets
+        self.tiers_index = tiers
+        self.pods_index = pods
+        self.wake = asyncio.Event()
+        self.indexes_ready = False
+        self.agents: dict[str, PodAgent] = {}
+        self.aggregator = Aggregator()
+        self.store = StateStore(api, settings.namespace, settings.usage_state_configmap)
+        self.budget_status = StatusWriter(api, names.TOKENBUDGET_PLURAL, settings.status_min_interval_s,
+                                          metrics.STATUS_PATCHES)
+        self.tier_status = StatusWriter(api, names.THINKTIER_PLURAL, settings.status_min_interval_s,
+                                        metrics.THINKTIER_STATUS_PATCHES)
+        self.tier_tracker = ThinkTierTracker()
+        self.seen_generation: dict[tuple[str, int], float] = {}  # (budget uid, generation) → first seen, wall s
+        self.propagated: set[tuple[str, str, int]] = set()  # (pod uid, budget uid, generation) measured
+        self.pushes: set[asyncio.Task[None]] = set()
+        self.commit = asyncio.Lock()  # one usage commit at a time: the ConfigMap write is the commit point
+        self.lease_config = LeaseConfig(ttl=dt.timedelta(seconds=settings.lease_ttl_s))
+        # A new allocator on every start: it learns what sidecars hold (leases.py, learning mode).
+        self.allocator = LeaseAllocator(self.lease_config, started=dt.datetime.now(dt.UTC))
+        self.leases: dict[str, dict[str, list[Lease]]] = {}  # pod uid → budget key → grants to push
+        self.leases_ready = False  # no push before the first lease round: it learns what sidecars hold
+        self.leader = not settings.leader_election  # only the leader acts; the others keep indexes warm
+        self.elector = LeaderElector(api, settings.namespace, settings.leader_lease_name,
+                                     duration_s=settings.leader_lease_duration_s) if settings.leader_election else None
+        self._tokens: dict[str, tuple[str | None, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._client: SidecarClient | None = None
+
+    # ----- lifecycle -----
+
+    async def restore(self) -> None:
+        """Read the committed cursors and sums: records acknowledged before a crash are never pulled again."""
+        loaded = await asyncio.to_thread(self.store.load)
+        if loaded is not None:
+            self.aggregator.restore(loaded)
+            logger.info("usage state restored from ConfigMap %s/%s", self.store.namespace, self.store.name)
+
+    async def run(self, loops: Sequence[Loop]) -> None:
+        """Open the sidecar client and start each loop (and the leader election) as a task."""
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self._client = SidecarClient(self._session, timeout_s=self.settings.sidecar_timeout_s)
+        for loop in loops:
+            self._tasks.append(asyncio.create_task(loop(self), name=f"tokenbudget-{loop.__module__}"))
+        if self.elector is not None:
+            self._tasks.append(asyncio.create_task(self.elector.run(self._leadership), name="tokenbudget-leader"))
+
+    @property
+    def active(self) -> bool:
+        """Whether to act now: the indexes are complete and we are the one replica that may write."""
+        return self.indexes_ready and self.leader
+
+    async def _leadership(self, leader: bool) -> None:
+        """Taking over starts like a restart: committed usage reloaded, leases learned from the sidecars."""
+        if leader:
+            async with self.commit:
+                await self.restore()
+            self.allocator = LeaseAllocator(self.lease_config, started=dt.datetime.now(dt.UTC))
+            self.leases, self.leases_ready = {}, False
+            for agent in self.agents.values():
+                agent.applied, agent.applied_leases, agent.acked = None, {}, 0
+            self.budget_status.slots.clear()
+            self.tier_status.slots.clear()
+        self.leader = leader
+        self.wake.set()
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self.pushes]:
+            task.cancel()
+        for task in [*self._tasks, *self.pushes]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+        if self.elector is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.elector.release), timeout=2.0)
+            except Exception as exc:  # it expires on its own
+                logger.warning("could not release the leader Lease: %s", exc)
+
+    @property
+    def client(self) -> SidecarClient:
+        assert self._client is not None, "run() first"
+        return self._client
+
+    # ----- snapshots of the indexes -----
+
+    def budget_entries(self) -> list[BudgetEntry]:
+        return [e for ns in list(self.budgets_index) for e in self.budgets_index.get(ns, ())]
+
+    def tier_views(self, namespace: str) -> list[TierView]:
+        return [e.view for e in self.tiers_index.get(namespace, ())]
+
+    def tier_entries(self) -> list[TierEntry]:
+        return [e for ns in list(self.tiers_index) for e in self.tiers_index.get(ns, ())]
+
+    def pod_entries(self) -> list[PodEntry]:
+        return [e for ns in list(self.pods_index) for e in self.pods_index.get(ns, ())]
+
+    def view(self, key: str) -> BudgetView | None:
+        namespace = key.split("/", 1)[0]
+        return next((e.view for e in self.budgets_index.get(namespace, ()) if e.view.key == key), None)
+
+    def selected(self, key: str, *, tiers: bool = False) -> list[PodAgent]:
+        """The live agents whose desired policy holds budget (or ThinkTier) `key`."""
+        return [a for a in self.agents.values() if not a.departed and a.desired is not None
+                and key in (a.desired.tiers if tiers else a.desired.budgets)]
+
+    # ----- talking to one sidecar -----
+
+    async def token(self, namespace: str) -> str | None:
+        """The namespace's admin token, cached for a minute (re-read at once after a 401)."""
+        cached = self._tokens.get(namespace)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        s = self.settings
+        try:
+            found = await asyncio.to_thread(read_admin_token, self.api, namespace, s.admin_token_secret,
+                                            s.admin_token_secret_key)
+        except Exception as exc:
+            logger.warning("cannot read the admin token Secret in %s: %s", namespace, exc)
+            found = cached[0] if cached else None
+        self._tokens[namespace] = (found, time.monotonic() + TOKEN_TTL_S)
+        return found
+
+    def forget_token(self, namespace: str) -> None:
+        self._tokens.pop(namespace, None)
+
+    def base(self, agent: PodAgent) -> str | None:
+        return None if agent.entry.ip is None else f"http://{agent.entry.ip}:{self.settings.sidecar_admin_port}"
+
+    # ----- desired policies -----
+
+    def refresh(self) -> None:
+        """Recompute every pod's desired policy from the indexes; mark departed pods."""
+        entries = self.budget_entries()
+        by_ns: dict[str, list[BudgetView]] = {}
+        now = time.time()
+        current: set[tuple[str, int]] = set()
+        for e in entries:
+            by_ns.setdefault(e.view.namespace, []).append(e.view)
+            current.add((e.view.uid, e.view.generation))
+            self.seen_generation.setdefault((e.view.uid, e.view.generation), now)
+        # Only current generations are measured: the two tables stay as small as the cluster.
+        self.seen_generation = {k: v for k, v in self.seen_generation.items() if k in current}
+        self.propagated = {k for k in self.propagated if (k[1], k[2]) in current and k[0] in self.agents}
+        present: set[str] = set()
+        wall = dt.datetime.now(dt.UTC)
+        for pod in self.pod_entries():
+            uid = pod.view.uid
+            present.add(uid)
+            agent = self.agents.get(uid)
+            if agent is None:
+                agent = self.agents[uid] = PodAgent(pod)
+            if agent.entry.ip != pod.ip:
+                agent.applied = None  # a new address may be a new sidecar: push again
+            agent.entry = pod
+            agent.departed = False
+            budgets = by_ns.get(pod.view.namespace, [])
+            agent.desired = resolve(pod.view, budgets, self.tier_views(pod.view.namespace),
+                                    self.settings.upstream_key_dir,
+                                    leases=lease_rules.leases_for(self.leases.get(uid, {}), budgets, wall))
+        for uid, agent in self.agents.items():
+            if uid not in present:
+                agent.departed = True
+
+
+__all__ = ["Fleet", "Loop", "PodAgent"]

@@ -1,0 +1,80 @@
+"""What the operator does with the allocator's grants: which windows are leased, what each pod is pushed,
+when a renewed grant is worth a push, and what a pod already holds. Pure functions; the lease round
+(lease_loop.py) and the policy refresh (fleet.py) call them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+from tokenbudget_api.policy import Lease, SidecarPolicy
+from tokenbudget_api.tokenbudget import Enforcement, Limit
+from tokenbudget_api.windows import as_utc
+from tokenbudget_operator.reconciler.leases import lease_period_start
+from tokenbudget_operator.reconciler.views import BudgetView
+
+
+def leased_windows(view: BudgetView) -> list[Limit]:
+    """The windows split into leases: every window of an enforcing budget (DryRun blocks nothing, so there
+    is nothing to split). Rolling and per-key windows get their own kind of lease (leases.py)."""
+    if view.spec.enforcement is Enforcement.DRY_RUN:
+        return []
+    return list(view.spec.limits or [])
+
+
+def applied_leases(policy: SidecarPolicy) -> dict[tuple[str, str], list[Lease]]:
+    """(budget key, window) → the whole-window leases a policy grants (this period's, maybe the next's)."""
+    out: dict[tuple[str, str], list[Lease]] = {}
+    for b in policy.budgets:
+        for lease in b.leases or []:
+            if lease.key is None:
+                out.setdefault((b.key, lease.window), []).append(lease)
+    return out
+
+
+def leases_for(granted: Mapping[str, Sequence[Lease]], budgets: Sequence[BudgetView],
+               now: dt.datetime) -> dict[str, list[Lease]]:
+    """The grants to push to one pod (`granted`: its grants by budget key); a leased window not yet
+    allocated gets a zero grant.
+
+    Zero, not "no lease": without a lease the sidecar enforces the whole limit locally, so N new pods
+    could each spend it all before the first lease round. A zero grant refuses calls for at most one
+    lease round (it expires at the period's end, so its version is stable until then).
+    """
+    out: dict[str, list[Lease]] = {}
+    for view in budgets:
+        windows = leased_windows(view)
+        if not windows:
+            continue
+        have = granted.get(view.key, [])
+        for lim in windows:
+            start = lease_period_start(lim, view.spec.time_zone, now)
+            # This period's grant and the next one's, if allocated; never one for a period that ended.
+            mine = [x for x in have if x.window == lim.name
+                    and (start is None or (x.period_start is not None and x.period_start >= start))]
+            if not any(x.period_start == start for x in mine):
+                # Expires long after this period (rolling: today, UTC) ends, so its version holds still.
+                anchor = start or now.replace(hour=0, minute=0, second=0, microsecond=0)
+                mine.append(Lease(window=lim.name, granted=Decimal(0), period_start=start,
+                                  expires_at=anchor + dt.timedelta(days=32)))
+            out.setdefault(view.key, []).extend(sorted(mine, key=lambda x: x.period_start or now))
+    return out
+
+
+def stable(pushed: Sequence[Lease], lease: Lease, now: dt.datetime, ttl: dt.timedelta) -> Lease:
+    """Keep the lease already pushed (`pushed`: the pod's grants of that budget) while only its expiry moved
+    and half its lifetime is left.
+
+    Every changed expiry is a new policy version, hence a push to every pod every round; renewing at
+    half-life instead cuts pushes to a trickle, and an earlier expiry than the allocator assumes is on
+    the safe side (the sidecar stops admitting sooner, never later).
+    """
+    old = next((x for x in pushed if (x.window, x.period_start) == (lease.window, lease.period_start)), None)
+    if old is not None and old.granted == lease.granted and as_utc(old.expires_at) - now > ttl / 2:
+        return old
+    return lease
+
+
+__all__ = ["applied_leases", "leased_windows", "leases_for", "stable"]
