@@ -20,7 +20,8 @@ from typing import Any
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_operator.reconciler.leases import LeaseAllocator, LeaseKey, PodInput, PodReport, WindowInput
+from tokenbudget_operator.reconciler.lease_types import LeaseKey, PodInput, PodReport, WindowInput
+from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_sidecar.budget import BudgetState
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)

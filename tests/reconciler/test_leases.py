@@ -18,20 +18,18 @@ from tokenbudget_api.admin import WindowReport
 from tokenbudget_api.tokenbudget import Limit, TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_operator.reconciler.effective import effective_policy
-from tokenbudget_operator.reconciler.leases import (
+from tokenbudget_operator.reconciler.lease_types import (
     USD_QUANTUM,
     Allocation,
-    LeaseAllocator,
     LeaseConfig,
     LeaseKey,
     PodInput,
     PodReport,
     WindowInput,
-    allocate,
-    assess,
     lease_period_start,
     quantum_for,
 )
+from tokenbudget_operator.reconciler.leases import LeaseAllocator, allocate, assess
 from tokenbudget_operator.reconciler.views import BudgetView, PodView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused

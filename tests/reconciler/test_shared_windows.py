@@ -19,8 +19,7 @@ from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_operator.reconciler.effective import effective_policy
 from tokenbudget_operator.reconciler.lease_rules import applied_leases
-from tokenbudget_operator.reconciler.leases import (
-    LeaseAllocator,
+from tokenbudget_operator.reconciler.lease_types import (
     LeaseConfig,
     LeaseKey,
     PodInput,
@@ -29,6 +28,7 @@ from tokenbudget_operator.reconciler.leases import (
     lease_period_start,
     lease_periods,
 )
+from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_operator.reconciler.views import BudgetView, PodView
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused

@@ -31,225 +31,35 @@ Where the cursors live, and why a ConfigMap (one per operator; shard by namespac
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenbudget_api.tokenbudget import LadderStep, Limit, LimitKey, Period, Stage, Unit
-from tokenbudget_api.usage import Outcome, UsageRecord
-from tokenbudget_api.windows import (
-    ManualClock,
-    RollingWindow,
-    as_utc,
-    limit_amount,
-    percent_used,
-    period_bounds,
-    rolling_granularity,
-)
+from tokenbudget_api.tokenbudget import Limit, Stage
+from tokenbudget_api.usage import UsageRecord
+from tokenbudget_api.windows import as_utc, limit_amount, percent_used
 from tokenbudget_operator.reconciler.conditions import k8s_time
+from tokenbudget_operator.reconciler.usage_sums import (
+    ANONYMOUS,
+    ZERO,
+    BudgetSums,
+    ConsumerSlot,
+    ConsumerSums,
+    Entry,
+    Slots,
+    Totals,
+    WindowSums,
+    consumer_limit,
+    fmt,
+    key_of,
+    ladder_digest,
+    shape_of,
+    unit_of,
+)
 from tokenbudget_operator.reconciler.views import BudgetView
 
-ZERO = Decimal(0)
 STATE_VERSION = 1
-ANONYMOUS = "anonymous"  # the sidecar's key for per-User windows when a call names no user
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_NOMINAL = {Period.MINUTE: 60, Period.HOUR: 3600, Period.DAY: 86400, Period.WEEK: 7 * 86400,
-            Period.MONTH: 31 * 86400}
-_CONSUMER_DEFAULT = Limit(name="day", period=Period.DAY, requests=1)  # period of consumers without limits
-
-
-# ----- what is kept per record ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """The parts of one usage record the status needs; shared by every budget it counts against."""
-
-    time: dt.datetime
-    pod: str
-    user: str | None
-    model: str
-    tokens: int
-    cost: Decimal
-    counted: bool  # not refused: counts against the budgets it names
-    budgets: tuple[str, ...]
-    dry_run: tuple[tuple[str, str], ...]  # (budget, action) pairs, each at most once per record
-
-    @classmethod
-    def from_record(cls, pod: str, record: UsageRecord) -> Entry:
-        dry: list[tuple[str, str]] = []
-        for decision in record.decisions:
-            parts = decision.split(":")
-            if len(parts) == 3 and parts[1] == "DryRun" and (parts[0], parts[2]) not in dry:
-                dry.append((parts[0], parts[2]))
-        return cls(
-            time=as_utc(record.time), pod=pod, user=record.user, model=record.model,
-            tokens=record.usage.total_tokens, cost=record.cost_usd if record.cost_usd is not None else ZERO,
-            counted=record.outcome is not Outcome.REFUSED, budgets=tuple(record.budgets), dry_run=tuple(dry),
-        )
-
-    def wire(self) -> list[Any]:
-        return [self.time.isoformat(), self.pod, self.user, self.model, self.tokens, str(self.cost),
-                self.counted, list(self.budgets), [list(d) for d in self.dry_run]]
-
-    @classmethod
-    def from_wire(cls, raw: Sequence[Any]) -> Entry:
-        return cls(time=as_utc(dt.datetime.fromisoformat(raw[0])), pod=raw[1], user=raw[2], model=raw[3],
-                   tokens=int(raw[4]), cost=Decimal(raw[5]), counted=bool(raw[6]), budgets=tuple(raw[7]),
-                   dry_run=tuple((str(b), str(a)) for b, a in raw[8]))
-
-
-@dataclass
-class Totals:
-    """Tokens, dollars and calls: all three kept, so a limit switching unit needs no recount."""
-
-    tokens: int = 0
-    cost: Decimal = ZERO
-    requests: int = 0
-
-    def add(self, tokens: int, cost: Decimal, requests: int = 1) -> None:
-        self.tokens += tokens
-        self.cost += cost
-        self.requests += requests
-
-    def merge(self, other: Totals) -> None:
-        self.add(other.tokens, other.cost, other.requests)
-
-    def amount(self, limit: Limit) -> Decimal:
-        if limit.tokens is not None:
-            return Decimal(self.tokens)
-        if limit.cost_usd is not None:
-            return self.cost
-        return Decimal(self.requests)
-
-    def wire(self) -> list[Any]:
-        return [self.tokens, str(self.cost), self.requests]
-
-    @classmethod
-    def from_wire(cls, raw: Sequence[Any]) -> Totals:
-        return cls(int(raw[0]), Decimal(str(raw[1])), int(raw[2]))
-
-
-# ----- windows -------------------------------------------------------------------------------------------
-
-
-def _shape(limit: Limit, tz: str) -> list[Any]:
-    """What decides which slot a record lands in; a change means the window starts afresh."""
-    if limit.period is not None:
-        return ["period", limit.period.value, tz, limit.per.value if limit.per else None]
-    return ["rolling", limit.rolling_seconds, limit.per.value if limit.per else None]
-
-
-def _unit(limit: Limit) -> Unit:
-    if limit.tokens is not None:
-        return Unit.TOKENS
-    return Unit.USD if limit.cost_usd is not None else Unit.REQUESTS
-
-
-def _nominal_seconds(limit: Limit) -> int:
-    return _NOMINAL[limit.period] if limit.period is not None else limit.rolling_seconds or 0
-
-
-class _Slots:
-    """Sums of one window by slot: a calendar period (keyed by its start) or a rolling bucket."""
-
-    def __init__(self, limit: Limit, tz: str) -> None:
-        self.limit = limit
-        self.tz = tz
-        self._bounds: tuple[dt.datetime, dt.datetime] | None = None
-
-    def slot(self, at: dt.datetime) -> dt.datetime:
-        """Start of the period (calendar) or bucket (rolling) `at` falls in."""
-        if self.limit.period is not None:
-            if self._bounds is None or not self._bounds[0] <= at < self._bounds[1]:
-                self._bounds = period_bounds(self.limit.period, self.tz, at)
-            return self._bounds[0]
-        granularity = dt.timedelta(seconds=rolling_granularity(self.limit.rolling_seconds or 1))
-        return at - (at - _EPOCH) % granularity
-
-    def live(self, starts: Iterable[dt.datetime], now: dt.datetime) -> list[dt.datetime]:
-        """The slots whose usage counts at `now`, decided by the shared window implementation."""
-        if self.limit.period is not None:
-            current = period_bounds(self.limit.period, self.tz, now)[0]
-            return [s for s in starts if s == current]
-        out = []
-        for start in starts:
-            probe = RollingWindow(self.limit.rolling_seconds or 1, ManualClock(now))
-            probe.add(1, start)
-            if probe.used(now) > 0:
-                out.append(start)
-        return out
-
-    def resets_at(self, live: dict[dt.datetime, Decimal], now: dt.datetime) -> dt.datetime | None:
-        if self.limit.period is not None:
-            return period_bounds(self.limit.period, self.tz, now)[1]
-        counter = RollingWindow(self.limit.rolling_seconds or 1, ManualClock(now))
-        for start in sorted(live):
-            counter.add(live[start], start)
-        return counter.resets_at(now)
-
-    def keep_after(self, newest: dt.datetime) -> dt.datetime:
-        """Slots starting before this can no longer be current once a record at `newest` exists."""
-        if self.limit.period is not None:
-            before = period_bounds(self.limit.period, self.tz, newest)[0] - dt.timedelta(microseconds=1)
-            return period_bounds(self.limit.period, self.tz, before)[0]  # keep the previous period too
-        seconds = self.limit.rolling_seconds or 1
-        return newest - dt.timedelta(seconds=seconds + 2 * rolling_granularity(seconds))
-
-
-@dataclass
-class _WindowSums:
-    shape: list[Any]
-    slots: dict[dt.datetime, dict[tuple[str | None, str], Totals]] = field(default_factory=dict)
-
-
-@dataclass
-class _ConsumerSlot:
-    pods: dict[str, Totals] = field(default_factory=dict)
-    users: dict[str, Totals] = field(default_factory=dict)
-    dry_run: dict[str, Totals] = field(default_factory=dict)
-
-
-@dataclass
-class _ConsumerSums:
-    shape: list[Any]
-    slots: dict[dt.datetime, _ConsumerSlot] = field(default_factory=dict)
-
-
-@dataclass
-class _BudgetSums:
-    windows: dict[str, _WindowSums] = field(default_factory=dict)
-    consumers: _ConsumerSums | None = None
-    ladder: str = ""  # digest of the ladder the hysteresis step belongs to
-    step: int = -1  # ladder index in force (hysteresis state, as in the sidecar)
-
-
-def _ladder_digest(ladder: Sequence[LadderStep], hysteresis: int) -> str:
-    body = json.dumps([[s.wire() for s in ladder], hysteresis], sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def _key(limit: Limit, entry: Entry) -> str | None:
-    if limit.per is LimitKey.USER:
-        return entry.user or ANONYMOUS
-    if limit.per is LimitKey.MODEL:
-        return entry.model
-    return None
-
-
-def _consumer_limit(limits: Sequence[Limit]) -> Limit:
-    """The budget's longest window (first in spec order on a tie), else a Day."""
-    best: Limit | None = None
-    for lim in limits:
-        if best is None or _nominal_seconds(lim) > _nominal_seconds(best):
-            best = lim
-    return best or _CONSUMER_DEFAULT
-
-
-# ----- the aggregator ------------------------------------------------------------------------------------
 
 
 class Aggregator:
@@ -267,7 +77,7 @@ class Aggregator:
         self._cursors: dict[str, int] = {}
         self._pod_names: dict[str, str] = {}
         self._pending: dict[str, list[Entry]] = {}
-        self._budgets: dict[str, _BudgetSums] = {}
+        self._budgets: dict[str, BudgetSums] = {}
         self.dropped = 0  # pending records dropped over max_pending (a metric)
 
     # ----- input -----
@@ -317,39 +127,39 @@ class Aggregator:
 
     # ----- folding -----
 
-    def _fold(self, view: BudgetView) -> tuple[_BudgetSums, list[tuple[Limit, _Slots, _WindowSums]],
-                                              tuple[_Slots, _ConsumerSums]]:
+    def _fold(self, view: BudgetView) -> tuple[BudgetSums, list[tuple[Limit, Slots, WindowSums]],
+                                              tuple[Slots, ConsumerSums]]:
         spec = view.spec
-        sums = self._budgets.setdefault(view.key, _BudgetSums())
+        sums = self._budgets.setdefault(view.key, BudgetSums())
         limits = list(spec.limits or [])
-        windows: list[tuple[Limit, _Slots, _WindowSums]] = []
+        windows: list[tuple[Limit, Slots, WindowSums]] = []
         for lim in limits:
-            shape = _shape(lim, spec.time_zone)
+            shape = shape_of(lim, spec.time_zone)
             ws = sums.windows.get(lim.name)
             if ws is None or ws.shape != shape:
-                ws = sums.windows[lim.name] = _WindowSums(shape)
-            windows.append((lim, _Slots(lim, spec.time_zone), ws))
+                ws = sums.windows[lim.name] = WindowSums(shape)
+            windows.append((lim, Slots(lim, spec.time_zone), ws))
         for name in set(sums.windows) - {lim.name for lim in limits}:
             del sums.windows[name]
-        consumer = _consumer_limit(limits)
-        cshape = _shape(consumer, spec.time_zone)
+        consumer = consumer_limit(limits)
+        cshape = shape_of(consumer, spec.time_zone)
         if sums.consumers is None or sums.consumers.shape != cshape:
-            sums.consumers = _ConsumerSums(cshape)
-        cslots = _Slots(consumer, spec.time_zone)
+            sums.consumers = ConsumerSums(cshape)
+        cslots = Slots(consumer, spec.time_zone)
 
         pending = self._pending.pop(view.key, [])
         for entry in pending:
             if entry.counted and view.key in entry.budgets:
                 for lim, slots, ws in windows:
                     by = ws.slots.setdefault(slots.slot(entry.time), {})
-                    by.setdefault((_key(lim, entry), entry.pod), Totals()).add(entry.tokens, entry.cost)
-                cs = sums.consumers.slots.setdefault(cslots.slot(entry.time), _ConsumerSlot())
+                    by.setdefault((key_of(lim, entry), entry.pod), Totals()).add(entry.tokens, entry.cost)
+                cs = sums.consumers.slots.setdefault(cslots.slot(entry.time), ConsumerSlot())
                 cs.pods.setdefault(entry.pod, Totals()).add(entry.tokens, entry.cost)
                 if entry.user:
                     cs.users.setdefault(entry.user, Totals()).add(entry.tokens, entry.cost)
             for budget, action in entry.dry_run:
                 if budget == view.key:
-                    cs = sums.consumers.slots.setdefault(cslots.slot(entry.time), _ConsumerSlot())
+                    cs = sums.consumers.slots.setdefault(cslots.slot(entry.time), ConsumerSlot())
                     cs.dry_run.setdefault(action, Totals()).add(entry.tokens, entry.cost)
         if pending:
             newest = max(e.time for e in pending)
@@ -414,8 +224,8 @@ class Aggregator:
                 rows.append((percent_used(used, cap), used, k, slots.resets_at(per_slot, now)))
             rows.sort(key=lambda r: (-r[0], -r[1], r[2] or ""))
             for pct, used, k, resets in rows[: self.keys_per_window]:
-                entry: dict[str, Any] = {"name": lim.name, "unit": _unit(lim).value, "used": _fmt(used),
-                                         "limit": _fmt(cap), "percent": pct}
+                entry: dict[str, Any] = {"name": lim.name, "unit": unit_of(lim).value, "used": fmt(used),
+                                         "limit": fmt(cap), "percent": pct}
                 if k is not None:
                     entry["key"] = k
                 if resets is not None:
@@ -425,7 +235,7 @@ class Aggregator:
                     fullest = (pct, lim.name)
 
         ladder = list(spec.ladder or [])
-        digest = _ladder_digest(ladder, spec.hysteresis_percent)
+        digest = ladder_digest(ladder, spec.hysteresis_percent)
         if sums.ladder != digest:
             sums.ladder, sums.step = digest, -1
         pct_max = fullest[0] if fullest else 0
@@ -436,75 +246,32 @@ class Aggregator:
             step -= 1
         sums.step = step
 
+        current = consumers.live(cslots, now)
         out: dict[str, Any] = {
             "observedGeneration": view.generation,
             "stage": Stage(ladder[step].action.value).value if step >= 0 else Stage.NORMAL.value,
             "usedPercent": pct_max,
             "windows": entries,
-            "topConsumers": self._top(cslots, consumers, now),
+            "topConsumers": current.top(self.top, self._pod_names),
             "lastUpdated": k8s_time(now),
         }
         if fullest is not None:
             out["tightestWindow"] = fullest[1]
-        dry = self._dry_run(cslots, consumers, now)
+        dry = current.dry_run_rows()
         if dry:
             out["dryRun"] = dry
         return out
-
-    def _live_consumers(self, cslots: _Slots, consumers: _ConsumerSums, now: dt.datetime) -> _ConsumerSlot:
-        total = _ConsumerSlot()
-        for start in cslots.live(consumers.slots, now):
-            slot = consumers.slots[start]
-            for src, dst in ((slot.pods, total.pods), (slot.users, total.users), (slot.dry_run, total.dry_run)):
-                for name, totals in src.items():
-                    dst.setdefault(name, Totals()).merge(totals)
-        return total
-
-    def _top(self, cslots: _Slots, consumers: _ConsumerSums, now: dt.datetime) -> list[dict[str, Any]]:
-        live = self._live_consumers(cslots, consumers, now)
-        out: list[dict[str, Any]] = []
-        for kind, table, names in (("Pod", live.pods, self._pod_names), ("User", live.users, {})):
-            ranked = sorted(table.items(), key=lambda kv: (-kv[1].cost, -kv[1].tokens, kv[0]))
-            for name, totals in ranked[: self.top]:
-                out.append({"kind": kind, "name": names.get(name, name), "tokens": totals.tokens,
-                            "costUSD": _fmt(totals.cost)})
-        return out
-
-    def _dry_run(self, cslots: _Slots, consumers: _ConsumerSums, now: dt.datetime) -> list[dict[str, Any]]:
-        live = self._live_consumers(cslots, consumers, now)
-        return [{"action": action, "count": t.requests, "tokens": t.tokens, "costUSD": _fmt(t.cost)}
-                for action, t in sorted(live.dry_run.items())]
 
     # ----- persistence -----
 
     def state(self) -> dict[str, Any]:
         """Everything needed to resume: cursors, sums, waiting records, hysteresis. JSON-serializable."""
-        budgets: dict[str, Any] = {}
-        for name, sums in self._budgets.items():
-            consumers = None
-            if sums.consumers is not None:
-                consumers = {
-                    "shape": sums.consumers.shape,
-                    "slots": {s.isoformat(): {"pods": {k: t.wire() for k, t in c.pods.items()},
-                                              "users": {k: t.wire() for k, t in c.users.items()},
-                                              "dryRun": {k: t.wire() for k, t in c.dry_run.items()}}
-                              for s, c in sums.consumers.slots.items()},
-                }
-            budgets[name] = {
-                "windows": {w: {"shape": ws.shape,
-                                "slots": {s.isoformat(): [[k, pod, *t.wire()] for (k, pod), t in by.items()]
-                                          for s, by in ws.slots.items()}}
-                            for w, ws in sums.windows.items()},
-                "consumers": consumers,
-                "ladder": sums.ladder,
-                "step": sums.step,
-            }
         return {
             "version": STATE_VERSION,
             "cursors": dict(self._cursors),
             "podNames": dict(self._pod_names),
             "pending": {b: [e.wire() for e in entries] for b, entries in self._pending.items() if entries},
-            "budgets": budgets,
+            "budgets": {name: sums.wire() for name, sums in self._budgets.items()},
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -521,33 +288,7 @@ class Aggregator:
                 key = json.dumps(raw)
                 entries.append(shared.setdefault(key, Entry.from_wire(raw)))
             self._pending[budget] = entries
-        self._budgets = {}
-        for name, raw in state.get("budgets", {}).items():
-            sums = _BudgetSums(ladder=str(raw.get("ladder", "")), step=int(raw.get("step", -1)))
-            for w, wraw in raw.get("windows", {}).items():
-                ws = _WindowSums(list(wraw["shape"]))
-                for s, rows in wraw["slots"].items():
-                    ws.slots[_instant(s)] = {(row[0], row[1]): Totals.from_wire(row[2:]) for row in rows}
-                sums.windows[w] = ws
-            craw = raw.get("consumers")
-            if craw is not None:
-                sums.consumers = _ConsumerSums(list(craw["shape"]))
-                for s, c in craw["slots"].items():
-                    sums.consumers.slots[_instant(s)] = _ConsumerSlot(
-                        pods={k: Totals.from_wire(v) for k, v in c["pods"].items()},
-                        users={k: Totals.from_wire(v) for k, v in c["users"].items()},
-                        dry_run={k: Totals.from_wire(v) for k, v in c["dryRun"].items()},
-                    )
-            self._budgets[name] = sums
-
-
-def _instant(raw: str) -> dt.datetime:
-    return as_utc(dt.datetime.fromisoformat(raw))
-
-
-def _fmt(amount: Decimal) -> str:
-    """A decimal string without exponent ("12.5", "0.000123", "1000")."""
-    return format(amount.normalize(), "f") if amount else "0"
+        self._budgets = {name: BudgetSums.from_wire(raw) for name, raw in state.get("budgets", {}).items()}
 
 
 __all__ = ["ANONYMOUS", "Aggregator", "Entry", "Totals"]

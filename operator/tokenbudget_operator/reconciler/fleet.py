@@ -25,7 +25,8 @@ from tokenbudget_operator.reconciler.aggregate import Aggregator
 from tokenbudget_operator.reconciler.effective import Effective, resolve
 from tokenbudget_operator.reconciler.indexes import BudgetEntry, BudgetIndex, PodEntry, PodIndex, TierEntry, TierIndex
 from tokenbudget_operator.reconciler.leader_election import LeaderElector
-from tokenbudget_operator.reconciler.leases import LeaseAllocator, LeaseConfig
+from tokenbudget_operator.reconciler.lease_types import LeaseConfig
+from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
 from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
 from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker

@@ -18,7 +18,7 @@ from tokenbudget_api.windows import limit_amount
 from tokenbudget_operator.reconciler import metrics
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
 from tokenbudget_operator.reconciler.lease_rules import applied_leases, leased_windows, stable
-from tokenbudget_operator.reconciler.leases import (
+from tokenbudget_operator.reconciler.lease_types import (
     LeaseKey,
     PodInput,
     PodReport,

@@ -12,7 +12,7 @@ from decimal import Decimal
 from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.tokenbudget import Enforcement, Limit
 from tokenbudget_api.windows import as_utc
-from tokenbudget_operator.reconciler.leases import lease_period_start
+from tokenbudget_operator.reconciler.lease_types import lease_period_start
 from tokenbudget_operator.reconciler.views import BudgetView
 
 
