@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Obtain the helm binary the chart tests render and lint with (tests/test_chart.py, make deploy).
+# Obtain the helm binary the chart tests render and lint with (tests/chart/test_chart.py, make deploy).
 #
 # No registry we can reach ships helm, but the Go module proxy ships its source (helm has no `replace`
 # lines, so a plain `go install` works): build it once with the machine's Go and cache it outside git,

@@ -1,7 +1,7 @@
 """A real Kubernetes control plane for tests: etcd + kube-apiserver (+ optional kube-controller-manager).
 
 No Docker and no fake clients: the binaries are the ones users run, started on loopback on free ports in
-a temporary directory. Flags and shutdown order follow the checked recipe in envtest.md; the reasons are
+a temporary directory. Flags and shutdown order follow the checked recipe in docs/control-plane.md; the reasons are
 noted where they are not obvious.
 """
 

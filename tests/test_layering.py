@@ -1,4 +1,9 @@
-"""The package boundaries of design.md §1, checked on the source: what each package must never import."""
+"""The package boundaries of the README's layout, checked on the source: what each package must never import.
+
+Imports count in every form: `import x`, `from x import y`, and the string target of
+`importlib.import_module("x")` (how the operator's __main__ loads its handler modules), so a boundary
+cannot be crossed by loading a module by name.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,42 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ("tokenbudget_api", "tokenbudget_operator", "tokenbudget_sidecar")
 NEVER = {
-    "api/tokenbudget_api": ("kopf", "kubernetes", "aiohttp", "tokenbudget_operator", "tokenbudget_sidecar"),
-    "operator/tokenbudget_operator": ("tokenbudget_sidecar",),
-    "sidecar/tokenbudget_sidecar": ("kopf", "kubernetes", "tokenbudget_operator"),
+    "api/tokenbudget_api": ("kopf", "kubernetes", "aiohttp", "tokenbudget_operator", "tokenbudget_sidecar",
+                            "tokenbudget_testing"),
+    "operator/tokenbudget_operator": ("tokenbudget_sidecar", "tokenbudget_testing"),
+    "operator/tokenbudget_operator/injector": ("tokenbudget_operator.reconciler",),
+    "operator/tokenbudget_operator/reconciler": ("tokenbudget_operator.injector",),
+    "sidecar/tokenbudget_sidecar": ("kopf", "kubernetes", "cryptography", "tokenbudget_operator",
+                                    "tokenbudget_testing"),
 }
 
 
-def imported(path: Path) -> set[str]:
+def imported(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module `path` imports, relative imports resolved, import_module("...") strings included."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    package = ".".join(path.relative_to(root).with_suffix("").parts[1:-1])
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}  # `from pkg import submodule`
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name)
+              and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.add(node.args[0].value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PRODUCT):
+            names.add(node.value)  # a module path kept in a constant, as __main__'s HANDLER_MODULES
     return names
+
+
+def forbidden(name: str, rules: tuple[str, ...]) -> bool:
+    return any(name == rule or name.startswith(rule + ".") for rule in rules)
 
 
 @pytest.mark.parametrize("package", sorted(NEVER))
@@ -27,5 +56,26 @@ def test_a_package_imports_nothing_it_must_not(package: str) -> None:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files
     found = [f"{f.relative_to(ROOT)}: {name}" for f in files for name in sorted(imported(f))
-             if name.split(".")[0] in NEVER[package]]
+             if forbidden(name, NEVER[package])]
     assert not found, "\n".join(found)
+
+
+def test_the_rules_see_every_form_of_import(tmp_path: Path) -> None:
+    """The checker itself must catch each form, or the rules above could pass by not looking."""
+    probe = tmp_path / "operator" / "tokenbudget_operator" / "injector" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("import importlib\nfrom ..reconciler import fleet\n"
+                     "importlib.import_module('tokenbudget_operator.reconciler.handlers')\n", encoding="utf-8")
+    names = imported(probe, tmp_path)
+    assert "tokenbudget_operator.reconciler.fleet" in names
+    assert "tokenbudget_operator.reconciler.handlers" in names
+
+
+def test_the_wheel_ships_no_test_tooling() -> None:
+    """The product distribution finds packages under api/, operator/ and sidecar/ only: testing/ stays out."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    where = config["tool"]["setuptools"]["packages"]["find"]["where"]
+    assert sorted(where) == ["api", "operator", "sidecar"]
+    assert not list((ROOT / "sidecar").glob("tokenbudget_test*")), "test tooling inside a product folder"

@@ -1,7 +1,7 @@
 """Per-class thinking figures and budget recommendations: shared by the sidecar, which measures them, and
 the operator, which merges every pod's figures into ThinkTier status (histograms add exactly, sketch.py).
 
-Here rather than in the sidecar so the operator imports no sidecar internals (design.md).
+Here rather than in the sidecar so the operator imports no sidecar internals (tests/test_layering.py).
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ def gemini_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
 
 def provider_errors(dialect_name: str, path: str, model: str, body: dict[str, Any], budget: int,
                     answer_room: int, ceiling: int | None) -> list[str]:
-    """Every rule of wire-formats §3.1, §4.1, §6.2, §7.2 and §11.7 that the forwarded body breaks."""
+    """Every rule of docs/wire-formats.md §3.1, §4.1, §6.2, §7.2 and §11.7 that the forwarded body breaks."""
     errors = []
     if dialect_name == "Anthropic":
         thinking = body.get("thinking") or {}

@@ -1,4 +1,5 @@
-"""An aiohttp client for one sidecar's admin API (design.md section 3), with bounded retry and backoff.
+"""An aiohttp client for one sidecar's admin API, with bounded retry and backoff; every answer is validated
+into its model in tokenbudget_api.admin (the API: api/openapi/admin.yaml).
 
 Every call here is idempotent on the sidecar's side (PUT /policy by version, GET /usage by cursor, POST
 /usage/ack by cursor), so a retry after a timeout can never apply, count or acknowledge anything twice:

@@ -1,6 +1,6 @@
 """A tier's token budget → each provider's own reasoning parameters, written into the request body.
 
-Every rule here exists to keep the request one the provider accepts (wire-formats §3.1, §4.1, §6.2,
+Every rule here exists to keep the request one the provider accepts (docs/wire-formats.md §3.1, §4.1, §6.2,
 §7.2, §11.7): a rewrite that earns a 400 would be worse than no rewrite at all.
 
 | family (how the model is recognised)                 | knob written                                    |

@@ -1,4 +1,4 @@
-"""Anthropic Messages and token counting (wire-formats §6).
+"""Anthropic Messages and token counting (docs/wire-formats.md §6).
 
 Faithful where a metering proxy can trip: ``usage.input_tokens`` *excludes* cache reads and cache
 writes (``cache_read_input_tokens`` / ``cache_creation_input_tokens``), ``output_tokens`` includes

@@ -1,4 +1,4 @@
-"""Gemini Developer API: generateContent, streamGenerateContent, countTokens (wire-formats §7).
+"""Gemini Developer API: generateContent, streamGenerateContent, countTokens (docs/wire-formats.md §7).
 
 Served under both ``/v1beta/models/{model}:{method}`` and ``/v1/models/{model}:{method}`` (google-genai
 3.x uses ``v1``); the model id comes from the path. Faithful where a metering proxy can trip:

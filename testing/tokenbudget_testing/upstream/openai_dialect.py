@@ -1,4 +1,4 @@
-"""OpenAI: Chat Completions, Embeddings, the model list, and what Responses shares (wire-formats 3-5).
+"""OpenAI: Chat Completions, Embeddings, the model list, and what Responses shares (docs/wire-formats.md §3-5).
 
 Faithful where a metering proxy can trip: ``prompt_tokens``/``input_tokens`` include cached tokens,
 ``completion_tokens``/``output_tokens`` include reasoning tokens, a streamed Chat call carries usage

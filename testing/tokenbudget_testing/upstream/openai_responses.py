@@ -1,4 +1,4 @@
-"""OpenAI Responses API: ``POST /v1/responses`` (wire-formats section 4).
+"""OpenAI Responses API: ``POST /v1/responses`` (docs/wire-formats.md §4).
 
 Split from :mod:`openai_dialect` because its event stream is the longest of all: named events with a
 ``sequence_number``, ``response.created`` → output items (a ``reasoning`` item when the model

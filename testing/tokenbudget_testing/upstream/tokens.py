@@ -2,7 +2,7 @@
 
 The test upstream must report prompt sizes a proxy can predict, so it counts with tiktoken
 ``o200k_base`` (``cl100k_base`` for embeddings, as OpenAI does) and the OpenAI cookbook's chat rule
-(wire-formats §10.3, vector V20), applied to every dialect after mapping it onto chat messages:
+(docs/wire-formats.md §10.3, vector V20), applied to every dialect after mapping it onto chat messages:
 
 - each message costs 3 tokens, plus the tokens of every value in it (``role``, ``content``, ``name``
   and any other key), plus 1 more when the key is ``name``; the request adds 3 for reply priming;
