@@ -106,7 +106,8 @@ class WindowReport(ApiModel):
     used: Amount = Field(description="Settled use in the current period or rolling window.")
     reserved: Amount = Field(description="Held by calls in flight.")
     limit: Amount = Field(description="What this sidecar admits against: its lease when leased, else the limit.")
-    percent: int = Field(ge=0, description="(used + reserved) / limit, in whole percent.")
+    percent: int = Field(ge=0, description="The budget's percent used, fleet-wide when leased (the last lease "
+                         "round's fleet figure plus this pod's use since), in whole percent: what the ladder reads.")
     period_start: dt.datetime
     resets_at: dt.datetime | None = Field(default=None, description="None for a rolling window.")
     lease: LeaseReport | None = None

@@ -64,6 +64,11 @@ class Lease(ApiModel):
     period_start: dt.datetime | None = Field(
         default=None, description="Start of the calendar period the grant is for; none for a rolling window.")
     expires_at: dt.datetime = Field(description="After this, failMode applies until renewed.")
+    fleet_used: Money | None = Field(
+        default=None, description="What every pod together had consumed in this window at the lease round, this "
+        "pod included (a per-key window: the sum of each pod's fullest key). The sidecar's percent, stage and "
+        "remaining are this plus what it consumed since, over the budget's limit; none: it knows only itself.")
+    own_used: Money | None = Field(default=None, description="This pod's part of fleet_used.")
 
 
 class BudgetPolicy(ApiModel):

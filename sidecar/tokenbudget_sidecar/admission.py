@@ -13,7 +13,6 @@ import collections
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, Stage
@@ -218,7 +217,7 @@ class Admission:
         remaining = []
         for b in self.budgets:
             for w in b.windows_for(call.model, call.user):
-                remaining.append(f"{b.name}/{w.label}={max(w.room(now), Decimal(0))}")
+                remaining.append(f"{b.name}/{w.label}={w.budget_remaining(now)}")
         if remaining:
             ticket.headers["x-tokenbudget-remaining"] = ", ".join(remaining)
         dry = [d for d in ticket.decisions if ":DryRun:" in d]

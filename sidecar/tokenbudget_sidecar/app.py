@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
 import aiohttp
@@ -36,6 +37,26 @@ def create_state(settings: Settings, policy: SidecarPolicy | None = None) -> Sta
     return State(settings=settings, policy=policy, metrics=metrics, usage_log=usage_log)
 
 
+def _hold_expiry(state: State) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The safety net behind `reservation_ttl_s`: a hold no call settled (a bug, a lost task) is released
+    on a timer, so it cannot keep a window's room forever."""
+    every = min(60.0, state.settings.reservation_ttl_s / 4)
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(every)
+            state.admission.expire()
+
+    async def run(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep(), name="tokenbudget-hold-expiry")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return run
+
+
 def create_app(settings: Settings, state: State | None = None) -> web.Application:
     """The data app. The admin app for the same state: `create_admin_app(app[STATE])`."""
     state = state or create_state(settings)
@@ -57,6 +78,7 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
         await asyncio.to_thread(state.usage_log.close)  # a clean stop leaves every record fsynced
 
     app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(_hold_expiry(state))
     proxy = Proxy(state)
     app.router.add_route("*", "/{upstream}/{tail:.*}", proxy.handle)
     return app

@@ -9,6 +9,7 @@ the total settled can exceed a limit only by what a provider bills beyond the re
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import fnmatch
 import itertools
@@ -31,6 +32,9 @@ from tokenbudget_api.windows import (
 )
 
 LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
+LEASE_ROUND_S = 2.0  # Retry-After when a new grant is what is missing: the operator's default lease interval
+HOLDS_SETTLE_S = 1.0  # Retry-After when calls in flight hold the room: it comes back as they settle
+MAX_ALERTS = 1_000  # alerts kept for the operator's cursor; older ones are dropped (it pulls every round)
 MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ids = itertools.count(1)
@@ -119,8 +123,27 @@ class Window:
     def used(self, now: dt.datetime) -> Decimal:
         return self.counter.used(now)
 
+    def budget_used(self, now: dt.datetime) -> Decimal:
+        """What the whole fleet has consumed in this window, as far as this pod knows: the fleet's figure at
+        the last lease round plus what this pod consumed since; its own use alone when no operator told it
+        more (standalone, a per-key window, a lease of another period).
+
+        The ladder, `x-tokenbudget-remaining` and the report's percent all read this, so they speak of the
+        budget (as `kubectl get tb` does), while admission still holds against this pod's grant (`room`).
+        """
+        own = self.used(now) + self.reserved
+        lease = self.lease(now)
+        if (self.key is None and lease is not None and lease.fleet_used is not None
+                and (lease.period_start is None or lease.period_start == self.counter.period_start(now))):
+            return max(lease.fleet_used - (lease.own_used or Decimal(0)), Decimal(0)) + own
+        return own
+
     def percent(self, now: dt.datetime) -> int:
-        return percent_used(self.used(now) + self.reserved, self.amount(now))
+        """The budget's percent used (fleet-wide when leased, see budget_used), not the grant's."""
+        return percent_used(self.budget_used(now), limit_amount(self.limit))
+
+    def budget_remaining(self, now: dt.datetime) -> Decimal:
+        return max(limit_amount(self.limit) - self.budget_used(now), Decimal(0))
 
     def room(self, now: dt.datetime) -> Decimal:
         return self.amount(now) - self.used(now) - self.reserved
@@ -177,7 +200,7 @@ class BudgetState:
         self.leases: dict[tuple[str, str | None], tuple[Lease, ...]] = {}
         for lease in policy.leases or []:
             self.leases[lease.window, lease.key] = (*self.leases.get((lease.window, lease.key), ()), lease)
-        self.alerts: list[Alert] = []
+        self.alerts: collections.deque[Alert] = collections.deque(maxlen=MAX_ALERTS)
         # Use before this instant may be missing from the windows (the checkpoint was lost, checkpoint.py):
         # a window whose span reaches back to it cannot be checked, and `failMode` decides (see reserve).
         self.history_lost_before: dt.datetime | None = None
@@ -313,7 +336,7 @@ class BudgetState:
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until the lease is renewed
                 raise Refused(429, f"tokenbudget: the lease on budget {self.name} limit {window.label} expired "
-                              "and was not renewed (failMode Closed)", retry_after=5)
+                              "and was not renewed (failMode Closed)", retry_after=LEASE_ROUND_S)
             clears = self.history_clears_at(window, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
                 if not self.dry_run:
@@ -325,7 +348,7 @@ class BudgetState:
                               f"{window.limit.name}; add it under spec.models.prices")
             if amount > window.room(now):
                 if not self.dry_run:
-                    raise Refused(429, self._exhausted(window, amount, now), self._retry_after(window, now))
+                    raise Refused(429, self._exhausted(window, amount, now), self._retry_after(window, amount, now))
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))
         reservation = Reservation(next(_ids), self.name, holds, now + ttl, decisions)
@@ -363,9 +386,17 @@ class BudgetState:
         return (f"tokenbudget: budget {self.name} limit {window.label} has {max(window.room(now), Decimal(0))} "
                 f"{_unit(window.limit)} left of {window.amount(now)} and this call may need {amount}{when}")
 
-    def _retry_after(self, window: Window, now: dt.datetime) -> float | None:
-        resets = window.counter.resets_at(now)
-        return max((resets - now).total_seconds(), 1.0) if resets else None
+    def _retry_after(self, window: Window, amount: Decimal, now: dt.datetime) -> float | None:
+        """Seconds until the cause of a refusal for want of room clears: calls in flight settling (their holds
+        fill the room), the next lease round (the budget has room, this pod's grant has not), or the settled
+        use ageing out (a period's end, a rolling bucket's expiry); None when waiting never helps."""
+        if amount <= window.room(now) + window.reserved:
+            return HOLDS_SETTLE_S
+        lease = window.lease(now)
+        if lease is not None and window.key is None and amount <= window.budget_remaining(now):
+            return LEASE_ROUND_S
+        fits = window.counter.available_at(amount, window.amount(now) - window.reserved, now)
+        return max((fits - now).total_seconds(), 1.0) if fits is not None else None
 
     def throttle_delay(self, rate_per_minute: int) -> float:
         """Seconds to wait so admissions keep to the rate; the caller refuses if it is too long."""

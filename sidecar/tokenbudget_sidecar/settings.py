@@ -14,7 +14,7 @@ class Settings(BaseSettings):
 
     data_host: str = "127.0.0.1"  # loopback: only the pod's own containers reach the data port
     data_port: int = names.SIDECAR_DATA_PORT
-    admin_host: str = "0.0.0.0"  # the operator reaches the admin port on the pod IP
+    admin_host: str = "127.0.0.1"  # loopback unless told: the webhook sets the pod IP, where the operator calls
     admin_port: int = names.SIDECAR_ADMIN_PORT
     admin_token_file: Path | None = None  # bearer token for the admin API; None: admin API is open
     policy_file: Path | None = None  # standalone mode; None: the embedded default

@@ -523,3 +523,15 @@ async def test_a_grant_is_a_lease_the_sidecar_enforces_as_its_whole_window() -> 
         await run_call(adm, clock, 50, 50)  # 100 tokens each: 300 in all, the whole grant
     with pytest.raises(Refused):
         await run_call(adm, clock, 50, 50)
+
+
+def test_each_grant_carries_the_fleets_consumption_and_the_pods_part_of_it() -> None:
+    """What the sidecars' percent is built from (issue 13): departed pods' spend counts too."""
+    first = allocate(None, window([PodInput("a", report(0, 100)), PodInput("b", report(0, 300)),
+                                   PodInput("c", report(0, 50))]), T0)
+    assert first.consumed == D(450)
+    gone = allocate(first.state, window([PodInput("a", report(0, 120)), PodInput("b", report(0, 300))]),
+                    T0 + dt.timedelta(seconds=2))
+    assert gone.consumed == D(120 + 300 + 50)
+    lease = next(g for g in gone.grants if g.pod_uid == "a").lease()
+    assert (lease.fleet_used, lease.own_used) == (D(470), D(120))

@@ -91,10 +91,10 @@ def test_a_renewal_that_only_moves_the_expiry_is_not_pushed_until_half_the_ttl_i
     ttl = dt.timedelta(seconds=OperatorSettings(namespace="tokenbudget-system").lease_ttl_s)
     pushed = Lease(window="day", granted=Decimal(250), period_start=start, expires_at=now + dt.timedelta(seconds=60))
     renewed = pushed.model_copy(update={"expires_at": now + dt.timedelta(seconds=70)})
-    assert stable([pushed], renewed, now + dt.timedelta(seconds=10), ttl) is pushed
-    assert stable([pushed], renewed, now + dt.timedelta(seconds=40), ttl) is renewed  # < ttl/2 left
+    assert stable([pushed], renewed, now + dt.timedelta(seconds=10), ttl, Decimal(1000)) is pushed
+    assert stable([pushed], renewed, now + dt.timedelta(seconds=40), ttl, Decimal(1000)) is renewed  # < ttl/2 left
     more = renewed.model_copy(update={"granted": Decimal(300)})
-    assert stable([pushed], more, now + dt.timedelta(seconds=10), ttl) is more  # a new amount goes out
+    assert stable([pushed], more, now + dt.timedelta(seconds=10), ttl, Decimal(1000)) is more  # a new amount goes out
 
 
 def test_applied_leases_are_read_back_from_a_pushed_policy() -> None:
@@ -126,3 +126,15 @@ def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_select
     ready = next(c for c in budget_status(lonely, BudgetEntry(budget("nobody")), now)["conditions"]
                  if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NoPodsSelected")
+
+
+def test_a_lease_goes_out_again_when_the_other_pods_moved_by_a_percentage_point() -> None:
+    """The sidecar's fleet percent is at most one round and one point behind; no push for less."""
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    ttl = dt.timedelta(seconds=60)
+    pushed = Lease(window="day", granted=Decimal(250), period_start=now.replace(hour=0),
+                   expires_at=now + dt.timedelta(seconds=60), fleet_used=Decimal(400), own_used=Decimal(100))
+    same_point = pushed.model_copy(update={"fleet_used": Decimal(409)})  # others: 30.0 % → 30.9 %
+    assert stable([pushed], same_point, now, ttl, Decimal(1000)) is pushed
+    next_point = pushed.model_copy(update={"fleet_used": Decimal(410)})  # 31 %
+    assert stable([pushed], next_point, now, ttl, Decimal(1000)) is next_point

@@ -91,7 +91,7 @@ async def lease_round(fleet: Fleet) -> None:
                                                          quantum=quantum_for(lim), rolling=rolling), now)
             for grant in alloc.grants:
                 pushed = fleet.leases.get(grant.pod_uid, {}).get(view.key, [])
-                lease = stable(pushed, grant.lease(), now, fleet.lease_config.ttl)
+                lease = stable(pushed, grant.lease(), now, fleet.lease_config.ttl, limit_amount(lim))
                 fresh.setdefault(grant.pod_uid, {}).setdefault(view.key, []).append(lease)
     fleet.allocator.retain(allocated)  # deleted budgets, ended periods
     fleet.leases = fresh

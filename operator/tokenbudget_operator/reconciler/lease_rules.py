@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from tokenbudget_api.policy import Lease, SidecarPolicy
 from tokenbudget_api.tokenbudget import Enforcement, Limit
-from tokenbudget_api.windows import as_utc
+from tokenbudget_api.windows import as_utc, percent_used
 from tokenbudget_operator.reconciler.lease_types import lease_period_start
 from tokenbudget_operator.reconciler.views import BudgetView
 
@@ -63,18 +63,28 @@ def leases_for(granted: Mapping[str, Sequence[Lease]], budgets: Sequence[BudgetV
     return out
 
 
-def stable(pushed: Sequence[Lease], lease: Lease, now: dt.datetime, ttl: dt.timedelta) -> Lease:
-    """Keep the lease already pushed (`pushed`: the pod's grants of that budget) while only its expiry moved
-    and half its lifetime is left.
+def others_percent(lease: Lease, limit: Decimal) -> int | None:
+    """The whole-percent share of `limit` the other pods had consumed when `lease` was granted."""
+    if lease.fleet_used is None:
+        return None
+    return percent_used(lease.fleet_used - (lease.own_used or Decimal(0)), limit)
 
-    Every changed expiry is a new policy version, hence a push to every pod every round; renewing at
-    half-life instead cuts pushes to a trickle, and an earlier expiry than the allocator assumes is on
-    the safe side (the sidecar stops admitting sooner, never later).
+
+def stable(pushed: Sequence[Lease], lease: Lease, now: dt.datetime, ttl: dt.timedelta, limit: Decimal) -> Lease:
+    """Keep the lease already pushed (`pushed`: the pod's grants of that budget) while only its expiry moved,
+    half its lifetime is left, and the other pods' use is the same whole percent of `limit`.
+
+    Every changed lease is a new policy version, hence a push; renewing at half-life instead cuts pushes to
+    a trickle, and an earlier expiry than the allocator assumes is on the safe side (the sidecar stops
+    admitting sooner, never later). The fleet's use goes out when it moved by a percentage point, so a
+    sidecar's percent (and stage) is at most one lease round and one point behind the fleet: at most 100
+    pushes per pod and window per period for that.
     """
     old = next((x for x in pushed if (x.window, x.period_start) == (lease.window, lease.period_start)), None)
-    if old is not None and old.granted == lease.granted and as_utc(old.expires_at) - now > ttl / 2:
+    if (old is not None and old.granted == lease.granted and as_utc(old.expires_at) - now > ttl / 2
+            and others_percent(old, limit) == others_percent(lease, limit)):
         return old
     return lease
 
 
-__all__ = ["applied_leases", "leased_windows", "leases_for", "stable"]
+__all__ = ["applied_leases", "leased_windows", "leases_for", "others_percent", "stable"]

@@ -190,10 +190,14 @@ class Grant:
     key: LeaseKey
     granted: Decimal
     expires_at: dt.datetime
+    consumed: Decimal = ZERO  # this pod's consumption as the round counted it
+    fleet_consumed: Decimal | None = None  # every pod's, this one included (Allocation.consumed)
 
     def lease(self) -> Lease:
         return Lease(window=self.key.window, key=self.key.key, granted=self.granted,
-                     period_start=self.key.period_start, expires_at=self.expires_at)
+                     period_start=self.key.period_start, expires_at=self.expires_at,
+                     fleet_used=self.fleet_consumed, own_used=self.consumed if self.fleet_consumed is not None
+                     else None)
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,7 @@ class Allocation:
     grants: tuple[Grant, ...]  # one per active pod, by uid
     state: WindowLeases
     committed: Decimal  # spent + what every pod may still spend under what it may hold, after this round
+    consumed: Decimal  # what every pod together had consumed at this round (departed pods included)
     limit: Decimal
     learning: bool
     increased: Decimal = ZERO  # handed out this round

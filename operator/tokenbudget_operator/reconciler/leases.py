@@ -154,11 +154,15 @@ def _observe(
     return pods, departed
 
 
-def _committed(pods: Sequence[_Pod], departed: _Departed, window: WindowInput, now: dt.datetime) -> Decimal:
+def _spent_by_gone(pods: Sequence[_Pod], departed: _Departed, window: WindowInput) -> Decimal:
+    """What pods no longer in the window spent in it (settled, or their last report)."""
     active = {p.uid for p in pods}
     gone = (set(window.settled) | set(departed.spent)) - active
-    spent = sum((max(window.settled.get(uid, ZERO), departed.spent.get(uid, ZERO)) for uid in gone), ZERO)
-    return spent + sum((p.exposure(now) for p in pods), ZERO)
+    return sum((max(window.settled.get(uid, ZERO), departed.spent.get(uid, ZERO)) for uid in gone), ZERO)
+
+
+def _committed(pods: Sequence[_Pod], departed: _Departed, window: WindowInput, now: dt.datetime) -> Decimal:
+    return _spent_by_gone(pods, departed, window) + sum((p.exposure(now) for p in pods), ZERO)
 
 
 def assess(previous: WindowLeases | None, window: WindowInput, now: dt.datetime,
@@ -223,7 +227,8 @@ def allocate(
                     p.base = target
 
     expires = now + cfg.ttl
-    grants = tuple(Grant(p.uid, window.key, p.base, expires) for p in pods)
+    consumed = _spent_by_gone(pods, departed, window) + sum((p.consumed for p in pods), ZERO)
+    grants = tuple(Grant(p.uid, window.key, p.base, expires, p.consumed, consumed) for p in pods)
     state = WindowLeases(
         key=window.key,
         pods={p.uid: PodGrant(granted=p.base, expires_at=expires, consumed=p.consumed,
@@ -233,7 +238,7 @@ def allocate(
         departed_at=departed.at,
     )
     return Allocation(key=window.key, grants=grants, state=state,
-                      committed=_committed(pods, departed, window, now), limit=window.limit,
+                      committed=_committed(pods, departed, window, now), consumed=consumed, limit=window.limit,
                       learning=learning, increased=increased, reclaimed=reclaimed)
 
 
