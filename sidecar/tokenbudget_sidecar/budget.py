@@ -329,20 +329,17 @@ class BudgetState:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
         for window in windows:
+            amount = demand.of(window.limit)
             lease = window.lease(now)
-            stale = lease is not None and (lease.expires_at <= now or (
-                lease.period_start is not None and lease.period_start != window.counter.period_start(now)))
-            if stale:
+            if lease is not None and not self._lease_holds(window, lease, amount, now):
                 if self.spec.fail_mode is FailMode.OPEN:
-                    continue  # Open: admit without checking this shared window until the lease is renewed
-                raise Refused(429, f"tokenbudget: the lease on budget {self.name} limit {window.label} expired "
-                              "and was not renewed (failMode Closed)", retry_after=LEASE_ROUND_S)
+                    continue  # Open: admit without checking this shared window until a grant arrives
+                raise Refused(429, self._no_grant(window, lease, now), retry_after=LEASE_ROUND_S)
             clears = self.history_clears_at(window, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
                 if not self.dry_run:
                     raise Refused(429, self._unknown(window, clears), max((clears - now).total_seconds(), 1.0))
                 decisions.append(Action.BLOCK)
-            amount = demand.of(window.limit)
             if amount is None:
                 raise Refused(400, f"model has no price, so budget {self.name} cannot check its dollar limit "
                               f"{window.limit.name}; add it under spec.models.prices")
@@ -356,6 +353,25 @@ class BudgetState:
             window.reserved += amount
         self.reservations[reservation.id] = reservation
         return reservation
+
+    @staticmethod
+    def _lease_holds(window: Window, lease: Lease, amount: Decimal | None, now: dt.datetime) -> bool:
+        """Whether the grant still decides: it is this period's, and it is current or still has room.
+
+        An expired grant keeps admitting what it granted (the operator counts it as held until the pod
+        reports a new one), so an operator or apiserver outage stops no call that grants already cover;
+        failMode decides only once the grant is spent and was not renewed, or a period began without one.
+        """
+        if lease.period_start is not None and lease.period_start != window.counter.period_start(now):
+            return False
+        return lease.expires_at > now or (amount is not None and amount <= window.room(now))
+
+    def _no_grant(self, window: Window, lease: Lease, now: dt.datetime) -> str:
+        where = f"tokenbudget: budget {self.name} limit {window.label}"
+        if lease.period_start is not None and lease.period_start != window.counter.period_start(now):
+            return f"{where} has no lease for this period yet (failMode Closed)"
+        return (f"{where}: this pod's lease of {lease.granted} is spent and expired at "
+                f"{lease.expires_at.isoformat()} without renewal (failMode Closed)")
 
     def history_clears_at(self, window: Window, now: dt.datetime) -> dt.datetime | None:
         """When `window` stops counting any instant before `history_lost_before`; None if it already has.

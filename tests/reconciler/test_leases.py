@@ -64,7 +64,8 @@ class Sidecar:
     used: Decimal = Decimal(0)
 
     def room(self, now: dt.datetime) -> Decimal:
-        if self.expires is None or now >= self.expires:
+        """A sidecar keeps spending a grant after it expires (an operator outage must not stop calls)."""
+        if self.expires is None:
             return D(0)
         return max(D(0), self.held - self.used)
 
@@ -187,7 +188,9 @@ class LeaseWorld(RuleBasedStateMachine):
         w.settled[uid] = side.used
         before = assess(state, w.inputs(frozenset()), w.now, w.config)
         grant = state.pods.get(uid) if state else None
-        promised = max(grant.ceiling(w.now) if grant else D(0), side.held, side.used)
+        # A cut the sidecar has confirmed (it holds no more than its grant) frees the larger grants.
+        confirmed = grant is not None and side.held <= grant.granted
+        promised = max(grant.granted if confirmed else grant.ceiling(w.now) if grant else D(0), side.held, side.used)
         w.depart(uid)
         assert before - assess(state, w.inputs(frozenset()), w.now, w.config) == promised - side.used
 
@@ -357,10 +360,10 @@ def test_a_lowered_limit_takes_back_unused_grants_from_every_pod() -> None:
     assert lowered.reclaimed == 286
     later = allocate(lowered.state, window([PodInput("a", report(92, 50)), PodInput("b", report(122, 80))],
                                            limit=300), T0 + dt.timedelta(seconds=61))
-    assert later.committed <= 300, "once the cut grants have expired, what is promised fits the new limit"
+    assert later.committed <= 300, "once both report the cut grants, what is promised fits the new limit"
 
 
-def test_a_cut_counts_as_held_until_the_larger_grant_expires_then_goes_to_the_low_pod() -> None:
+def test_a_cut_counts_as_held_until_the_pod_reports_the_smaller_grant_then_goes_to_the_low_pod() -> None:
     cfg = LeaseConfig(ttl=dt.timedelta(seconds=60), max_grant_fraction=D(1), share_fraction=D(1))
     first = allocate(None, window([PodInput("idle", report(0)), PodInput("busy", report(0))], limit=60), T0, cfg)
     assert granted(first) == {"idle": D(30), "busy": D(30)}
@@ -371,16 +374,18 @@ def test_a_cut_counts_as_held_until_the_larger_grant_expires_then_goes_to_the_lo
     assert cut.reclaimed == D(15)
     assert cut.committed == D(60)
     assert cut.state.pods["idle"].ceiling(t1) == D(30)
-    # The push landed (idle reports 15); once the 30 issued at T0 has expired, busy gets what was cut.
-    t2 = T0 + dt.timedelta(seconds=61)
+    # The push landed (idle reports 15): the 30 it no longer holds is free, and busy gets what was cut.
+    t2 = T0 + dt.timedelta(seconds=20)
     after = allocate(cut.state, window([PodInput("idle", report(15)), PodInput("busy", report(30, 30))], limit=60),
                      t2, cfg)
-    assert cut.state.pods["idle"].ceiling(t2) == D(15)
+    assert cut.state.pods["idle"].ceiling(t2) == D(30), "not yet confirmed when the cut went out"
+    assert after.state.pods["idle"].ceiling(t2) == D(15)
     assert granted(after)["busy"] > D(30)
     assert after.committed <= D(60)
 
 
-def test_a_cut_pod_that_goes_silent_still_counts_at_its_larger_grant_until_it_expires() -> None:
+def test_a_cut_pod_that_goes_silent_still_counts_at_its_larger_grant_even_after_it_expired() -> None:
+    """A sidecar keeps spending an expired grant (an outage must not stop calls), so expiry frees nothing."""
     cfg = LeaseConfig(ttl=dt.timedelta(seconds=60), max_grant_fraction=D(1), share_fraction=D(1))
     first = allocate(None, window([PodInput("idle", report(0)), PodInput("busy", report(0))], limit=60), T0, cfg)
     t1 = T0 + dt.timedelta(seconds=10)
@@ -391,6 +396,10 @@ def test_a_cut_pod_that_goes_silent_still_counts_at_its_larger_grant_until_it_ex
     silent = allocate(cut.state, window([PodInput("idle"), PodInput("busy", report(30, 30))], limit=60), t1, cfg)
     assert silent.committed == D(60)
     assert granted(silent)["busy"] == D(30)
+    later = T0 + dt.timedelta(minutes=5)  # long after the 30 expired
+    still = allocate(silent.state, window([PodInput("idle"), PodInput("busy", report(30, 30))], limit=60), later, cfg)
+    assert still.committed == D(60)
+    assert granted(still)["busy"] == D(30)
 
 
 def test_a_pod_holding_more_than_it_was_granted_counts_at_what_it_holds() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tokenbudget_api.tokenbudget import Stage
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.budget import LEASE_ROUND_S, Refused
 
 LADDER = [
     {"at": 50, "action": "Alert"},
@@ -180,24 +180,45 @@ async def test_dollar_limits_reserve_at_list_price_and_refuse_unpriced_models() 
     assert "no price" in unpriced.value.message
 
 
-async def test_an_expired_lease_refuses_when_fail_closed_and_admits_when_fail_open() -> None:
+async def test_an_expired_lease_keeps_admitting_what_it_granted_then_fail_mode_decides() -> None:
+    """An operator outage stops no call a grant covers (issue 13): only a spent, unrenewed grant asks failMode."""
     clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
     lease = {"window": "day", "granted": "500", "periodStart": "2026-11-23T00:00:00+00:00",
              "expiresAt": "2026-11-23T10:05:00+00:00"}
-    for mode, admitted in (("Closed", False), ("Open", True)):
+    for mode, admitted_when_spent in (("Closed", False), ("Open", True)):
         pol = {"failMode": mode, "limits": [{"name": "day", "period": "Day", "tokens": 100000}]}
         adm = admission(pol, clock, leases=[lease])
         (w,) = adm.budgets[0].windows_for("gpt-4o", None)
         assert w.amount(clock.now()) == 500, "a leased window admits only against its lease"
-        clock.set(at("2026-11-23T10:06:00+00:00"))
+        clock.set(at("2026-11-23T10:06:00+00:00"))  # expired: the operator is gone
+        await run_call(adm, clock, 200, 200, cap=200)  # 400 of 500: still covered by the grant
+        try:
+            await run_call(adm, clock, 100, 100, cap=100)  # 200 more: beyond the grant
+            ok = True
+        except Refused as r:
+            ok = False
+            assert "lease of 500 is spent" in r.message
+            assert r.retry_after == LEASE_ROUND_S
+        assert ok is admitted_when_spent
+        clock.set(at("2026-11-23T10:00:00+00:00"))
+
+
+async def test_a_new_period_without_a_lease_follows_fail_mode() -> None:
+    clock = ManualClock(at("2026-11-23T23:59:00+00:00"))
+    lease = {"window": "day", "granted": "500", "periodStart": "2026-11-23T00:00:00+00:00",
+             "expiresAt": "2026-11-24T00:05:00+00:00"}
+    for mode, admitted in (("Closed", False), ("Open", True)):
+        adm = admission({"failMode": mode, "limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock,
+                        leases=[lease])
+        clock.set(at("2026-11-24T00:01:00+00:00"))
         try:
             await run_call(adm, clock, 10, 10)
             ok = True
         except Refused as r:
             ok = False
-            assert "lease" in r.message
+            assert "no lease for this period" in r.message
         assert ok is admitted
-        clock.set(at("2026-11-23T10:00:00+00:00"))
+        clock.set(at("2026-11-23T23:59:00+00:00"))
 
 
 async def test_a_leased_window_is_reported_before_its_first_call() -> None:

@@ -165,11 +165,11 @@ class PodGrant:
     granted: Decimal  # the latest grant (cumulative for the period)
     expires_at: dt.datetime  # of the latest grant
     consumed: Decimal = ZERO  # the most this pod was seen to have spent (calendar: never decreases)
-    larger: tuple[tuple[Decimal, dt.datetime], ...] = ()  # earlier, larger grants until they expire
+    larger: tuple[tuple[Decimal, dt.datetime], ...] = ()  # earlier, larger grants until the pod confirms a cut
 
     def ceiling(self, now: dt.datetime) -> Decimal:
         """The largest grant the sidecar may still be applying at `now`."""
-        return max([self.granted, *(amount for amount, expires in self.larger if expires > now)])
+        return max([self.granted, *(amount for amount, _ in self.larger)])
 
 
 @dataclass(frozen=True)

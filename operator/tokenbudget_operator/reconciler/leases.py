@@ -9,7 +9,7 @@ The guarantee: what every pod can still spend under what it holds, plus what has
 exceeds the limit. Per window (budget, limit, key, period) the allocator computes
 
     consumed_i  = max(settled_i from usage pulls, used_i + reserved_i the sidecar reports, last seen)
-    exposure_i  = max(grant_i, any larger grant issued to it that has not expired, held_i it reports,
+    exposure_i  = max(grant_i, any larger grant issued to it it has not confirmed replacing, held_i it reports,
                       consumed_i)                      — the most pod i can end up having spent
     committed   = Σ spent by departed pods (settled, or their last report) + Σ exposure_i
     pool        = limit - committed                    — never granted beyond this
@@ -24,8 +24,9 @@ and the algorithm, in five lines:
        min_grant), so late in the period no pod can take everything that is left.
     4. Take back: a departed pod's unused grant returns to the pool at once; when a low pod cannot be
        served, idle pods holding more than the refill level are cut to consumed + level, and when the
-       limit was lowered below what is promised, every pod is (the cut counts as still held until the
-       larger grant expires: a push may fail, and values alone cannot tell an old grant from a new one).
+       limit was lowered below what is promised, every pod is (the cut counts as still held until the pod
+       reports the smaller grant: a push may fail, and a sidecar keeps spending an expired grant, so an
+       operator outage stops no call that a grant covers).
     5. Restart (learning mode): a new allocator knows nothing, so for `learning` (≥ the lease TTL) it
        only renews what each sidecar reports holding; it ends early once every pod of the window has
        reported, because unlike Doorman the operator knows the whole membership from the API.
@@ -97,8 +98,7 @@ class _Pod:
         return max(ZERO, self.base - self.consumed)
 
     def exposure(self, now: dt.datetime) -> Decimal:
-        alive = [amount for amount, expires in self.larger if expires > now]
-        return max([self.base, self.held, self.consumed, *alive])
+        return max([self.base, self.held, self.consumed, *(amount for amount, _ in self.larger)])
 
 
 def _floor(value: Decimal, quantum: Decimal) -> Decimal:
@@ -146,8 +146,11 @@ def _observe(
             consumed = max(settled, g.consumed if g else ZERO, rep.used + rep.reserved if rep else ZERO)
         # A pod we have no memory of (new, or we restarted) holds what it says it holds: adopt it.
         base = g.granted if g is not None else (rep.held if rep is not None else ZERO)
+        # Earlier, larger grants count until the pod reports holding no more than the current one: a cut
+        # push may be lost, and a sidecar keeps spending an expired grant, so expiry frees nothing.
+        confirmed = rep is not None and rep.held <= base
         pod = _Pod(uid=p.uid, report=rep, draining=p.draining, base=base, consumed=consumed,
-                   larger=list(g.larger) if g else [], held=rep.held if rep else ZERO,
+                   larger=[] if confirmed or g is None else list(g.larger), held=rep.held if rep else ZERO,
                    expires_at=g.expires_at if g else None)
         pod.low = base <= 0 or pod.unused < base * config.low_fraction or (rep is not None and rep.low)
         pods.append(pod)
@@ -232,7 +235,7 @@ def allocate(
     state = WindowLeases(
         key=window.key,
         pods={p.uid: PodGrant(granted=p.base, expires_at=expires, consumed=p.consumed,
-                              larger=tuple((a, e) for a, e in p.larger if e > now and a > p.base))
+                              larger=tuple((a, e) for a, e in p.larger if a > p.base))
               for p in pods},
         departed=departed.spent,
         departed_at=departed.at,
