@@ -47,12 +47,12 @@ UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def error_response(dialect: Dialect, status: int, message: str, *, retry_after: float | None = None,
-                   request_id: str | None = None) -> web.Response:
+                   request_id: str | None = None, param: str | None = None, code: str | None = None) -> web.Response:
     headers = {"x-tokenbudget-request-id": request_id} if request_id else {}
     if retry_after is not None:
         headers["retry-after"] = str(max(int(retry_after + 0.999), 0))
-    return web.json_response(dialect.error(status, message, retry_after=retry_after), status=status,
-                             headers=headers)
+    return web.json_response(dialect.error(status, message, retry_after=retry_after, param=param, code=code),
+                             status=status, headers=headers)
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes | None:
@@ -91,8 +91,31 @@ class Proxy:
         self.state = state
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
+
+        A body nested past the parser's recursion limit is the app's error (400), as the provider would
+        say; anything else unexpected is our bug: logged with its traceback, answered as a JSON 500 the
+        SDK can parse, never aiohttp's text page.
+        """
         request_id = uuid.uuid4().hex
+        try:
+            return await self._handle(request, request_id)
+        except RecursionError:
+            return error_response(self._dialect_of(request), 400, "tokenbudget: request body is nested too "
+                                  "deeply to parse", request_id=request_id)
+        except (asyncio.CancelledError, web.HTTPException):
+            raise
+        except Exception:
+            log.exception("internal error", extra={"record": {"request_id": request_id}})
+            return error_response(self._dialect_of(request), 500, "tokenbudget: internal error in the sidecar "
+                                  f"(request {request_id}); it is logged", request_id=request_id)
+
+    def _dialect_of(self, request: web.Request) -> Dialect:
+        upstream = self.state.policy.upstream(request.match_info.get("upstream", ""))
+        return DIALECTS[upstream.dialect if upstream is not None else next(iter(DIALECTS))]
+
+    async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        started = time.perf_counter()
         name = request.match_info["upstream"]
         path = "/" + request.match_info["tail"]
         upstream = self.state.policy.upstream(name)
@@ -130,7 +153,8 @@ class Proxy:
         try:
             call = dialect.parse(operation, path, body, request.headers.get(user_header) if user_header else None)
         except BadRequest as exc:
-            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
+            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id, param=exc.param,
+                                  code=exc.code)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap

@@ -10,12 +10,15 @@ from tokenbudget_sidecar.dialects.base import (
     PASSTHROUGH,
     BadRequest,
     Call,
+    CapProblem,
     Dialect,
     Reading,
     StreamTracker,
     as_int,
     first_id,
+    json_type,
     load_json,
+    read_cap,
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
@@ -60,11 +63,11 @@ class OpenAIDialect(Dialect):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("you must provide a model parameter")
-        cap = body.get("max_output_tokens") if operation == "responses" else (
-            body.get("max_completion_tokens", body.get("max_tokens")))
+        fields = ("max_output_tokens",) if operation == "responses" else ("max_completion_tokens", "max_tokens")
+        caps = [_cap(body, key) for key in fields]
+        cap = next((c for c in caps if c is not None), None)
         user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
-        return Call(operation, model, stream=body.get("stream") is True, user=user,
-                    output_cap=cap if isinstance(cap, int) else None)
+        return Call(operation, model, stream=body.get("stream") is True, user=user, output_cap=cap)
 
     def prepare(self, call: Call, body: JSON) -> bool:
         """Chat streams report usage only when asked; ask, and hide the extra chunk from the app."""
@@ -127,14 +130,29 @@ class OpenAIDialect(Dialect):
     def tracker(self, call: Call) -> StreamTracker:
         return ResponsesTracker(call) if call.operation == "responses" else ChatTracker(call)
 
-    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+    def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,
+              code: str | None = None) -> JSON:
         kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-        code = "rate_limit_exceeded" if status == 429 else None
-        return {"error": {"message": message, "type": "tokens" if status == 429 else kind, "param": None,
+        code = "rate_limit_exceeded" if status == 429 else code
+        return {"error": {"message": message, "type": "tokens" if status == 429 else kind, "param": param,
                           "code": code}}
 
     def auth(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
+
+
+def _cap(body: JSON, key: str) -> int | None:
+    """An output cap field, refused in OpenAI's own words when it is not an integer ≥ 1."""
+    try:
+        return read_cap(body.get(key), 1)
+    except CapProblem as bad:
+        if bad.kind == "type":
+            raise BadRequest(f"Invalid type for '{key}': expected an integer, but got {json_type(bad.value)} "
+                             "instead.", param=key, code="invalid_type") from None
+        bound, word = ("minimum", "below") if bad.kind == "below" else ("maximum", "above")
+        limit = ">= 1" if bad.kind == "below" else f"<= {2**31 - 1}"
+        raise BadRequest(f"Invalid '{key}': integer {word} {bound} value. Expected a value {limit}, but got "
+                         f"{bad.value} instead.", param=key, code=f"integer_{word}_{bound[:3]}_value") from None
 
 
 def _reasoning_text(reading: Reading, message: Any) -> None:
