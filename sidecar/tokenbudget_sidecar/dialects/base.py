@@ -93,6 +93,7 @@ class Reading:
     usage: Usage | None = None
     truncated: bool = False
     finished: bool = False  # the provider's terminal event or whole body was seen
+    streamed: bool = False  # read from an event stream: one that ends unfinished broke (proxy.broken_stream)
     error: bool = False  # an in-stream error event
     response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
@@ -101,6 +102,11 @@ class Reading:
     # short, and thinking can be estimated when the provider gives no breakdown (Anthropic, compat servers).
     answer_text: list[str] = field(default_factory=list)  # visible answer text (not thinking)
     thinking_text: list[str] = field(default_factory=list)  # thinking / reasoning text or summary seen
+
+    @property
+    def broke(self) -> bool:
+        """A stream that ended without its provider's completion event, or with an error event in it."""
+        return self.streamed and (self.error or not self.finished)
 
 
 class StreamTracker:

@@ -162,6 +162,7 @@ def _reasoning_text(reading: Reading, message: Any) -> None:
         for key in ("reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 reading.thinking_text.append(message[key])
+                reading.text.append(message[key])  # generated, hence billed: part of any estimate
 
 
 class ChatTracker(StreamTracker):
@@ -210,6 +211,7 @@ class ResponsesTracker(StreamTracker):
             r.answer_text.append(data["delta"])
         elif kind in self.REASONING_DELTAS and isinstance(data.get("delta"), str):
             r.thinking_text.append(data["delta"])
+            r.text.append(data["delta"])
         elif kind in self.TERMINAL:
             response = data.get("response") or {}
             r.usage = usage_of(response.get("usage")) or r.usage
