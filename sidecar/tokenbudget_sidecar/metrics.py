@@ -41,6 +41,9 @@ class Metrics:
             "Time the sidecar itself adds: before the upstream request, and after the upstream's last byte.",
             ["provider"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.unmetered = Counter("tokenbudget_unmetered_calls", "Calls forwarded to a route whose answers report "
+                                 "no usage (file uploads, batch creation), by route without ids.",
+                                 ["provider", "route", "outcome"], registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 

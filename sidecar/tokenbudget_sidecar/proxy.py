@@ -20,7 +20,6 @@ import uuid
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
@@ -29,30 +28,17 @@ from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
+from tokenbudget_sidecar.headers import client_headers, error_response, upstream_headers
+from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
+from tokenbudget_sidecar.transparent import Transparent
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
-})
-AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
-
-
-
-
-def error_response(dialect: Dialect, status: int, message: str, *, retry_after: float | None = None,
-                   request_id: str | None = None, param: str | None = None, code: str | None = None) -> web.Response:
-    headers = {"x-tokenbudget-request-id": request_id} if request_id else {}
-    if retry_after is not None:
-        headers["retry-after"] = str(max(int(retry_after + 0.999), 0))
-    return web.json_response(dialect.error(status, message, retry_after=retry_after, param=param, code=code),
-                             status=status, headers=headers)
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes | None:
@@ -68,27 +54,10 @@ async def read_capped(request: web.Request, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], upstream: PolicyUpstream, dialect: Dialect) -> CIMultiDict[str]:
-    out = CIMultiDict((k, v) for k, v in incoming.items()
-                      if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-tokenbudget-"))
-    out["accept-encoding"] = "identity"  # we parse what comes back; compression would hide the usage
-    if upstream.api_key_file:
-        for name in AUTH_HEADERS:
-            out.popall(name, None)
-        with open(upstream.api_key_file, encoding="utf-8") as fh:
-            out.update(dialect.auth(fh.read().strip()))
-    return out
-
-
-def client_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP)
-    out["x-tokenbudget-request-id"] = request_id
-    return out
-
-
 class Proxy:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.transparent = Transparent(state, self.record)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
@@ -125,9 +94,9 @@ class Proxy:
                                   f"tokenbudget: no upstream named {name!r} (configured: {configured})")
         dialect = DIALECTS[upstream.dialect]
         operation = dialect.operation(request.method, path)
-        if operation is None:
-            return error_response(dialect, 404, f"tokenbudget: {request.method} {path} is not a "
-                                  f"{upstream.dialect.value} API route this proxy serves", request_id=request_id)
+        if operation is None or operation == PASSTHROUGH:  # not metered: forwarded as is, body streamed
+            return await self.transparent.forward(request, upstream, dialect, path, request_id,
+                                                  free=operation == PASSTHROUGH, started=started)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding not in ("", "identity"):
             return error_response(dialect, 415, f"tokenbudget: Content-Encoding {encoding!r} is not supported; "
@@ -136,8 +105,6 @@ class Proxy:
         if raw is None:
             return error_response(dialect, 413, "tokenbudget: request body exceeds "
                                   f"{self.state.settings.max_body_bytes} bytes", request_id=request_id)
-        if operation == PASSTHROUGH:
-            return await self.passthrough(request, upstream, dialect, path, raw, request_id)
         try:
             body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -205,7 +172,8 @@ class Proxy:
                     resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
                                                                                             record.request_id))
                     resp.headers.update(ticket.headers)
-                elif up.content_type == "text/event-stream":
+                elif up.content_type == "text/event-stream" or (call.stream and up.content_type == "application/json"):
+                    # SSE, or a stream sent as one JSON array (Gemini without alt=sse): relayed as it comes
                     resp, reading = await self.relay_stream(request, up, dialect, call, record, ticket)
                 else:
                     body = await up.read()
@@ -244,7 +212,8 @@ class Proxy:
         resp.headers.update(ticket.headers)
         tracker = dialect.tracker(call)
         tracker.reading.streamed = True
-        parser = SSEParser()
+        parser: SSEParser | JSONArrayParser = (SSEParser() if up.content_type == "text/event-stream"
+                                               else JSONArrayParser())
         client_gone = False
         on_disconnect = self.state.policy.on_disconnect
         try:
@@ -286,21 +255,6 @@ class Proxy:
             if request.transport is not None:
                 request.transport.close()
         return resp, tracker.reading
-
-    async def passthrough(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
-                          raw: bytes, request_id: str) -> web.StreamResponse:
-        """Model lists and token counting: not billed, forwarded as they are."""
-        session = self.state.session
-        assert session is not None
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
-        try:
-            async with session.request(request.method, url, data=raw or None,
-                                       headers=upstream_headers(request.headers, upstream, dialect)) as up:
-                body = await up.read()
-                return web.Response(body=body, status=up.status, headers=client_headers(up.headers, request_id))
-        except UPSTREAM_FAILED as exc:
-            return error_response(dialect, 502, f"tokenbudget: upstream {upstream.name} failed: "
-                                  f"{type(exc).__name__}", request_id=request_id)
 
     def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
                think: Decision | None = None) -> None:

@@ -70,6 +70,8 @@ class GeminiDialect(Dialect):
             verb = match.group(3)
             if verb in ("generateContent", "streamGenerateContent"):
                 return "generate"
+            if verb in ("embedContent", "batchEmbedContents"):
+                return "embed"  # billed per input token; the answer reports none, so the prompt is estimated
             if verb == "countTokens":
                 return PASSTHROUGH
         if method == "GET" and re.match(r"^/(v1|v1beta)/models(/[^/]+)?$", path):
@@ -79,6 +81,8 @@ class GeminiDialect(Dialect):
     def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
         match = ROUTE.match(path)
         assert match is not None  # operation() matched it
+        if operation == "embed":
+            return Call(operation, match.group(2), user=user_header, output_cap=0)
         config = body.get("generationConfig") or body.get("generation_config") or {}
         raw = config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict) else None
         try:
@@ -110,7 +114,7 @@ class GeminiDialect(Dialect):
         return len(contents) + 1 if isinstance(contents, list) else 2
 
     def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("contents", "systemInstruction", "system_instruction", "tools")
+        keys = ("contents", "systemInstruction", "system_instruction", "tools", "content", "requests")
         return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:

@@ -25,9 +25,12 @@ from tokenbudget_sidecar.sse import Event
 
 OPERATIONS = {
     "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",  # legacy: usage as chat's, choices[].text
+    "/v1/moderations": PASSTHROUGH,  # free
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
 }
+LEGACY_DEFAULT_MAX_TOKENS = 16  # /v1/completions generates at most 16 tokens unless told otherwise
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 429: "rate_limit_exceeded", 502: "server_error",
                504: "server_error"}
@@ -54,7 +57,7 @@ class OpenAIDialect(Dialect):
 
     def operation(self, method: str, path: str) -> str | None:
         if method == "POST" and path in OPERATIONS:
-            return OPERATIONS[path]
+            return OPERATIONS[path]  # anything else is forwarded as is (transparent.py)
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             return PASSTHROUGH
         return None
@@ -66,12 +69,14 @@ class OpenAIDialect(Dialect):
         fields = ("max_output_tokens",) if operation == "responses" else ("max_completion_tokens", "max_tokens")
         caps = [_cap(body, key) for key in fields]
         cap = next((c for c in caps if c is not None), None)
+        if operation == "completions" and cap is None:
+            cap = LEGACY_DEFAULT_MAX_TOKENS
         user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
         return Call(operation, model, stream=body.get("stream") is True, user=user, output_cap=cap)
 
     def prepare(self, call: Call, body: JSON) -> bool:
         """Chat streams report usage only when asked; ask, and hide the extra chunk from the app."""
-        if call.operation != "chat" or not call.stream:
+        if call.operation not in ("chat", "completions") or not call.stream:
             return False
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
@@ -97,17 +102,18 @@ class OpenAIDialect(Dialect):
         return len(items) + 1 if isinstance(items, list) else 2
 
     def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("messages", "input", "instructions", "tools", "response_format", "text")
+        keys = ("messages", "input", "instructions", "tools", "response_format", "text", "prompt", "suffix")
         return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
         first_id(reading, body.get("id"))
-        if call.operation == "chat":
+        if call.operation in ("chat", "completions"):
             for choice in body.get("choices") or []:
                 if isinstance(choice, dict):
                     reading.truncated |= choice.get("finish_reason") == "length"
-                    content = (choice.get("message") or {}).get("content")
+                    message = choice.get("message")
+                    content = message.get("content") if isinstance(message, dict) else choice.get("text")
                     if isinstance(content, str):
                         reading.text.append(content)
                         reading.answer_text.append(content)
@@ -186,7 +192,8 @@ class ChatTracker(StreamTracker):
             if not isinstance(choice, dict):
                 continue
             r.truncated |= choice.get("finish_reason") == "length"
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else choice.get("text")  # legacy: text
             if isinstance(content, str):
                 r.text.append(content)
                 r.answer_text.append(content)
