@@ -234,6 +234,8 @@ class Proxy:
                         await resp.write(out)
                     except CLIENT_GONE:
                         client_gone = True
+                if client_gone and tracker.reading.error:
+                    break  # the provider ended the call with its error event: the app's hang-up follows it
                 if client_gone:
                     record.disconnect = Disconnect(on_disconnect.value)
                     record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -246,8 +248,9 @@ class Proxy:
             if not client_gone:
                 await resp.write_eof()
         except CLIENT_GONE:
-            record.outcome = Outcome.CLIENT_DISCONNECTED
-            record.disconnect = Disconnect(on_disconnect.value)
+            if not tracker.reading.error:  # after the provider's error event, the app's hang-up is its answer
+                record.outcome = Outcome.CLIENT_DISCONNECTED
+                record.disconnect = Disconnect(on_disconnect.value)
         except UPSTREAM_FAILED:
             # The provider dropped the stream: drop the app's too, so its SDK sees the same failure
             # instead of a stream that ends as if complete.
