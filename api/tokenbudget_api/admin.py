@@ -55,6 +55,9 @@ class Readiness(ApiModel):
 
     ready: bool
     policy_version: str | None = Field(default=None, description="Version of the policy in force.")
+    detail: list[str] = Field(default_factory=list, description=(
+        "What works in a degraded way without making the sidecar unready, e.g. a tiktoken encoding that "
+        "could not be loaded (prompts are then counted by their UTF-8 byte size, an over-estimate)."))
 
 
 class PolicyApplied(ApiModel):

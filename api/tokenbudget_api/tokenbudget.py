@@ -69,6 +69,14 @@ class FailMode(StrEnum):
     CLOSED = "Closed"
 
 
+class UnmeteredRoutes(StrEnum):
+    """Calls the sidecar forwards but cannot meter (file uploads, batch creation): their answers report
+    no usage, yet the provider may bill them."""
+
+    ALLOW = "Allow"
+    DENY = "Deny"
+
+
 class RequestCaps(ApiModel):
     """Per-call caps, checked before a call leaves the pod."""
 
@@ -295,6 +303,12 @@ class TokenBudgetSpec(ApiModel):
         default=FailMode.CLOSED,
         description="When the shared budget cannot be checked (lease expired, operator away): Open admits, "
         "Closed refuses.",
+    )
+    unmetered_routes: UnmeteredRoutes = Field(
+        default=UnmeteredRoutes.ALLOW,
+        description="Calls to provider routes whose answers report no usage (file uploads, batch creation; "
+        "reads are always allowed): Allow forwards and records them as unmetered, Deny answers 403 in the "
+        "provider's shape naming the route.",
     )
 
     @field_validator("time_zone")

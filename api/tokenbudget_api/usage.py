@@ -43,6 +43,7 @@ class UsageSource(StrEnum):
     PROVIDER = "provider"  # the provider's own usage report
     ESTIMATED = "estimated"  # tiktoken over what we saw: no usage arrived (cut stream, old server)
     NONE = "none"  # nothing billable (refused before forwarding, upstream error)
+    UNMETERED = "unmetered"  # forwarded to a route whose answer reports no usage (file upload, batch creation)
 
 
 class Outcome(StrEnum):
@@ -66,7 +67,8 @@ class UsageRecord(BaseModel):
     time: dt.datetime
     upstream: str
     dialect: str
-    operation: str  # chat, responses, embeddings, messages, generate
+    operation: str  # chat, completions, responses, embeddings, messages, generate, embed, unmetered
+    route: str | None = None  # an unmetered call's route, ids left out (e.g. "POST /v1/files")
     model: str
     user: str | None = None
     stream: bool = False

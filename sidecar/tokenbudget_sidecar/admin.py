@@ -31,6 +31,7 @@ from tokenbudget_api.common import ApiModel
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.drain import DRAIN, Drain, drain
 from tokenbudget_sidecar.state import STATE, State
+from tokenbudget_sidecar.tokens import TOKENIZER
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", names.SIDECAR_DRAIN_PATH})  # drain: kubelet preStop
 
@@ -65,7 +66,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ready = state.session is not None
-    return _answer(Readiness(ready=ready, policy_version=state.policy.version), 200 if ready else 503)
+    return _answer(Readiness(ready=ready, policy_version=state.policy.version, detail=TOKENIZER.degraded),
+                   200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

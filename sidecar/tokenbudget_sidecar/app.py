@@ -64,7 +64,9 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
     app[STATE] = state
 
     async def client_session(_: web.Application) -> AsyncIterator[None]:
-        await asyncio.to_thread(tokens.preload)
+        tokens.TOKENIZER.allow_download = settings.tiktoken_download
+        await asyncio.to_thread(tokens.preload)  # never raises: without its file, counts use the byte bound
+        retry = asyncio.create_task(tokens.retry_loop(settings.tokenizer_retry_s))
         connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, ttl_dns_cache=300,
                                          enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s,
@@ -73,6 +75,7 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
         state.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                               skip_auto_headers=("User-Agent",))
         yield
+        retry.cancel()
         await state.session.close()
         state.session = None
         await asyncio.to_thread(state.usage_log.close)  # a clean stop leaves every record fsynced

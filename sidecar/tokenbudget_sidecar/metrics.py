@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tokenbudget_api.usage import UsageRecord
+from tokenbudget_sidecar.tokens import TOKENIZER, TokenizerCollector
 
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -40,7 +41,11 @@ class Metrics:
             "Time the sidecar itself adds: before the upstream request, and after the upstream's last byte.",
             ["provider"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.unmetered = Counter("tokenbudget_unmetered_calls", "Calls forwarded to a route whose answers report "
+                                 "no usage (file uploads, batch creation), by route without ids.",
+                                 ["provider", "route", "outcome"], registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
+        r.register(TokenizerCollector(TOKENIZER))
 
     def observe(self, rec: UsageRecord) -> None:
         labels = (rec.model, rec.dialect)

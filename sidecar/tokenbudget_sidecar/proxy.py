@@ -20,7 +20,6 @@ import uuid
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
@@ -29,30 +28,17 @@ from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
+from tokenbudget_sidecar.headers import client_headers, error_response, upstream_headers
+from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
+from tokenbudget_sidecar.transparent import Transparent
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
-})
-AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
-
-
-
-
-def error_response(dialect: Dialect, status: int, message: str, *, retry_after: float | None = None,
-                   request_id: str | None = None) -> web.Response:
-    headers = {"x-tokenbudget-request-id": request_id} if request_id else {}
-    if retry_after is not None:
-        headers["retry-after"] = str(max(int(retry_after + 0.999), 0))
-    return web.json_response(dialect.error(status, message, retry_after=retry_after), status=status,
-                             headers=headers)
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes | None:
@@ -68,31 +54,37 @@ async def read_capped(request: web.Request, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], upstream: PolicyUpstream, dialect: Dialect) -> CIMultiDict[str]:
-    out = CIMultiDict((k, v) for k, v in incoming.items()
-                      if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-tokenbudget-"))
-    out["accept-encoding"] = "identity"  # we parse what comes back; compression would hide the usage
-    if upstream.api_key_file:
-        for name in AUTH_HEADERS:
-            out.popall(name, None)
-        with open(upstream.api_key_file, encoding="utf-8") as fh:
-            out.update(dialect.auth(fh.read().strip()))
-    return out
-
-
-def client_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    out = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in HOP_BY_HOP)
-    out["x-tokenbudget-request-id"] = request_id
-    return out
-
-
 class Proxy:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.transparent = Transparent(state, self.record)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
+
+        A body nested past the parser's recursion limit is the app's error (400), as the provider would
+        say; anything else unexpected is our bug: logged with its traceback, answered as a JSON 500 the
+        SDK can parse, never aiohttp's text page.
+        """
         request_id = uuid.uuid4().hex
+        try:
+            return await self._handle(request, request_id)
+        except RecursionError:
+            return error_response(self._dialect_of(request), 400, "tokenbudget: request body is nested too "
+                                  "deeply to parse", request_id=request_id)
+        except (asyncio.CancelledError, web.HTTPException):
+            raise
+        except Exception:
+            log.exception("internal error", extra={"record": {"request_id": request_id}})
+            return error_response(self._dialect_of(request), 500, "tokenbudget: internal error in the sidecar "
+                                  f"(request {request_id}); it is logged", request_id=request_id)
+
+    def _dialect_of(self, request: web.Request) -> Dialect:
+        upstream = self.state.policy.upstream(request.match_info.get("upstream", ""))
+        return DIALECTS[upstream.dialect if upstream is not None else next(iter(DIALECTS))]
+
+    async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        started = time.perf_counter()
         name = request.match_info["upstream"]
         path = "/" + request.match_info["tail"]
         upstream = self.state.policy.upstream(name)
@@ -102,9 +94,9 @@ class Proxy:
                                   f"tokenbudget: no upstream named {name!r} (configured: {configured})")
         dialect = DIALECTS[upstream.dialect]
         operation = dialect.operation(request.method, path)
-        if operation is None:
-            return error_response(dialect, 404, f"tokenbudget: {request.method} {path} is not a "
-                                  f"{upstream.dialect.value} API route this proxy serves", request_id=request_id)
+        if operation is None or operation == PASSTHROUGH:  # not metered: forwarded as is, body streamed
+            return await self.transparent.forward(request, upstream, dialect, path, request_id,
+                                                  free=operation == PASSTHROUGH, started=started)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding not in ("", "identity"):
             return error_response(dialect, 415, f"tokenbudget: Content-Encoding {encoding!r} is not supported; "
@@ -113,8 +105,6 @@ class Proxy:
         if raw is None:
             return error_response(dialect, 413, "tokenbudget: request body exceeds "
                                   f"{self.state.settings.max_body_bytes} bytes", request_id=request_id)
-        if operation == PASSTHROUGH:
-            return await self.passthrough(request, upstream, dialect, path, raw, request_id)
         try:
             body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -130,7 +120,8 @@ class Proxy:
         try:
             call = dialect.parse(operation, path, body, request.headers.get(user_header) if user_header else None)
         except BadRequest as exc:
-            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
+            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id, param=exc.param,
+                                  code=exc.code)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
@@ -181,7 +172,8 @@ class Proxy:
                     resp = web.Response(body=body, status=up.status, headers=client_headers(up.headers,
                                                                                             record.request_id))
                     resp.headers.update(ticket.headers)
-                elif up.content_type == "text/event-stream":
+                elif up.content_type == "text/event-stream" or (call.stream and up.content_type == "application/json"):
+                    # SSE, or a stream sent as one JSON array (Gemini without alt=sse): relayed as it comes
                     resp, reading = await self.relay_stream(request, up, dialect, call, record, ticket)
                 else:
                     body = await up.read()
@@ -219,7 +211,9 @@ class Proxy:
         resp = web.StreamResponse(status=up.status, headers=client_headers(up.headers, record.request_id))
         resp.headers.update(ticket.headers)
         tracker = dialect.tracker(call)
-        parser = SSEParser()
+        tracker.reading.streamed = True
+        parser: SSEParser | JSONArrayParser = (SSEParser() if up.content_type == "text/event-stream"
+                                               else JSONArrayParser())
         client_gone = False
         on_disconnect = self.state.policy.on_disconnect
         try:
@@ -240,6 +234,8 @@ class Proxy:
                         await resp.write(out)
                     except CLIENT_GONE:
                         client_gone = True
+                if client_gone and tracker.reading.error:
+                    break  # the provider ended the call with its error event: the app's hang-up follows it
                 if client_gone:
                     record.disconnect = Disconnect(on_disconnect.value)
                     record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -252,8 +248,9 @@ class Proxy:
             if not client_gone:
                 await resp.write_eof()
         except CLIENT_GONE:
-            record.outcome = Outcome.CLIENT_DISCONNECTED
-            record.disconnect = Disconnect(on_disconnect.value)
+            if not tracker.reading.error:  # after the provider's error event, the app's hang-up is its answer
+                record.outcome = Outcome.CLIENT_DISCONNECTED
+                record.disconnect = Disconnect(on_disconnect.value)
         except UPSTREAM_FAILED:
             # The provider dropped the stream: drop the app's too, so its SDK sees the same failure
             # instead of a stream that ends as if complete.
@@ -262,33 +259,19 @@ class Proxy:
                 request.transport.close()
         return resp, tracker.reading
 
-    async def passthrough(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
-                          raw: bytes, request_id: str) -> web.StreamResponse:
-        """Model lists and token counting: not billed, forwarded as they are."""
-        session = self.state.session
-        assert session is not None
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
-        try:
-            async with session.request(request.method, url, data=raw or None,
-                                       headers=upstream_headers(request.headers, upstream, dialect)) as up:
-                body = await up.read()
-                return web.Response(body=body, status=up.status, headers=client_headers(up.headers, request_id))
-        except UPSTREAM_FAILED as exc:
-            return error_response(dialect, 502, f"tokenbudget: upstream {upstream.name} failed: "
-                                  f"{type(exc).__name__}", request_id=request_id)
-
     def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
                think: Decision | None = None) -> None:
         """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
-        if reading.usage is not None and reading.usage.total_tokens > 0:
+        if reading.broke:
+            self.broken_stream(record, reading)
+        elif reading.usage is not None and reading.usage.total_tokens > 0:
             record.usage, record.source = reading.usage, UsageSource.PROVIDER
         elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
             record.usage, record.source = Usage(), UsageSource.NONE
         else:
-            generated = tokens.count_sync(record.model, reading.text) if reading.text else 0
-            record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=generated)
+            record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=estimate_output(record, reading))
             record.source = UsageSource.ESTIMATED
-        record.truncated = reading.truncated
+        record.truncated = record.truncated or reading.truncated
         record.response_id = reading.response_id
         if record.usage.total_tokens:
             upstream = self.state.policy.upstream(record.upstream)
@@ -298,12 +281,38 @@ class Proxy:
         self.state.thinking.observe(think, record, reading)
         self.record(record, started, added)
 
+    @staticmethod
+    def broken_stream(record: UsageRecord, reading: Reading) -> None:
+        """A stream that ended without its provider's completion event (reset, in-stream error, Cut hang-up,
+        timeout): the provider bills what it generated, and the last usage it sent is only a lower bound
+        (Anthropic's message_start says output 1 whatever follows). So output is the larger of that figure
+        and an estimate from the text relayed, flagged estimated when the estimate is the larger.
+        """
+        record.truncated = True
+        if reading.error and record.outcome is Outcome.OK:
+            record.outcome = Outcome.UPSTREAM_ERROR
+        reported = reading.usage or Usage()
+        estimate = estimate_output(record, reading)
+        output = max(reported.output_tokens, estimate)
+        record.usage = reported.model_copy(update={
+            "input_tokens": reported.input_tokens or record.prompt_estimate,
+            "output_tokens": output,
+        })
+        estimated = estimate > reported.output_tokens or not reported.input_tokens
+        record.source = UsageSource.ESTIMATED if estimated else UsageSource.PROVIDER
+
     def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
         self.state.usage_log.append(record)
         self.state.metrics.observe(record)
         self.state.metrics.added_latency.labels(record.dialect).observe(added)
         log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
+
+
+def estimate_output(record: UsageRecord, reading: Reading) -> int:
+    """Tokens of the text generated, counted as one text: per-chunk counts add a token at most chunk seams
+    (a cut Responses stream of 60 billed tokens counted 108 chunk by chunk)."""
+    return tokens.count_sync(record.model, ["".join(reading.text)]) if reading.text else 0
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 1024 * 1024  # larger requests get 413 before any JSON decoding
     count_thread_threshold_bytes: int = 32 * 1024  # above this, tiktoken runs in a worker thread
     count_hard_cap_bytes: int = 4 * 1024 * 1024  # above this, a byte-count upper bound instead of tiktoken
+    tiktoken_download: bool = False  # let tiktoken fetch a missing encoding (its download has no timeout)
+    tokenizer_retry_s: float = 30.0  # how often a missing encoding is looked for again (its file may appear)
     prompt_margin_percent: int = 10  # added to tiktoken's count when reserving: other vendors tokenize differently
 
     pool_size: int = 1024  # upstream connections; aiohttp's default of 100 silently caps concurrency

@@ -48,8 +48,9 @@ BAD = [
      413, ("error", "message"), "exceeds 65536 bytes"),
     ("gzip-body", "/openai/v1/chat/completions", gzip.compress(json.dumps(CHAT).encode()),
      {"content-encoding": "gzip"}, 415, ("error", "message"), "Content-Encoding 'gzip' is not supported"),
-    ("unknown-route", "/openai/v1/fine_tuning/jobs", b"{}", {}, 404, ("error", "message"),
-     "not a OpenAI API route"),
+    # a route the sidecar does not meter is forwarded: this is the provider's own 404
+    ("unknown-route", "/openai/v1/fine_tuning/jobsx", b"{}", {}, 404, ("error", "message"),
+     "Invalid URL (POST /v1/fine_tuning/jobsx)"),
     ("unknown-upstream", "/mistral/v1/chat/completions", b"{}", {}, 404, ("error", "message"),
      "no upstream named 'mistral'"),
     ("anthropic-shape", "/anthropic/v1/messages", b"not json", {}, 400, ("error", "message"), "not valid JSON"),

@@ -6,16 +6,19 @@ from typing import Any
 
 from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import (
+    INT32_MAX,
     JSON,
     PASSTHROUGH,
     BadRequest,
     Call,
+    CapProblem,
     Dialect,
     Reading,
     StreamTracker,
     as_int,
     first_id,
     load_json,
+    read_cap,
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
@@ -67,12 +70,17 @@ class AnthropicDialect(Dialect):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("model: Field required")
-        cap = body.get("max_tokens")
+        try:
+            cap = read_cap(body.get("max_tokens"), 0)  # 0 is allowed: it pre-warms the prompt cache
+        except CapProblem as bad:
+            words = {"type": "a valid integer", "below": "greater than or equal to 0",
+                     "above": f"less than or equal to {INT32_MAX}"}
+            raise BadRequest(f"max_tokens: Input should be {words[bad.kind]}", param="max_tokens") from None
         metadata = body.get("metadata")
         user = user_header or (metadata.get("user_id") if isinstance(metadata, dict) else None)
         return Call(operation, model, stream=body.get("stream") is True,
                     user=user if isinstance(user, str) else None,
-                    output_cap=cap if isinstance(cap, int) else None)
+                    output_cap=cap)
 
     def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
         body["max_tokens"] = cap
@@ -100,7 +108,8 @@ class AnthropicDialect(Dialect):
     def tracker(self, call: Call) -> StreamTracker:
         return MessagesTracker(call)
 
-    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+    def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,
+              code: str | None = None) -> JSON:
         kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
 

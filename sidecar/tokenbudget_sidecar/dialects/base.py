@@ -18,8 +18,60 @@ JSON = dict[str, Any]
 PASSTHROUGH = "passthrough"
 
 
+INT32_MAX = 2**31 - 1  # no provider takes an output cap past this (Gemini's field is an int32)
+
+
 class BadRequest(Exception):
-    """The app's request is malformed in a way the provider would also reject; answered as a 400."""
+    """The app's request is malformed in a way the provider would also reject; answered as a 400.
+
+    `param` and `code` fill the fields of the provider's error body that name the culprit (OpenAI's
+    `param`/`code`), so the SDK's exception says which field was wrong.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class CapProblem(Exception):
+    """An output cap that is not an integer in range: the dialect words it as its provider would."""
+
+    def __init__(self, kind: str, value: object) -> None:
+        super().__init__(kind)
+        self.kind, self.value = kind, value  # kind: "type", "below" or "above"
+
+
+def read_cap(value: object, minimum: int) -> int | None:
+    """An output cap from JSON: None when absent or null; raises CapProblem otherwise unless it is an
+    integer in [minimum, INT32_MAX]. An integral float (50.0) is that integer: JSON has one number type.
+
+    Why strictly: a cap we cannot read as the provider will is a hold we cannot size. A string was once
+    forwarded as if there were no cap; a negative or absurd one makes a negative or absurd reservation.
+    """
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CapProblem("type", value)
+    if value < minimum:
+        raise CapProblem("below", value)
+    if value > INT32_MAX:
+        raise CapProblem("above", value)
+    return value
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a value's type, as providers' validation messages say it."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
 
 
 @dataclass
@@ -41,6 +93,7 @@ class Reading:
     usage: Usage | None = None
     truncated: bool = False
     finished: bool = False  # the provider's terminal event or whole body was seen
+    streamed: bool = False  # read from an event stream: one that ends unfinished broke (proxy.broken_stream)
     error: bool = False  # an in-stream error event
     response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
@@ -49,6 +102,11 @@ class Reading:
     # short, and thinking can be estimated when the provider gives no breakdown (Anthropic, compat servers).
     answer_text: list[str] = field(default_factory=list)  # visible answer text (not thinking)
     thinking_text: list[str] = field(default_factory=list)  # thinking / reasoning text or summary seen
+
+    @property
+    def broke(self) -> bool:
+        """A stream that ended without its provider's completion event, or with an error event in it."""
+        return self.streamed and (self.error or not self.finished)
 
 
 class StreamTracker:
@@ -117,7 +175,8 @@ class Dialect:
     def tracker(self, call: Call) -> StreamTracker:
         raise NotImplementedError
 
-    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+    def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,
+              code: str | None = None) -> JSON:
         raise NotImplementedError
 
     def auth(self, key: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,13 +10,16 @@ from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import (
     JSON,
     PASSTHROUGH,
+    BadRequest,
     Call,
+    CapProblem,
     Dialect,
     Reading,
     StreamTracker,
     as_int,
     first_id,
     load_json,
+    read_cap,
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
@@ -66,6 +70,8 @@ class GeminiDialect(Dialect):
             verb = match.group(3)
             if verb in ("generateContent", "streamGenerateContent"):
                 return "generate"
+            if verb in ("embedContent", "batchEmbedContents"):
+                return "embed"  # billed per input token; the answer reports none, so the prompt is estimated
             if verb == "countTokens":
                 return PASSTHROUGH
         if method == "GET" and re.match(r"^/(v1|v1beta)/models(/[^/]+)?$", path):
@@ -75,10 +81,18 @@ class GeminiDialect(Dialect):
     def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
         match = ROUTE.match(path)
         assert match is not None  # operation() matched it
+        if operation == "embed":
+            return Call(operation, match.group(2), user=user_header, output_cap=0)
         config = body.get("generationConfig") or body.get("generation_config") or {}
-        cap = config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict) else None
+        raw = config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict) else None
+        try:
+            cap = read_cap(raw, 0)
+        except CapProblem as bad:
+            why = ": must not be negative" if bad.kind == "below" else ""
+            raise BadRequest(f"Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32), "
+                             f"{json.dumps(bad.value)}{why}", param="generationConfig.maxOutputTokens") from None
         return Call(operation, match.group(2), stream=match.group(3) == "streamGenerateContent",
-                    user=user_header, output_cap=cap if isinstance(cap, int) else None)
+                    user=user_header, output_cap=cap)
 
     def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
         key = "generation_config" if "generation_config" in body and "generationConfig" not in body else (
@@ -100,7 +114,7 @@ class GeminiDialect(Dialect):
         return len(contents) + 1 if isinstance(contents, list) else 2
 
     def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("contents", "systemInstruction", "system_instruction", "tools")
+        keys = ("contents", "systemInstruction", "system_instruction", "tools", "content", "requests")
         return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
@@ -112,7 +126,8 @@ class GeminiDialect(Dialect):
     def tracker(self, call: Call) -> StreamTracker:
         return GenerateTracker(call)
 
-    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+    def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,
+              code: str | None = None) -> JSON:
         details: list[JSON] = []
         if retry_after is not None:
             details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",

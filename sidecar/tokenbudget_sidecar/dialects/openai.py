@@ -10,21 +10,27 @@ from tokenbudget_sidecar.dialects.base import (
     PASSTHROUGH,
     BadRequest,
     Call,
+    CapProblem,
     Dialect,
     Reading,
     StreamTracker,
     as_int,
     first_id,
+    json_type,
     load_json,
+    read_cap,
     texts_of,
 )
 from tokenbudget_sidecar.sse import Event
 
 OPERATIONS = {
     "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",  # legacy: usage as chat's, choices[].text
+    "/v1/moderations": PASSTHROUGH,  # free
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
 }
+LEGACY_DEFAULT_MAX_TOKENS = 16  # /v1/completions generates at most 16 tokens unless told otherwise
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 429: "rate_limit_exceeded", 502: "server_error",
                504: "server_error"}
@@ -51,7 +57,7 @@ class OpenAIDialect(Dialect):
 
     def operation(self, method: str, path: str) -> str | None:
         if method == "POST" and path in OPERATIONS:
-            return OPERATIONS[path]
+            return OPERATIONS[path]  # anything else is forwarded as is (transparent.py)
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             return PASSTHROUGH
         return None
@@ -60,15 +66,17 @@ class OpenAIDialect(Dialect):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("you must provide a model parameter")
-        cap = body.get("max_output_tokens") if operation == "responses" else (
-            body.get("max_completion_tokens", body.get("max_tokens")))
+        fields = ("max_output_tokens",) if operation == "responses" else ("max_completion_tokens", "max_tokens")
+        caps = [_cap(body, key) for key in fields]
+        cap = next((c for c in caps if c is not None), None)
+        if operation == "completions" and cap is None:
+            cap = LEGACY_DEFAULT_MAX_TOKENS
         user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
-        return Call(operation, model, stream=body.get("stream") is True, user=user,
-                    output_cap=cap if isinstance(cap, int) else None)
+        return Call(operation, model, stream=body.get("stream") is True, user=user, output_cap=cap)
 
     def prepare(self, call: Call, body: JSON) -> bool:
         """Chat streams report usage only when asked; ask, and hide the extra chunk from the app."""
-        if call.operation != "chat" or not call.stream:
+        if call.operation not in ("chat", "completions") or not call.stream:
             return False
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
@@ -94,17 +102,18 @@ class OpenAIDialect(Dialect):
         return len(items) + 1 if isinstance(items, list) else 2
 
     def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("messages", "input", "instructions", "tools", "response_format", "text")
+        keys = ("messages", "input", "instructions", "tools", "response_format", "text", "prompt", "suffix")
         return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
         first_id(reading, body.get("id"))
-        if call.operation == "chat":
+        if call.operation in ("chat", "completions"):
             for choice in body.get("choices") or []:
                 if isinstance(choice, dict):
                     reading.truncated |= choice.get("finish_reason") == "length"
-                    content = (choice.get("message") or {}).get("content")
+                    message = choice.get("message")
+                    content = message.get("content") if isinstance(message, dict) else choice.get("text")
                     if isinstance(content, str):
                         reading.text.append(content)
                         reading.answer_text.append(content)
@@ -127,14 +136,29 @@ class OpenAIDialect(Dialect):
     def tracker(self, call: Call) -> StreamTracker:
         return ResponsesTracker(call) if call.operation == "responses" else ChatTracker(call)
 
-    def error(self, status: int, message: str, *, retry_after: float | None = None) -> JSON:
+    def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,
+              code: str | None = None) -> JSON:
         kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-        code = "rate_limit_exceeded" if status == 429 else None
-        return {"error": {"message": message, "type": "tokens" if status == 429 else kind, "param": None,
+        code = "rate_limit_exceeded" if status == 429 else code
+        return {"error": {"message": message, "type": "tokens" if status == 429 else kind, "param": param,
                           "code": code}}
 
     def auth(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
+
+
+def _cap(body: JSON, key: str) -> int | None:
+    """An output cap field, refused in OpenAI's own words when it is not an integer ≥ 1."""
+    try:
+        return read_cap(body.get(key), 1)
+    except CapProblem as bad:
+        if bad.kind == "type":
+            raise BadRequest(f"Invalid type for '{key}': expected an integer, but got {json_type(bad.value)} "
+                             "instead.", param=key, code="invalid_type") from None
+        bound, word = ("minimum", "below") if bad.kind == "below" else ("maximum", "above")
+        limit = ">= 1" if bad.kind == "below" else f"<= {2**31 - 1}"
+        raise BadRequest(f"Invalid '{key}': integer {word} {bound} value. Expected a value {limit}, but got "
+                         f"{bad.value} instead.", param=key, code=f"integer_{word}_{bound[:3]}_value") from None
 
 
 def _reasoning_text(reading: Reading, message: Any) -> None:
@@ -144,6 +168,7 @@ def _reasoning_text(reading: Reading, message: Any) -> None:
         for key in ("reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 reading.thinking_text.append(message[key])
+                reading.text.append(message[key])  # generated, hence billed: part of any estimate
 
 
 class ChatTracker(StreamTracker):
@@ -167,7 +192,8 @@ class ChatTracker(StreamTracker):
             if not isinstance(choice, dict):
                 continue
             r.truncated |= choice.get("finish_reason") == "length"
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else choice.get("text")  # legacy: text
             if isinstance(content, str):
                 r.text.append(content)
                 r.answer_text.append(content)
@@ -192,6 +218,7 @@ class ResponsesTracker(StreamTracker):
             r.answer_text.append(data["delta"])
         elif kind in self.REASONING_DELTAS and isinstance(data.get("delta"), str):
             r.thinking_text.append(data["delta"])
+            r.text.append(data["delta"])
         elif kind in self.TERMINAL:
             response = data.get("response") or {}
             r.usage = usage_of(response.get("usage")) or r.usage

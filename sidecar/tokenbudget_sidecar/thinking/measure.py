@@ -73,7 +73,8 @@ def measure(record: UsageRecord, reading: Reading, *, thinking_on: bool, exact_b
         else:
             thinking = count(record.model, thinking_texts) if any(thinking_texts) else 0
     visible = max(provider_output - thinking, 0) if provider_output else answer
-    truncated = record.truncated
+    # The output cap, not a broken stream (the record calls both truncated; only the cap says how thinking went).
+    truncated = record.truncated and (reading.truncated or not reading.broke)
     bound = exact_budget is not None and exact_budget > 0 and thinking >= exact_budget * BUDGET_BOUND_SHARE
     return Measurement(thinking_tokens=max(thinking, 0), answer_tokens=visible, estimated=estimated,
                        truncated=truncated, thinking_only=truncated and visible <= NEAR_EMPTY_TOKENS,

@@ -31,11 +31,13 @@ through the SDKs' ``extra_headers`` and through any proxy in between:
     Prompt-cache reads / writes, carved out of the counted prompt (the prompt grows to fit when they
     exceed it). Reported per provider: OpenAI and Gemini prompt counts include them; Anthropic
     ``input_tokens`` excludes both. Gemini has no cache-write field and ignores the second header.
-``x-upstream-fail: 429 | 500 | 503 | 529 | reset-before-headers | reset-mid-stream | in-stream-error``
+``x-upstream-fail: 429 | 500 | 503 | 529 | reset-before-headers | reset-mid-stream | in-stream-error |
+stall-mid-stream``
     An HTTP error in the dialect's shape; a TCP reset before any response byte; a reset part-way
-    through the body (``settings.cut_fraction`` of the content, never the final usage); or the
+    through the body (``settings.cut_fraction`` of the content, never the final usage); the
     dialect's in-stream error event at that point (a non-streamed call gets HTTP 500 / 529 / 503 for
-    OpenAI / Anthropic / Gemini instead).
+    OpenAI / Anthropic / Gemini instead); or silence at that point for ``settings.stall_s`` and then a
+    reset (a client's read timeout strikes first).
 ``x-upstream-retry-after: seconds``
     ``Retry-After`` header on OpenAI/Anthropic errors; ``RetryInfo.retryDelay`` in a Gemini 429 body.
 ``x-upstream-chunk-delay-ms: N`` / ``x-upstream-chunk-tokens: N``

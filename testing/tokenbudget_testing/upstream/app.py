@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_dialect, gemini_dialect, openai_dialect, openai_responses
+from . import anthropic_dialect, gemini_dialect, more_routes, openai_dialect, openai_responses
 from .behaviour import STATUS_FAILURES, ControlError, parse_controls
 from .call import Call, UpstreamError
 from .dialect import DialectSpec, Handler
@@ -124,6 +124,10 @@ async def _gemini(request: web.Request) -> web.StreamResponse:
         return await _GEMINI_GENERATE(request)
     if method == "countTokens":
         return await _GEMINI_COUNT(request)
+    if method == "embedContent":
+        return await _GEMINI_EMBED(request)
+    if method == "batchEmbedContents":
+        return await _GEMINI_BATCH_EMBED(request)
     body = {
         "error": {"code": 404, "message": f"Method not found: {method or '(none)'} for {model}", "status": "NOT_FOUND"}
     }
@@ -132,6 +136,8 @@ async def _gemini(request: web.Request) -> web.StreamResponse:
 
 _GEMINI_GENERATE = route(gemini_dialect.SPEC, gemini_dialect.generate)
 _GEMINI_COUNT = route(gemini_dialect.SPEC, gemini_dialect.count_tokens)
+_GEMINI_EMBED = route(gemini_dialect.SPEC, lambda call, raw: more_routes.embed(call, raw, batch=False))
+_GEMINI_BATCH_EMBED = route(gemini_dialect.SPEC, lambda call, raw: more_routes.embed(call, raw, batch=True))
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -175,8 +181,14 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     add("POST", "/v1/messages/count_tokens", route(anthropic_dialect.SPEC, anthropic_dialect.count_tokens))
     add("POST", "/v1beta/models/{target}", _gemini)
     add("POST", "/v1/models/{target}", _gemini)
+    add("POST", "/v1/completions", route(openai_dialect.COMPLETIONS, more_routes.completions))
+    add("POST", "/v1/moderations", more_routes.moderations)
+    add("POST", "/v1/files", more_routes.files)
+    add("POST", "/v1/batches", more_routes.batches)
+    add("POST", "/v1/messages/batches", more_routes.message_batches)
     add("GET", "/_upstream/served", _served)
     add("DELETE", "/_upstream/served", _clear)
+    add("*", "/{tail:.*}", more_routes.not_found)  # last: any other path, as the providers answer it
     return app
 
 

@@ -32,9 +32,11 @@ H_CHUNK_TOKENS = "x-upstream-chunk-tokens"
 H_OMIT_USAGE = "x-upstream-omit-usage"
 H_REQUEST_ID = "x-upstream-request-id"
 
-Failure = Literal["429", "500", "503", "529", "reset-before-headers", "reset-mid-stream", "in-stream-error"]
+Failure = Literal["429", "500", "503", "529", "reset-before-headers", "reset-mid-stream", "in-stream-error",
+                  "stall-mid-stream"]
 STATUS_FAILURES: frozenset[str] = frozenset({"429", "500", "503", "529"})
-_FAILURES: frozenset[str] = STATUS_FAILURES | {"reset-before-headers", "reset-mid-stream", "in-stream-error"}
+_FAILURES: frozenset[str] = STATUS_FAILURES | {"reset-before-headers", "reset-mid-stream", "in-stream-error",
+                                                "stall-mid-stream"}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 

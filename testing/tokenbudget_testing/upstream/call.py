@@ -216,7 +216,7 @@ class Call:
 
         fail = self.ctl.fail
         cut_at: int | None = None
-        if fail in ("reset-mid-stream", "in-stream-error"):
+        if fail in ("reset-mid-stream", "in-stream-error", "stall-mid-stream"):
             # Strike after cut_fraction of the content frames but always before the last one, so the
             # final usage never gets out; with no content at all, just before the final usage.
             content = [i for i, frame in enumerate(frames) if frame.content]
@@ -229,6 +229,9 @@ class Call:
 
         for index, frame in enumerate(frames):
             if index == cut_at:
+                if fail == "stall-mid-stream":  # silence past the client's read timeout, then give up
+                    await asyncio.sleep(self.settings.stall_s)
+                    return self.reset()
                 if fail == "reset-mid-stream":
                     return self.reset()
                 if error_frame is not None:

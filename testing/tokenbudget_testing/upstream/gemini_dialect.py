@@ -32,7 +32,7 @@ from .call import Call, Frame, UpstreamError, dumps
 from .dialect import DialectSpec, ErrorAnswer, format_seconds, new_id, require_object
 from .tokens import answer_words, count_messages, group, thinking_words
 
-METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+METHODS = ("generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents")
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",

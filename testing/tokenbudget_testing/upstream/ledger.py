@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Dialect = Literal["openai-chat", "openai-responses", "openai-embeddings", "anthropic", "gemini"]
+Dialect = Literal["openai-chat", "openai-completions", "openai-responses", "openai-embeddings", "anthropic",
+                  "gemini"]
 
 
 class ServedRecord(BaseModel):

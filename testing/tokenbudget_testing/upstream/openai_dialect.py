@@ -123,6 +123,7 @@ def _spec(dialect: Any, prefix: str) -> DialectSpec:
 CHAT = _spec("openai-chat", "chatcmpl-")
 RESPONSES = _spec("openai-responses", "resp_")
 EMBEDDINGS = _spec("openai-embeddings", "emb_")
+COMPLETIONS = _spec("openai-completions", "cmpl-")
 
 
 def hidden_reasoning(plan: Plan, per_chunk: int, copies: int = 1) -> list[Frame]:

@@ -48,6 +48,10 @@ class UpstreamSettings(BaseSettings):
         le=1.0,
         description="Share of the content events written before reset-mid-stream / in-stream-error strike.",
     )
+    stall_s: float = Field(
+        3.0, ge=0.0, le=60.0,
+        description="How long stall-mid-stream keeps silent (after cut_fraction of the content) before a reset.",
+    )
     anthropic_json_padding: bool = Field(
         False, description="Pad Anthropic SSE JSON with spaces before the closing brace, as the live API does."
     )
