@@ -334,7 +334,9 @@ class BudgetState:
             if lease is not None and not self._lease_holds(window, lease, amount, now):
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until a grant arrives
-                raise Refused(429, self._no_grant(window, lease, now), retry_after=LEASE_ROUND_S)
+                if not self.dry_run:
+                    raise Refused(429, self._no_grant(window, lease, now), retry_after=LEASE_ROUND_S)
+                decisions.append(Action.BLOCK)
             clears = self.history_clears_at(window, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
                 if not self.dry_run:

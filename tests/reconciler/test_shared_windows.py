@@ -42,9 +42,9 @@ class Fleet:
     """N sidecars of one budget and an operator allocating leases to them every round."""
 
     def __init__(self, limit: dict[str, Any], pods: int, *, leased: bool = True,
-                 ahead: dt.timedelta = dt.timedelta(seconds=6)) -> None:
+                 ahead: dt.timedelta = dt.timedelta(seconds=6), **spec_extra: Any) -> None:
         self.total = Decimal(limit["tokens"])
-        spec = TokenBudgetSpec.model_validate({"selector": {}, "limits": [limit]})
+        spec = TokenBudgetSpec.model_validate({"selector": {}, "limits": [limit], **spec_extra})
         self.view = BudgetView(namespace="team-a", name="shared", spec=spec, uid="u", generation=1)
         assert spec.limits is not None
         self.limit = spec.limits[0]

@@ -10,17 +10,16 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from tokenbudget_api.policy import Lease, SidecarPolicy
-from tokenbudget_api.tokenbudget import Enforcement, Limit
+from tokenbudget_api.tokenbudget import Limit
 from tokenbudget_api.windows import as_utc, percent_used
 from tokenbudget_operator.reconciler.lease_types import lease_period_start
 from tokenbudget_operator.reconciler.views import BudgetView
 
 
 def leased_windows(view: BudgetView) -> list[Limit]:
-    """The windows split into leases: every window of an enforcing budget (DryRun blocks nothing, so there
-    is nothing to split). Rolling and per-key windows get their own kind of lease (leases.py)."""
-    if view.spec.enforcement is Enforcement.DRY_RUN:
-        return []
+    """The windows split into leases: every window, of an enforcing budget and of a DryRun one alike (a dry
+    run applies its grants to what it would have done, so its counts speak for the whole fleet, not one pod).
+    Rolling and per-key windows get their own kind of lease (leases.py)."""
     return list(view.spec.limits or [])
 
 
