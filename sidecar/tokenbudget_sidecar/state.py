@@ -18,6 +18,7 @@ from tokenbudget_api.windows import Clock, SystemClock
 from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import BudgetState
+from tokenbudget_sidecar.budget_metrics import BudgetCollector
 from tokenbudget_sidecar.checkpoint import Checkpoint, CheckpointFile
 from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.pricing import PriceBook
@@ -59,6 +60,7 @@ class State:
             Gauge("tokenbudget_checkpoint_write_errors", "Usage checkpoint writes that failed since start: the "
                   "ledger then keeps acknowledged records.", registry=self.metrics.registry).set_function(
                 lambda: checkpoint_file.write_errors)
+        self.metrics.registry.register(BudgetCollector(lambda: self.admission))
         self._build(self.policy)
         self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
 

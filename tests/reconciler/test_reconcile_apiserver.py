@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from controlplane import ControlPlane, _die_with_parent, terminate
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs
@@ -70,6 +71,11 @@ def http(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> 
     with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
         raw = resp.read()
         return json.loads(raw) if raw else None
+
+
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # loopback only
+        return str(resp.read().decode())
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05) -> T:
@@ -671,3 +677,73 @@ def test_the_operator_needed_no_permission_beyond_deploy_rbac(stack: Stack) -> N
     log = "\n".join(p.read_text(errors="replace") for p in stack.workdir.glob("operator*.log"))
     refused = [line for line in log.splitlines() if "forbidden" in line.lower()]
     assert not refused, "\n".join(refused[:5])
+
+
+def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_the_fleet_crosses_half(
+    stack: Stack
+) -> None:
+    """Issue 13: headers, /budgets, the sidecars' metrics and `kubectl get tb` speak of the fleet, not a lease."""
+    kube = stack.kube
+    extra: list[Sidecar] = []
+    limit, key = 4000, f"{NS}/fleetview"
+    try:
+        for ip, pod in (("127.0.0.4", "chat-c"), ("127.0.0.5", "chat-d")):
+            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
+        for s in extra:
+            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
+            kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(s.pod, {"app": "x", "pool": "shared"})))
+            set_pod_ip(kube, s.pod, s.ip)
+        sidecars = [*stack.sidecars, *extra]
+        apply(kube, budget("fleetview", stack.upstream, selector={"pool": "shared"}, tokens=limit,
+                           ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
+        wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
+
+        def own_used(s: Sidecar) -> int:
+            (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
+            return int(b["windows"][0]["used"])
+
+        def call(s: Sidecar) -> str:
+            client = OpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=5)  # honours Retry-After
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Say one thing."}])
+            return str(raw.headers["x-tokenbudget-stage"])
+
+        for s in sidecars:  # about 9 % each: 36 % for the fleet
+            while own_used(s) < limit * 9 // 100:
+                call(s)
+
+        def fleet_percent(s: Sidecar) -> tuple[int, str]:
+            (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
+            return int(b["windows"][0]["percent"]), str(b["stage"])
+
+        status = wait_for("status to count every sidecar", lambda: (st := get_tb(kube, "fleetview").get(
+            "status") or {}).get("usedPercent", 0) >= 36 and st, timeout=10)
+        assert status["stage"] == "Normal"
+        # After a lease round every sidecar sees the fleet's 36-39 %, not its own 9 % nor 9 % of a small grant.
+        def near_status() -> list[tuple[int, str]] | None:
+            seen = [fleet_percent(s) for s in sidecars]
+            return seen if all(abs(pct - status["usedPercent"]) <= 2 for pct, _ in seen) else None
+
+        seen = wait_for("every sidecar to see the fleet", near_status, timeout=10)
+        assert all(stage == "Normal" for _, stage in seen), seen
+        assert all(call(s) == "Normal" for s in sidecars)
+        samples = [sample for s in sidecars for family in text_string_to_metric_families(
+            http_text(f"{s.admin}/metrics")) for sample in family.samples if sample.name == "tokenbudget_budget_stage"
+                   and sample.labels.get("budget") == key]
+        assert [sample.value for sample in samples] == [0.0] * 4
+
+        while fleet_percent(sidecars[0])[0] < 52:  # one pod takes the fleet past half
+            call(sidecars[0])
+        def all_alert() -> list[str] | None:
+            stages = [fleet_percent(s)[1] for s in sidecars]
+            return stages if all(stage == "Alert" for stage in stages) else None
+
+        assert wait_for("every sidecar to report Alert", all_alert, timeout=5) == ["Alert"] * 4
+        assert call(sidecars[3]) == "Alert", "the pod that spent nothing more knows the fleet crossed 50 %"
+        wait_for("kubectl get tb to agree", lambda: kube.kubectl("get", "tb", "fleetview", "-n", NS).stdout
+                 .splitlines()[1].split()[1] == "Alert", timeout=10)
+    finally:
+        kube.kubectl("delete", "tb", "fleetview", "-n", NS, "--ignore-not-found", check=False)
+        for s in extra:
+            kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
+            _kill(s.proc)
