@@ -687,13 +687,15 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
     extra: list[Sidecar] = []
     limit, key = 4000, f"{NS}/fleetview"
     try:
-        for ip, pod in (("127.0.0.4", "chat-c"), ("127.0.0.5", "chat-d")):
+        for ip, pod in (("127.0.0.7", "chat-f"), ("127.0.0.8", "chat-g")):
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
             kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(s.pod, {"app": "x", "pool": "shared"})))
             set_pod_ip(kube, s.pod, s.ip)
         sidecars = [*stack.sidecars, *extra]
+        wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
+            set(s.budgets()) <= {key} for s in sidecars), timeout=15)
         apply(kube, budget("fleetview", stack.upstream, selector={"pool": "shared"}, tokens=limit,
                            ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
         wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
@@ -717,14 +719,14 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
             return int(b["windows"][0]["percent"]), str(b["stage"])
 
         status = wait_for("status to count every sidecar", lambda: (st := get_tb(kube, "fleetview").get(
-            "status") or {}).get("usedPercent", 0) >= 36 and st, timeout=10)
+            "status") or {}).get("usedPercent", 0) >= 36 and st, timeout=20)
         assert status["stage"] == "Normal"
         # After a lease round every sidecar sees the fleet's 36-39 %, not its own 9 % nor 9 % of a small grant.
         def near_status() -> list[tuple[int, str]] | None:
             seen = [fleet_percent(s) for s in sidecars]
             return seen if all(abs(pct - status["usedPercent"]) <= 2 for pct, _ in seen) else None
 
-        seen = wait_for("every sidecar to see the fleet", near_status, timeout=10)
+        seen = wait_for("every sidecar to see the fleet", near_status, timeout=15)
         assert all(stage == "Normal" for _, stage in seen), seen
         assert all(call(s) == "Normal" for s in sidecars)
         samples = [sample for s in sidecars for family in text_string_to_metric_families(
@@ -747,3 +749,24 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
         for s in extra:
             kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
             _kill(s.proc)
+
+
+def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitted(stack: Stack) -> None:
+    """Issue 13: no zero-grant phase between a pod's first push and its first lease round."""
+    kube = stack.kube
+    key = f"{NS}/firstcall"
+    new = Sidecar("127.0.0.6", start_sidecar("127.0.0.6", stack.workdir, stack.token_file), "chat-e")
+    try:
+        apply(kube, budget("firstcall", stack.upstream, selector={"pool": "late"}, tokens=100_000))
+        wait_for(f"sidecar {new.ip}", lambda: http("GET", f"{new.admin}/healthz", token=None), timeout=20)
+        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(new.pod, {"app": "x", "pool": "late"})))
+        set_pod_ip(kube, new.pod, new.ip)
+        wait_for("the new pod's first policy", lambda: key in new.budgets(), interval=0.01, timeout=15)
+        assert new.leased(key), "its first policy must already grant it something"
+        client = OpenAI(base_url=new.openai_url, api_key="sk-test", max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=40,
+                                       messages=[{"role": "user", "content": "First call."}])
+    finally:
+        kube.kubectl("delete", "tb", "firstcall", "-n", NS, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "pod", new.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
+        _kill(new.proc)

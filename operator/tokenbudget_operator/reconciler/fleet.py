@@ -49,6 +49,7 @@ class PodAgent:
     next_try: float = 0.0  # monotonic; backoff after a failed push
     acked: int = 0  # last cursor the sidecar acknowledged to us
     departed: bool = False  # gone from the index: one last usage pull, then forgotten
+    reported: bool = False  # a lease round heard from it: its grants are allocated, not placeholders
 
     @property
     def synced(self) -> bool:
@@ -69,6 +70,7 @@ class Fleet:
         self.tiers_index = tiers
         self.pods_index = pods
         self.wake = asyncio.Event()
+        self.lease_wake = asyncio.Event()  # a pod waits for its first grants: run a lease round now
         self.indexes_ready = False
         self.agents: dict[str, PodAgent] = {}
         self.aggregator = Aggregator()

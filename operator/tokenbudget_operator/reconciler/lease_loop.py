@@ -9,6 +9,7 @@ it (leases.py's contract); a pod not heard from this round keeps what it held, u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 
@@ -49,6 +50,7 @@ async def report(fleet: Fleet, agent: PodAgent) -> tuple[str, dict[str, BudgetRe
     except Exception as exc:
         logger.warning("lease report from pod %s failed: %s", agent.entry.view.key, exc)
         return uid, None
+    agent.reported = True
     return uid, {b.name: b for b in answer.budgets}
 
 
@@ -100,6 +102,7 @@ async def lease_round(fleet: Fleet) -> None:
 
 
 async def run(fleet: Fleet) -> None:
+    """Every `lease_interval_s`, and at once when a pod waits for its first grants (push_loop)."""
     while True:
         if fleet.active:
             try:
@@ -108,4 +111,7 @@ async def run(fleet: Fleet) -> None:
                 fleet.leases_ready = True
             except Exception:
                 logger.exception("lease round failed")
-        await asyncio.sleep(fleet.settings.lease_interval_s if fleet.leases_ready else 0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fleet.lease_wake.wait(),
+                                   fleet.settings.lease_interval_s if fleet.leases_ready else 0.05)
+        fleet.lease_wake.clear()

@@ -17,11 +17,21 @@ import time
 from tokenbudget_operator.reconciler import metrics
 from tokenbudget_operator.reconciler.effective import Effective
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
-from tokenbudget_operator.reconciler.lease_rules import applied_leases
+from tokenbudget_operator.reconciler.lease_rules import applied_leases, leased_windows
 from tokenbudget_operator.reconciler.sidecar_client import SidecarError
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
+
+
+def awaits_grants(fleet: Fleet, agent: PodAgent) -> bool:
+    """A pod no lease round has seen yet for one of its leased budgets: its first push waits for that round
+    (woken at once), so it carries the pod's first grants and a budget with room admits its first calls,
+    instead of a zero grant refusing them until the next round."""
+    desired = agent.desired
+    if desired is None or agent.reported:
+        return False
+    return any((view := fleet.view(key)) is not None and leased_windows(view) for key in desired.budgets)
 
 
 def schedule_pushes(fleet: Fleet) -> None:
@@ -30,6 +40,9 @@ def schedule_pushes(fleet: Fleet) -> None:
         if agent.departed or agent.pushing or agent.desired is None or agent.entry.ip is None:
             continue
         if agent.applied == agent.desired.policy.version or now < agent.next_try:
+            continue
+        if awaits_grants(fleet, agent):
+            fleet.lease_wake.set()
             continue
         agent.pushing = True
         task = asyncio.create_task(push(fleet, agent, agent.desired))
