@@ -33,6 +33,11 @@ class OnOversize(StrEnum):
     CLAMP = "Clamp"
 
 
+class UncappedOutput(StrEnum):
+    HOLD = "Hold"
+    REJECT = "Reject"
+
+
 class Period(StrEnum):
     MINUTE = "Minute"
     HOUR = "Hour"
@@ -91,6 +96,11 @@ class RequestCaps(ApiModel):
     on_oversize: OnOversize = Field(
         default=OnOversize.REJECT,
         description="Reject a call whose output cap exceeds maxOutputTokens (400), or Clamp the cap down to it.",
+    )
+    uncapped_output: UncappedOutput = Field(
+        default=UncappedOutput.HOLD,
+        description="A call that sets no output cap when no maxOutputTokens applies: Hold the sidecar's default "
+        "output allowance for it (the provider may bill more), or Reject it with a 400 naming the field to set.",
     )
 
 

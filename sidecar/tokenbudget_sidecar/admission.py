@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tokenbudget_api.policy import SidecarPolicy
-from tokenbudget_api.tokenbudget import Action, OnOversize, Stage
+from tokenbudget_api.tokenbudget import Action, OnOversize, Stage, UncappedOutput
 from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
 from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend
@@ -23,6 +23,11 @@ from tokenbudget_sidecar.dialects import Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
+GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
+# The field a call sets its output cap in, per (dialect, operation); "" is the dialect's default.
+CAP_FIELDS = {("openai", ""): "max_completion_tokens", ("openai", "responses"): "max_output_tokens",
+              ("openai", "completions"): "max_tokens", ("anthropic", ""): "max_tokens",
+              ("gemini", ""): "generationConfig.maxOutputTokens"}
 
 
 class Gate:
@@ -170,6 +175,11 @@ class Admission:
         caps = b.spec.request
         if caps is None:
             return
+        if (caps.uncapped_output is UncappedOutput.REJECT and caps.max_output_tokens is None
+                and call.output_cap is None and call.operation in GENERATIVE):
+            field = CAP_FIELDS.get((dialect.name, call.operation), CAP_FIELDS.get((dialect.name, ""), "max_tokens"))
+            self._decide(b, ticket, None, 400, f"tokenbudget: budget {b.name} requires an output cap on every "
+                         f"call (spec.request.uncappedOutput: Reject): set {field}")
         if caps.max_prompt_tokens is not None and prompt_tokens > caps.max_prompt_tokens:
             self._decide(b, ticket, None, 400, f"tokenbudget: the prompt has {prompt_tokens} tokens (tiktoken "
                          f"count with message framing), above the {caps.max_prompt_tokens} allowed by budget {b.name}")

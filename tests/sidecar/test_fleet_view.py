@@ -158,3 +158,18 @@ def test_an_unsettled_hold_is_released_by_the_running_sidecar_after_its_ttl() ->
 
 def test_the_standalone_admin_port_binds_to_loopback_by_default() -> None:
     assert Settings().admin_host == "127.0.0.1"
+
+
+async def test_a_budget_can_require_an_output_cap_and_rejects_uncapped_calls_naming_the_field() -> None:
+    """Issue 13 part 6: with no cap the hold is a guess, so a budget may refuse to guess."""
+    clock = ManualClock(T0)
+    adm = admission({**spec(), "request": {"uncappedOutput": "Reject"}}, clock)
+    c, body = call(cap=None)
+    with pytest.raises(Refused) as refused:
+        await adm.admit(OPENAI, c, body, "/v1/chat/completions", 10, "http://127.0.0.1")
+    assert refused.value.status == 400
+    assert "set max_completion_tokens" in refused.value.message
+    await run_call(adm, clock, 10, 10, cap=50)  # a capped call is admitted
+    held = admission(spec(), clock)  # the default: hold the sidecar's default allowance
+    ticket, _ = await run_call(held, clock, 10, 10, cap=None)
+    assert ticket.headers["x-tokenbudget-reserved-tokens"] == str(10 + 100)
