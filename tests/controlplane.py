@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -436,3 +437,13 @@ def terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
+
+
+# A loopback /24 of this test run's own (127.X.Y.0): sidecars listen on fixed ports, so two runs on one machine
+# (two checkouts, or a developer's run beside CI's) must never bind the same addresses.
+RUN_NET = f"127.{random.randint(1, 254)}.{random.randint(0, 254)}"
+
+
+def pod_address(host: int) -> str:
+    """The loopback address standing in for one pod's IP in this run."""
+    return f"{RUN_NET}.{host}"

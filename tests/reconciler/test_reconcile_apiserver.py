@@ -1,7 +1,7 @@
 """The operator reconciling TokenBudgets onto real sidecars, against a real kube-apiserver.
 
 Everything is a real process: the operator (`python -m tokenbudget_operator`), two sidecars
-(`python -m tokenbudget_sidecar`), each bound to its own loopback address (127.0.0.2, 127.0.0.3) on the
+(`python -m tokenbudget_sidecar`), each bound to its own loopback address (`controlplane.pod_address`) on the
 standard ports, and the test upstream. Each sidecar has a Pod object whose status.podIP the test sets (no
 kubelet), so the operator finds the admin port the way it does in a cluster: pod IP + 8788. The admin API
 is bearer-protected with the token of the namespace's Secret, as injected pods are.
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from controlplane import ControlPlane, _die_with_parent, terminate
+from controlplane import ControlPlane, _die_with_parent, pod_address, terminate
 from openai import AsyncOpenAI, OpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
 NS = "tb-reconcile"
 TOKEN = "test-token"
-SIDECAR_IPS = ("127.0.0.2", "127.0.0.3")
+SIDECAR_IPS = (pod_address(2), pod_address(3))
 T = TypeVar("T")
 # Short intervals so the tests run in seconds; the webhook is served (SecretDir TLS) but never configured.
 OPERATOR_SETTINGS = {
@@ -482,7 +482,7 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
     extra: list[Sidecar] = []
     limit = 3000
     try:
-        for ip, pod in (("127.0.0.4", "chat-c"), ("127.0.0.5", "chat-d")):
+        for ip, pod in ((pod_address(4), "chat-c"), (pod_address(5), "chat-d")):
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
@@ -535,7 +535,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
     """The controller manager makes the pods; each gets its own sidecar address as the scale-up goes on."""
     kube = kube_controllers
     limit = 2000
-    ips = ["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"]
+    ips = [pod_address(6), pod_address(7), pod_address(8), pod_address(9)]
     procs = {ip: start_sidecar(ip, stack.workdir, stack.token_file) for ip in ips}
     given: dict[str, str] = {}  # pod name → ip
     key = f"{NS}/scaled"
@@ -687,7 +687,7 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
     extra: list[Sidecar] = []
     limit, key = 4000, f"{NS}/fleetview"
     try:
-        for ip, pod in (("127.0.0.7", "chat-f"), ("127.0.0.8", "chat-g")):
+        for ip, pod in ((pod_address(10), "chat-f"), (pod_address(11), "chat-g")):
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
@@ -755,7 +755,7 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
     """Issue 13: no zero-grant phase between a pod's first push and its first lease round."""
     kube = stack.kube
     key = f"{NS}/firstcall"
-    new = Sidecar("127.0.0.6", start_sidecar("127.0.0.6", stack.workdir, stack.token_file), "chat-e")
+    new = Sidecar(pod_address(12), start_sidecar(pod_address(12), stack.workdir, stack.token_file), "chat-e")
     try:
         apply(kube, budget("firstcall", stack.upstream, selector={"pool": "late"}, tokens=100_000))
         wait_for(f"sidecar {new.ip}", lambda: http("GET", f"{new.admin}/healthz", token=None), timeout=20)
@@ -770,3 +770,85 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
         kube.kubectl("delete", "tb", "firstcall", "-n", NS, "--ignore-not-found", check=False)
         kube.kubectl("delete", "pod", new.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
         _kill(new.proc)
+
+
+def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_covers(stack: Stack) -> None:
+    """Issue 13 part 4: SIGSTOP, then SIGKILL and a restart, each for several lease lifetimes, under traffic."""
+    import signal
+
+    from openai import RateLimitError
+
+    kube, operator = stack.kube, stack.operator
+    key, ttl = f"{NS}/outage", 1.5
+    third = Sidecar(pod_address(13), start_sidecar(pod_address(13), stack.workdir, stack.token_file), "chat-h")
+    sidecars = [*stack.sidecars, third]
+    operator.stop()
+    operator.env["TOKENBUDGET_OPERATOR_LEASE_TTL_S"] = str(ttl)  # lifetimes short enough to outlive here
+    operator.start()
+    counts = {"ok": 0, "refused": 0}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        clients = [OpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=0) for s in sidecars]
+        try:
+            while not stop.is_set():
+                for c in clients:
+                    try:
+                        c.chat.completions.create(model="gpt-4o-mini", max_tokens=40,
+                                                  messages=[{"role": "user", "content": "Steady."}])
+                        counts["ok"] += 1
+                    except RateLimitError:
+                        counts["refused"] += 1
+                time.sleep(0.02)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    try:
+        wait_for(f"sidecar {third.ip}", lambda: http("GET", f"{third.admin}/healthz", token=None), timeout=20)
+        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(third.pod, {"app": "chat"})))
+        set_pod_ip(kube, third.pod, third.ip)
+        apply(kube, budget("outage", stack.upstream, tokens=200_000))
+        wait_for("all three sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=15)
+        http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+        worker = threading.Thread(target=traffic, daemon=True)
+        worker.start()
+        time.sleep(1.0)
+        assert operator.proc is not None
+        operator.proc.send_signal(signal.SIGSTOP)  # frozen: no lease rounds, no pulls, no pushes
+        time.sleep(4 * ttl)
+        operator.proc.send_signal(signal.SIGCONT)
+        time.sleep(1.0)
+        operator.proc.kill()  # then gone, with no final commit
+        operator.proc.wait()
+        time.sleep(4 * ttl)
+        operator.start()
+        time.sleep(2.0)
+        stop.set()
+        worker.join(30)
+        assert not errors, errors
+        served = stack.served()
+        spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
+        print(f"\noutage of {8 * ttl:.0f} s ({ttl} s leases): {counts['ok']} calls admitted, {counts['refused']} "
+              f"refused, {spent} tokens spent of 200000")
+        assert counts["refused"] == 0, "a grant with room was refused during the outage"
+        assert counts["ok"] == len(served) > 50
+        assert spent <= 200_000
+
+        def shown() -> str | None:
+            windows = (get_tb(kube, "outage").get("status") or {}).get("windows") or []
+            return windows[0]["used"] if windows and windows[0]["used"] == str(spent) else None
+
+        wait_for(f"status to show exactly {spent} tokens", shown, timeout=15)
+        time.sleep(1.5)  # more rounds: nothing re-pulled is added again
+        assert get_tb(kube, "outage")["status"]["windows"][0]["used"] == str(spent)
+    finally:
+        stop.set()
+        if operator.proc is not None and operator.proc.poll() is None:
+            operator.proc.send_signal(signal.SIGCONT)
+        kube.kubectl("delete", "tb", "outage", "-n", NS, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "pod", third.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
+        _kill(third.proc)
+        operator.stop()
+        operator.env.pop("TOKENBUDGET_OPERATOR_LEASE_TTL_S", None)
+        operator.start()

@@ -1,7 +1,7 @@
 """The operator writing ThinkTier status from every selected sidecar's figures, merged per class.
 
 Real processes as in test_reconcile_apiserver.py (whose helpers this reuses): the operator running as the
-ServiceAccount of deploy/rbac.yaml, two sidecars on their own loopback addresses (127.0.0.12, .13) with a
+ServiceAccount of deploy/rbac.yaml, two sidecars on their own loopback addresses (controlplane.pod_address) with a
 Pod object each, and the test upstream. Reasoning calls go through the official openai SDK with the class
 header and `x-upstream-reasoning-tokens`, so the thinking each call did is known exactly.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
+from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
 from test_reconcile_apiserver import (
@@ -44,7 +44,7 @@ from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker, t
 from tokenbudget_operator.reconciler.views import TierView
 
 NS = "tb-thinktier"
-IPS = ("127.0.0.12", "127.0.0.13")
+IPS = (pod_address(20), pod_address(21))
 TIERS = [{"name": "shallow", "budgetTokens": 2048}, {"name": "standard", "budgetTokens": 8192}]
 CLASSES = [{"name": "lookup", "tier": "shallow", "match": {"headerValues": ["lookup"]}},
            {"name": "support", "tier": "standard", "match": {"headerValues": ["support"]}}]
