@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,4 +235,16 @@ class Fleet:
                 agent.departed = True
 
 
-__all__ = ["Fleet", "Loop", "PodAgent"]
+async def every(fleet: Fleet, seconds: float, round_: Callable[[Fleet], Awaitable[object]], what: str) -> None:
+    """Run `round_` every `seconds` while this replica acts; a failed round is logged and the next one comes."""
+    while True:
+        await asyncio.sleep(seconds)
+        if not fleet.active:
+            continue
+        try:
+            await round_(fleet)
+        except Exception:
+            logger.exception("%s round failed", what)
+
+
+__all__ = ["Fleet", "Loop", "PodAgent", "every"]

@@ -17,7 +17,7 @@ from typing import Any
 from tokenbudget_api import names
 from tokenbudget_api.tokenbudget import Enforcement, Stage
 from tokenbudget_operator.reconciler.conditions import Problem, Reason, budget_conditions
-from tokenbudget_operator.reconciler.fleet import Fleet
+from tokenbudget_operator.reconciler.fleet import Fleet, every
 from tokenbudget_operator.reconciler.indexes import BudgetEntry
 from tokenbudget_operator.reconciler.spec_checks import spec_problems
 from tokenbudget_operator.reconciler.status_writer import Written, post_event
@@ -81,11 +81,4 @@ async def announce_stage(fleet: Fleet, entry: BudgetEntry, slot: Written, status
 
 
 async def run(fleet: Fleet) -> None:
-    while True:
-        await asyncio.sleep(0.5)
-        if not fleet.active:
-            continue
-        try:
-            await status_round(fleet)
-        except Exception:
-            logger.exception("status round failed")
+    await every(fleet, 0.5, status_round, "status")

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 
 from tokenbudget_operator.reconciler.conditions import Problem
-from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
+from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent, every
 from tokenbudget_operator.reconciler.thinktier_status import thinktier_status
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,4 @@ async def thinktier_round(fleet: Fleet) -> None:
 
 
 async def run(fleet: Fleet) -> None:
-    while True:
-        await asyncio.sleep(fleet.settings.usage_interval_s)
-        if not fleet.active:
-            continue
-        try:
-            await thinktier_round(fleet)
-        except Exception:
-            logger.exception("ThinkTier status round failed")
+    await every(fleet, fleet.settings.usage_interval_s, thinktier_round, "ThinkTier status")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from tokenbudget_operator.reconciler import metrics
-from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
+from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent, every
 from tokenbudget_operator.reconciler.sidecar_client import SidecarError
 from tokenbudget_operator.reconciler.status_writer import StateConflict
 
@@ -86,11 +86,4 @@ def forget_deleted_budgets(fleet: Fleet) -> None:
 
 
 async def run(fleet: Fleet) -> None:
-    while True:
-        await asyncio.sleep(fleet.settings.usage_interval_s)
-        if not fleet.active:
-            continue
-        try:
-            await usage_round(fleet)
-        except Exception:
-            logger.exception("usage round failed")
+    await every(fleet, fleet.settings.usage_interval_s, usage_round, "usage")
