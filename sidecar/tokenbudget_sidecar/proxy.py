@@ -24,7 +24,7 @@ from aiohttp import web
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
 from tokenbudget_api.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
-from tokenbudget_sidecar import tokens
+from tokenbudget_sidecar import intents, tokens
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
@@ -143,6 +143,12 @@ class Proxy:
         think = thinking.retarget(think, dialect, call, body)  # a Downgrade may change how the model thinks
         changed = dialect.prepare(call, body)
         payload = json.dumps(body).encode() if changed or ticket.rewrote or (think and think.rewritten) else raw
+        usage_log = self.state.usage_log
+        if usage_log.durable:  # on disk before the provider sees it, so a crash cannot lose it (intents.py)
+            usage_log.intend(intents.interrupted_record(
+                record, call, default_output_tokens=self.state.settings.default_output_tokens,
+                budgets=[b.name for b in admission.budgets], decisions=ticket.decisions, prices=self.state.prices,
+                base_url=upstream.base_url))
         gauge = self.state.metrics.in_flight.labels(dialect.name)
         gauge.inc()
         try:
@@ -151,6 +157,7 @@ class Proxy:
         finally:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
+            usage_log.abandon(request_id)  # a no-op when its record closed the intent
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
                       call: Call, payload: bytes, record: UsageRecord, started: float,

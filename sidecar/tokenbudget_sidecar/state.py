@@ -63,6 +63,8 @@ class State:
         self.metrics.registry.register(BudgetCollector(lambda: self.admission))
         self._build(self.policy)
         self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
+        for record in self.usage_log.recovered:  # calls the last process died with (intents.py)
+            self.metrics.observe(record)
 
     def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy

@@ -80,11 +80,14 @@ class Transparent:
                 record.outcome, record.status, record.source = Outcome.REFUSED, 403, UsageSource.NONE
                 self._finish(record, started)
                 return error_response(dialect, 403, refusal, request_id=request_id)
+            # It may bill: on disk before the provider sees it, so a crash leaves its record (intents.py).
+            self.state.usage_log.intend(record.model_copy(update={"interrupted": True}))
         try:
             return await self._relay(request, upstream, dialect, path, request_id, record)
         finally:
             if record is not None:
                 self._finish(record, started)
+                self.state.usage_log.abandon(request_id)
 
     def _deny(self, record: UsageRecord) -> str | None:
         """The refusal message when an enforcing budget denies unmetered routes (DryRun: noted only)."""
