@@ -28,7 +28,13 @@ from tokenbudget_sidecar import intents, tokens
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
-from tokenbudget_sidecar.headers import client_headers, error_response, upstream_headers
+from tokenbudget_sidecar.headers import (
+    KeyUnavailable,
+    client_headers,
+    error_response,
+    key_unavailable,
+    upstream_headers,
+)
 from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
@@ -165,8 +171,13 @@ class Proxy:
         session = self.state.session
         assert session is not None, "the client session starts with the app"
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
-        headers = upstream_headers(request.headers, upstream, dialect)
         reading = Reading()
+        try:
+            headers = upstream_headers(request.headers, upstream, dialect)
+        except KeyUnavailable as exc:  # never forwarded: nothing billed (status 0)
+            record.outcome = Outcome.UPSTREAM_FAILED
+            self.settle(record, reading, started, time.perf_counter() - started, ticket, think)
+            return key_unavailable(dialect, exc, record.request_id)
         resp: web.StreamResponse
         added = time.perf_counter() - started
         settled = False
