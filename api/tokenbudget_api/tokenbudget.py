@@ -132,8 +132,9 @@ class Limit(ApiModel):
     requests: int | None = Field(default=None, ge=1, le=10**12, description="Limit on the number of calls.")
     per: LimitKey | None = Field(
         default=None,
-        description="Apply the limit to each User (from the user header or the OpenAI user field) or each "
-        "Model separately instead of to the budget as a whole.",
+        description="Apply the limit to each User (from the user header, else the OpenAI user field, Anthropic "
+        "metadata.user_id or the Gemini label userLabel names) or each Model separately instead of to the budget "
+        "as a whole.",
     )
 
     @model_validator(mode="after")
@@ -280,6 +281,11 @@ class TokenBudgetSpec(ApiModel):
     user_header: str = Field(
         default=names.USER_HEADER, pattern=HEADER_NAME_PATTERN,
         description="Request header naming the end user for per-User limits (else the OpenAI user field).",
+    )
+    user_label: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Gemini request label (labels in the body, GenerateContentConfig.labels in google-genai) "
+        "naming the end user for per-User limits when no user header is sent; unset: labels are not read.",
     )
     request: RequestCaps | None = Field(default=None, description="Per-call caps.")
     limits: list[Limit] | None = Field(

@@ -128,6 +128,8 @@ class Proxy:
         except BadRequest as exc:
             return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id, param=exc.param,
                                   code=exc.code)
+        if call.user is None and (label := self.state.user_label()) is not None:
+            call.user = dialect.labelled_user(body, label)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap

@@ -108,5 +108,9 @@ class State:
         budgets = self.policy.budgets
         return budgets[0].spec.user_header if budgets else None
 
+    def user_label(self) -> str | None:
+        """The Gemini label naming the end user, from the first budget that names one (userLabel)."""
+        return next((b.spec.user_label for b in self.policy.budgets if b.spec.user_label), None)
+
 
 STATE = web.AppKey("state", State)

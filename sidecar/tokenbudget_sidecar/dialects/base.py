@@ -182,6 +182,10 @@ class Dialect:
     def auth(self, key: str) -> dict[str, str]:
         return {self.auth_header: key}
 
+    def labelled_user(self, body: JSON, label: str) -> str | None:
+        """The end user named by request label `label` (Gemini's labels); None where a dialect has none."""
+        return None
+
 
 def texts_of(value: Any) -> list[str]:
     """Every string under a JSON value: a conservative basis for counting prompt tokens."""
