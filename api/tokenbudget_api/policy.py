@@ -43,6 +43,8 @@ class PolicyUpstream(ApiModel):
     api_key_secret: str | None = Field(
         default=None, description="The Secret the key file comes from (apiKeySecretRef.name), so that an answer "
         "about a missing or unreadable key can name it; never the key itself.")
+    deployments: dict[str, str] | None = Field(
+        default=None, description="AzureOpenAI: deployment name -> the model it serves (for prices).")
 
 
 def default_upstreams() -> list[PolicyUpstream]:

@@ -62,6 +62,7 @@ class Dialect(StrEnum):
     OPENAI = "OpenAI"
     ANTHROPIC = "Anthropic"
     GEMINI = "Gemini"
+    AZURE_OPENAI = "AzureOpenAI"  # OpenAI's wire format at /openai/deployments/{deployment}/..., api-key header
 
 
 class OnDisconnect(StrEnum):
@@ -254,10 +255,17 @@ class Upstream(ApiModel):
         alias="baseURL", pattern=HTTP_URL_PATTERN, max_length=2048,
         description="Provider base URL without the API version, e.g. https://api.openai.com.",
     )
-    dialect: Dialect = Field(description="Wire format spoken by the provider: OpenAI, Anthropic or Gemini.")
+    dialect: Dialect = Field(
+        description="Wire format spoken by the provider: OpenAI, Anthropic, Gemini or AzureOpenAI (base URL: the "
+        "resource endpoint, e.g. https://my-resource.openai.azure.com).")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="If set, the sidecar injects this key and the app never holds it.",
+    )
+    deployments: dict[str, str] | None = Field(
+        default=None, max_length=256,
+        description="AzureOpenAI: deployment name -> the model it serves, so calls are priced as that model "
+        "(limits and records name the deployment, as the app does).",
     )
 
 

@@ -68,7 +68,8 @@ class State:
 
     def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy
-        self.prices = PriceBook(policy.prices)
+        deployments = {d: m for u in policy.upstreams for d, m in (u.deployments or {}).items()}
+        self.prices = PriceBook(policy.prices, deployments)
         s = self.settings
         self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
                                    s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
