@@ -130,6 +130,7 @@ async def start_webhook(
     memo: Any,
     tokenbudget_namespaces: NamespaceIndex,
     tokenbudget_admin_token_secrets: SecretIndex,
+    tokenbudget_upstream_keys: KeysIndex,
     **_: Any,
 ) -> None:
     """Read the cluster version, pick the TLS source, and plug our server into kopf."""
@@ -150,7 +151,8 @@ async def start_webhook(
     )  # fmt: skip
 
     async def before_serving() -> None:
-        await _wait_for_indexes(api, own, tokenbudget_namespaces, tokenbudget_admin_token_secrets)
+        await _wait_for_indexes(api, own, tokenbudget_namespaces, tokenbudget_admin_token_secrets,
+                                tokenbudget_upstream_keys)
 
     async def write_configuration(client: dict[str, Any]) -> None:
         body = mutating_webhook_configuration(own, client)
@@ -194,7 +196,8 @@ def self_signed_hosts(own: OperatorSettings) -> list[str]:
     return [host for host in dict.fromkeys(hosts) if host]
 
 
-async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: NamespaceIndex, secrets: SecretIndex) -> None:
+async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: NamespaceIndex, secrets: SecretIndex,
+                            keys: KeysIndex) -> None:
     """Hold the listener until kopf's indexes hold what the API listed at startup (bounded by a timeout).
 
     kopf starts webhook servers without waiting for indexes; answering before they are filled would admit
@@ -204,11 +207,13 @@ async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: Namespa
     try:
         want_namespaces = await asyncio.to_thread(kube.namespace_names, api)
         want_secrets = await asyncio.to_thread(kube.namespaces_with_secret, api, own.admin_token_secret)
+        want_keys = await asyncio.to_thread(kube.namespaces_with_keyed_budgets, api)  # else: pods without keys
     except Exception as exc:  # serve anyway: unknown namespaces are admitted unchanged, with a warning
         logger.warning("could not list what the indexes should hold, serving without waiting: %s", exc)
         return
     while True:
         missing = {n for n in want_namespaces if n not in namespaces} | {n for n in want_secrets if n not in secrets}
+        missing |= {n for n in want_keys if n not in keys}
         if not missing:
             logger.info("indexes ready: %d namespaces, %d admin token secrets", len(namespaces), len(secrets))
             return
