@@ -58,21 +58,18 @@ import itertools
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydantic
-
 from tokenbudget_api.usage import UsageRecord
 from tokenbudget_sidecar import intents
+from tokenbudget_sidecar.ledger_replay import SEGMENT_RE, replay
 
 log = logging.getLogger(__name__)
 
-SEGMENT_RE = re.compile(r"^usage-(\d{20})\.jsonl$")
 ACK_FILE = "ack.json"
 LOCK_FILE = "LOCK"
 
@@ -187,55 +184,9 @@ class Ledger:
             return 0, 0
 
     def _replay_segments(self, acked: int) -> tuple[list[UsageRecord], int, int, int, list[UsageRecord]]:
-        found = sorted((int(m.group(1)), self.directory / name)
-                       for name in os.listdir(self.directory) if (m := SEGMENT_RE.match(name)))
-        records: list[UsageRecord] = []
-        last, torn, skipped = 0, 0, 0
-        opened: dict[str, UsageRecord] = {}  # intents, first copy of each
-        closed: set[str] = set()  # request_ids with a record or a close line (anywhere: order does not matter)
-        for base, path in found:
-            data = path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                torn += 1
-                log.warning("ledger segment ends in a torn line (the process died mid-write); discarding it",
-                            extra={"record": {"path": str(path), "bytes": len(data) - end}})
-                os.truncate(path, end)  # so the next replay does not warn again, and appends stay aligned
-            for lineno, line in enumerate(data[:end].splitlines(), 1):
-                if not line.strip():
-                    continue
-                if intents.is_marker(line):
-                    try:
-                        marker = intents.decode(line)
-                    except pydantic.ValidationError as exc:
-                        skipped += 1
-                        log.warning("ledger intent line does not parse; skipping it", extra={"record": {
-                            "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
-                        continue
-                    if marker.intent is not None:
-                        opened.setdefault(marker.intent.request_id, marker.intent)
-                    if marker.close is not None:
-                        closed.add(marker.close)
-                    continue
-                try:
-                    record = UsageRecord.model_validate_json(line)
-                except pydantic.ValidationError as exc:
-                    skipped += 1
-                    log.warning("ledger line does not parse; skipping it", extra={"record": {
-                        "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
-                    continue
-                closed.add(record.request_id)
-                if record.seq <= last:
-                    skipped += 1
-                    log.warning("ledger line repeats or reorders a seq; skipping it", extra={"record": {
-                        "path": str(path), "line": lineno, "seq": record.seq, "after": last}})
-                    continue
-                last = record.seq
-                if record.seq > acked:
-                    records.append(record)
-            self._segments.append((base, path))
-        interrupted = [intent for request_id, intent in opened.items() if request_id not in closed]
-        return records, last, torn, skipped, interrupted
+        found = replay(self.directory, acked)
+        self._segments.extend(found.segments)
+        return found.records, found.last, found.torn, found.skipped, found.interrupted
 
     def _open_active(self, base: int) -> None:
         """Continue in the newest segment if it starts at `base` (so it holds no record: at most intents,
@@ -509,3 +460,6 @@ class Ledger:
         self._pending_fds, self._active_fd = [], -1
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
+
+
+__all__ = ["SEGMENT_RE", "Ledger", "LedgerLocked", "Replayed", "segment_name"]

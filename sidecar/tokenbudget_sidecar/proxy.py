@@ -23,8 +23,8 @@ from aiohttp import web
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
-from tokenbudget_api.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
-from tokenbudget_sidecar import intents, tokens
+from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
+from tokenbudget_sidecar import intents, settlement
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
@@ -281,45 +281,12 @@ class Proxy:
 
     def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
                think: Decision | None = None) -> None:
-        """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
-        if reading.broke:
-            self.broken_stream(record, reading)
-        elif reading.usage is not None and reading.usage.total_tokens > 0:
-            record.usage, record.source = reading.usage, UsageSource.PROVIDER
-        elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
-            record.usage, record.source = Usage(), UsageSource.NONE
-        else:
-            record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=estimate_output(record, reading))
-            record.source = UsageSource.ESTIMATED
-        record.truncated = record.truncated or reading.truncated
-        record.response_id = reading.response_id
-        if record.usage.total_tokens:
-            upstream = self.state.policy.upstream(record.upstream)
-            base = upstream.base_url if upstream else ""
-            record.cost_usd, record.price_source = self.state.prices.cost(record.model, base, record.usage)
+        """Turn what we saw into one record (settlement.py), release the holds, and keep it."""
+        upstream = self.state.policy.upstream(record.upstream)
+        settlement.fill(record, reading, self.state.prices, upstream.base_url if upstream else "")
         self.state.admission.settle(ticket, record)
         self.state.thinking.observe(think, record, reading)
         self.record(record, started, added)
-
-    @staticmethod
-    def broken_stream(record: UsageRecord, reading: Reading) -> None:
-        """A stream that ended without its provider's completion event (reset, in-stream error, Cut hang-up,
-        timeout): the provider bills what it generated, and the last usage it sent is only a lower bound
-        (Anthropic's message_start says output 1 whatever follows). So output is the larger of that figure
-        and an estimate from the text relayed, flagged estimated when the estimate is the larger.
-        """
-        record.truncated = True
-        if reading.error and record.outcome is Outcome.OK:
-            record.outcome = Outcome.UPSTREAM_ERROR
-        reported = reading.usage or Usage()
-        estimate = estimate_output(record, reading)
-        output = max(reported.output_tokens, estimate)
-        record.usage = reported.model_copy(update={
-            "input_tokens": reported.input_tokens or record.prompt_estimate,
-            "output_tokens": output,
-        })
-        estimated = estimate > reported.output_tokens or not reported.input_tokens
-        record.source = UsageSource.ESTIMATED if estimated else UsageSource.PROVIDER
 
     def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
@@ -327,12 +294,6 @@ class Proxy:
         self.state.metrics.observe(record)
         self.state.metrics.added_latency.labels(record.dialect).observe(added)
         log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
-
-
-def estimate_output(record: UsageRecord, reading: Reading) -> int:
-    """Tokens of the text generated, counted as one text: per-chunk counts add a token at most chunk seams
-    (a cut Responses stream of 60 billed tokens counted 108 chunk by chunk)."""
-    return tokens.count_sync(record.model, ["".join(reading.text)]) if reading.text else 0
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:
