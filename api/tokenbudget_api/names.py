@@ -91,6 +91,16 @@ BASE_URL_ENV_BY_DIALECT: Final[dict[str, str]] = {
 BASE_URL_SUFFIX_BY_DIALECT: Final[dict[str, str]] = {"openai": "/v1", "anthropic": "", "gemini": ""}
 # Provider keys the webhook may remove from app containers when the sidecar injects keys itself.
 PROVIDER_KEY_ENVS: Final = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+# The variable each SDK reads its key from; set to PLACEHOLDER_API_KEY in app containers whose upstream's key
+# the sidecar holds (the SDKs refuse to start without a key, and the sidecar replaces whatever they send).
+PROVIDER_KEY_ENV_BY_DIALECT: Final[dict[str, str]] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+}
+PLACEHOLDER_API_KEY: Final = "tokenbudget-sidecar-holds-the-key"
+SIDECAR_UPSTREAM_KEY_DIR: Final = "/var/run/secrets/tokenbudget/upstreams"  # <dir>/<secret>/<key>, sidecar only
+SIDECAR_KEY_VOLUME_PREFIX: Final = "tokenbudget-key-"  # + the Secret's index among the pod's key Secrets
 
 
 def sidecar_base_url(upstream: str, dialect: str | None = None) -> str:

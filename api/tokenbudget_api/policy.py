@@ -40,6 +40,11 @@ class PolicyUpstream(ApiModel):
     base_url: str = Field(alias="baseURL", pattern=HTTP_URL_PATTERN, description="Provider base URL.")
     dialect: Dialect = Field(description="Wire format.")
     api_key_file: str | None = Field(default=None, description="File holding the key to inject.")
+    api_key_secret: str | None = Field(
+        default=None, description="The Secret the key file comes from (apiKeySecretRef.name), so that an answer "
+        "about a missing or unreadable key can name it; never the key itself.")
+    deployments: dict[str, str] | None = Field(
+        default=None, description="AzureOpenAI: deployment name -> the model it serves (for prices).")
 
 
 def default_upstreams() -> list[PolicyUpstream]:

@@ -62,6 +62,7 @@ class Dialect(StrEnum):
     OPENAI = "OpenAI"
     ANTHROPIC = "Anthropic"
     GEMINI = "Gemini"
+    AZURE_OPENAI = "AzureOpenAI"  # OpenAI's wire format at /openai/deployments/{deployment}/..., api-key header
 
 
 class OnDisconnect(StrEnum):
@@ -132,8 +133,9 @@ class Limit(ApiModel):
     requests: int | None = Field(default=None, ge=1, le=10**12, description="Limit on the number of calls.")
     per: LimitKey | None = Field(
         default=None,
-        description="Apply the limit to each User (from the user header or the OpenAI user field) or each "
-        "Model separately instead of to the budget as a whole.",
+        description="Apply the limit to each User (from the user header, else the OpenAI user field, Anthropic "
+        "metadata.user_id or the Gemini label userLabel names) or each Model separately instead of to the budget "
+        "as a whole.",
     )
 
     @model_validator(mode="after")
@@ -253,10 +255,17 @@ class Upstream(ApiModel):
         alias="baseURL", pattern=HTTP_URL_PATTERN, max_length=2048,
         description="Provider base URL without the API version, e.g. https://api.openai.com.",
     )
-    dialect: Dialect = Field(description="Wire format spoken by the provider: OpenAI, Anthropic or Gemini.")
+    dialect: Dialect = Field(
+        description="Wire format spoken by the provider: OpenAI, Anthropic, Gemini or AzureOpenAI (base URL: the "
+        "resource endpoint, e.g. https://my-resource.openai.azure.com).")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="If set, the sidecar injects this key and the app never holds it.",
+    )
+    deployments: dict[str, str] | None = Field(
+        default=None, max_length=256,
+        description="AzureOpenAI: deployment name -> the model it serves, so calls are priced as that model "
+        "(limits and records name the deployment, as the app does).",
     )
 
 
@@ -280,6 +289,11 @@ class TokenBudgetSpec(ApiModel):
     user_header: str = Field(
         default=names.USER_HEADER, pattern=HEADER_NAME_PATTERN,
         description="Request header naming the end user for per-User limits (else the OpenAI user field).",
+    )
+    user_label: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Gemini request label (labels in the body, GenerateContentConfig.labels in google-genai) "
+        "naming the end user for per-User limits when no user header is sent; unset: labels are not read.",
     )
     request: RequestCaps | None = Field(default=None, description="Per-call caps.")
     limits: list[Limit] | None = Field(

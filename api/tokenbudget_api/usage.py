@@ -79,6 +79,9 @@ class UsageRecord(BaseModel):
     cost_usd: Decimal | None = None  # None: the model has no known price
     price_source: str | None = None  # "catalog", "override", or None when unpriced
     truncated: bool = False
+    # The sidecar died with the call in flight: this record was made at its restart from the intent written
+    # before forwarding (ledger.py), the prompt estimate plus the output cap, since the provider bills it.
+    interrupted: bool = False
     disconnect: Disconnect | None = None
     response_id: str | None = None  # the provider's id for the answer, to reconcile with its bill
     budgets: list[str] = []  # namespace/name of every budget the call counted against

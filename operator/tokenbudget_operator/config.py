@@ -76,6 +76,7 @@ class _InjectionKnobs(BaseModel):
     admin_token_secret: str = names.ADMIN_TOKEN_SECRET
     admin_token_secret_key: str = names.ADMIN_TOKEN_SECRET_KEY
     require_admin_token_secret: bool = True  # no Secret in the namespace: admit unchanged with a warning
+    upstream_key_dir: str = names.SIDECAR_UPSTREAM_KEY_DIR  # where the sidecar finds upstream keys
 
     @field_validator("sdk_upstreams")
     @classmethod
@@ -139,7 +140,6 @@ class OperatorSettings(BaseSettings, _InjectionKnobs):
     # Reconciling budgets onto sidecars (reconcile.py).
     sidecar_admin_port: int = Field(default=names.SIDECAR_ADMIN_PORT, ge=1, le=65535)  # on each pod's IP
     sidecar_timeout_s: float = Field(default=2.0, gt=0)  # one admin API call, connect to last byte
-    upstream_key_dir: str = "/var/run/secrets/tokenbudget/upstreams"  # where the sidecar finds upstream keys
     resync_interval_s: float = Field(default=5.0, gt=0)  # re-check every pod this often even without events
     usage_interval_s: float = Field(default=5.0, gt=0)  # seconds between usage pulls from each sidecar
     status_min_interval_s: float = Field(default=2.0, ge=0)  # at most one status patch per budget this often

@@ -13,6 +13,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tokenbudget_api import names
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,14 @@ def namespaces_with_secret(api: Any, name: str) -> set[str]:
     core: Any = client.CoreV1Api(api)
     page = core.list_secret_for_all_namespaces(field_selector=f"metadata.name={name}")
     return {item.metadata.namespace for item in page.items}
+
+
+def namespaces_with_keyed_budgets(api: Any) -> set[str]:
+    """Namespaces with a TokenBudget whose upstreams name a key Secret (what the webhook's keys index holds)."""
+    custom: Any = client.CustomObjectsApi(api)
+    page = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.TOKENBUDGET_PLURAL)
+    return {item["metadata"]["namespace"] for item in page.get("items", [])
+            if any((u or {}).get("apiKeySecretRef") for u in (item.get("spec") or {}).get("upstreams") or [])}
 
 
 def apply_mutating_webhook_configuration(api: Any, body: dict[str, Any], attempts: int = 5) -> str:

@@ -30,6 +30,12 @@ Group commit, and what survives what:
 - At start, everything found on disk is fsynced before it is reported (the previous process may have
   died with it only in the page cache).
 
+Intents (intents.py): before a call is forwarded, `write_intent()` appends the record it would get if it
+never settled; its own record closes it. The open intents are kept in memory and written again at the head
+of every new segment, so compaction (which deletes whole old segments) never takes an intent whose call is
+still running: every copy of an intent lies in a segment at or before its closing record's. Replay reports
+the intents nothing closed (`Replayed.interrupted`). Intents carry no seq and never roll a segment.
+
 Acknowledgement and compaction: ``ack()`` writes ``ack.json`` through a temp file and a rename on the
 caller's thread (so an acknowledgement survives a process kill as soon as it is answered); the thread
 then fsyncs it and the directory, and only after that deletes whole segments whose records are all at
@@ -52,20 +58,18 @@ import itertools
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydantic
-
 from tokenbudget_api.usage import UsageRecord
+from tokenbudget_sidecar import intents
+from tokenbudget_sidecar.ledger_replay import SEGMENT_RE, replay
 
 log = logging.getLogger(__name__)
 
-SEGMENT_RE = re.compile(r"^usage-(\d{20})\.jsonl$")
 ACK_FILE = "ack.json"
 LOCK_FILE = "LOCK"
 
@@ -83,6 +87,7 @@ class Replayed:
     last_seq: int  # the highest seq ever handed out, as far as the disk knows; the next one is last_seq + 1
     torn: int  # torn last lines discarded
     skipped: int  # corrupt or duplicate lines skipped
+    interrupted: list[UsageRecord] = field(default_factory=list)  # intents no record closed, in write order
 
 
 def segment_name(base: int) -> str:
@@ -109,9 +114,12 @@ class Ledger:
         self._segments: list[tuple[int, Path]] = []  # (base seq, path), oldest first; the last is active
         self._active_fd = -1
         self._active_size = 0
+        self._active_records = 0  # record lines (not intents) in the active segment
+        self._open: dict[str, bytes] = {}  # request_id -> intent line of a call not yet settled
         self._active_broken = False  # a failed write left the file in doubt: roll before the next one
         self._pending_fds: list[int] = []  # rolled segments: fsync, then close (sync thread only)
         self._new_files = False  # a segment was created: fsync the directory
+        self._new_lines = False  # intent or close lines written since the last fsync
         self._written_seq = 0
         self._durable_seq = 0
         self._ack_to_sync: int | None = None
@@ -138,7 +146,7 @@ class Ledger:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.directory / (ACK_FILE + ".tmp"))  # an ack that never got renamed: not acked
         acked, ack_last = self._read_ack()
-        records, last_in_files, torn, skipped = self._replay_segments(acked)
+        records, last_in_files, torn, skipped, interrupted = self._replay_segments(acked)
         bases = [base for base, _ in self._segments]
         last_seq = max(acked, ack_last, last_in_files, max(bases, default=1) - 1)
         # Everything replayed is about to be shown to the operator: it must be on disk first.
@@ -160,8 +168,8 @@ class Ledger:
                 "dir": str(self.directory), "torn": torn, "skipped": skipped}})
         log.info("ledger replayed", extra={"record": {
             "dir": str(self.directory), "unacked": len(records), "acked": acked, "lastSeq": last_seq,
-            "segments": len(self._segments)}})
-        return Replayed(records, acked, last_seq, torn, skipped)
+            "segments": len(self._segments), "interrupted": len(interrupted)}})
+        return Replayed(records, acked, last_seq, torn, skipped, interrupted)
 
     def _read_ack(self) -> tuple[int, int]:
         path = self.directory / ACK_FILE
@@ -175,47 +183,19 @@ class Ledger:
                         extra={"record": {"path": str(path), "error": repr(exc)}})
             return 0, 0
 
-    def _replay_segments(self, acked: int) -> tuple[list[UsageRecord], int, int, int]:
-        found = sorted((int(m.group(1)), self.directory / name)
-                       for name in os.listdir(self.directory) if (m := SEGMENT_RE.match(name)))
-        records: list[UsageRecord] = []
-        last, torn, skipped = 0, 0, 0
-        for base, path in found:
-            data = path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                torn += 1
-                log.warning("ledger segment ends in a torn line (the process died mid-write); discarding it",
-                            extra={"record": {"path": str(path), "bytes": len(data) - end}})
-                os.truncate(path, end)  # so the next replay does not warn again, and appends stay aligned
-            for lineno, line in enumerate(data[:end].splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = UsageRecord.model_validate_json(line)
-                except pydantic.ValidationError as exc:
-                    skipped += 1
-                    log.warning("ledger line does not parse; skipping it", extra={"record": {
-                        "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
-                    continue
-                if record.seq <= last:
-                    skipped += 1
-                    log.warning("ledger line repeats or reorders a seq; skipping it", extra={"record": {
-                        "path": str(path), "line": lineno, "seq": record.seq, "after": last}})
-                    continue
-                last = record.seq
-                if record.seq > acked:
-                    records.append(record)
-            self._segments.append((base, path))
-        return records, last, torn, skipped
+    def _replay_segments(self, acked: int) -> tuple[list[UsageRecord], int, int, int, list[UsageRecord]]:
+        found = replay(self.directory, acked)
+        self._segments.extend(found.segments)
+        return found.records, found.last, found.torn, found.skipped, found.interrupted
 
     def _open_active(self, base: int) -> None:
-        """Continue in the newest segment if it is empty and starts at `base`, else start a new one."""
+        """Continue in the newest segment if it starts at `base` (so it holds no record: at most intents,
+        which the records appended next close), else start a new one."""
         if self._segments:
             last_base, last_path = self._segments[-1]
-            if last_base == base and last_path.stat().st_size == 0:
+            if last_base == base:
                 self._active_fd = os.open(last_path, os.O_WRONLY | os.O_APPEND)
-                self._active_size = 0
+                self._active_size, self._active_records = last_path.stat().st_size, 0
                 return
         self._create_segment(base)
 
@@ -229,10 +209,18 @@ class Ledger:
             if self._active_fd >= 0:
                 self._pending_fds.append(self._active_fd)
             self._active_fd, self._active_size, self._active_broken = fd, 0, False
+            self._active_records = 0
             if not self._segments or self._segments[-1][0] != base:
                 self._segments.append((base, path))
             self._new_files = True
             self._cond.notify()
+        if self._open:  # calls still running: their intents must outlive the segments compaction deletes
+            try:
+                self._append(b"".join(self._open.values()))
+            except OSError:
+                self.write_errors += 1
+                self._active_broken = True  # the next record rolls again, and carries them again
+                log.exception("ledger could not carry open intents into a new segment")
 
     # -- the hot path -----------------------------------------------------------------------------------
 
@@ -243,29 +231,63 @@ class Ledger:
         """
         line = record.model_dump_json().encode() + b"\n"
         try:
-            if self._active_broken or (self._active_size and self._active_size + len(line) > self.segment_bytes):
+            if self._active_broken or (self._active_records and self._active_size + len(line) > self.segment_bytes):
                 self._create_segment(record.seq)
-            fd, start = self._active_fd, self._active_size
-            try:
-                view = memoryview(line)
-                while view:  # a regular file only writes short on ENOSPC/EFBIG, which then raises next round
-                    view = view[os.write(fd, view):]
-            except OSError:
-                try:
-                    os.ftruncate(fd, start)  # never leave half a line in front of the next record
-                except OSError:
-                    self._active_broken = True
-                raise
+            self._append(line)
         except OSError:
             self.write_errors += 1
             with self._cond:
                 self._written_seq = record.seq  # it stays visible from memory; durable order is kept
                 self._cond.notify()
             raise
-        self._active_size = start + len(line)
+        self._active_records += 1
+        self._open.pop(record.request_id, None)  # the record closes its intent (same line order on disk)
         with self._cond:
             self._written_seq = record.seq
             if self._idle:  # wake the sync thread only when it sleeps for lack of work, not per record
+                self._cond.notify()
+
+    def _append(self, data: bytes) -> None:
+        """Write whole lines to the active segment; on failure cut it back so no half line stays."""
+        fd, start = self._active_fd, self._active_size
+        try:
+            view = memoryview(data)
+            while view:  # a regular file only writes short on ENOSPC/EFBIG, which then raises next round
+                view = view[os.write(fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)  # never leave half a line in front of the next record
+            except OSError:
+                self._active_broken = True
+            raise
+        self._active_size = start + len(data)
+
+    def write_intent(self, intent: UsageRecord) -> None:
+        """Append the intent of a call about to be forwarded (intents.py); raises OSError on a failed write.
+
+        Same group commit as the records (no fsync here). Kept in memory until the call's record closes it.
+        """
+        line = intents.encode_intent(intent)
+        self._open[intent.request_id] = line  # carried into the next segment even if this write fails
+        # After a failed write that could not be cut back, a newline first ends the half line (skipped at
+        # replay) instead of gluing this intent to it.
+        self._append(b"\n" + line if self._active_broken else line)
+        self._wake()
+
+    def close_intent(self, request_id: str) -> None:
+        """Close the intent of a call that ends without a record (no-op when its record closed it)."""
+        if self._open.pop(request_id, None) is not None:
+            self._append(intents.encode_close(request_id))
+            self._wake()
+
+    @property
+    def open_intents(self) -> int:
+        return len(self._open)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._new_lines = True
+            if self._idle:
                 self._cond.notify()
 
     @property
@@ -287,7 +309,7 @@ class Ledger:
         with open(tmp, "wb") as f:  # a plain write: the sync thread fsyncs it before compacting
             f.write(json.dumps({"acked": cursor, "lastSeq": last_seq}).encode())
         os.replace(tmp, path)
-        if cursor >= self._written_seq and self._active_size:
+        if cursor >= self._written_seq and self._active_records:
             self._create_segment(self._written_seq + 1)  # everything is acknowledged: free the active segment
         with self._cond:
             self._ack_to_sync = self._ack_requested = cursor
@@ -297,7 +319,7 @@ class Ledger:
 
     def _has_work(self) -> bool:
         return (self._written_seq > self._durable_seq or bool(self._pending_fds) or self._new_files
-                or self._ack_to_sync is not None)
+                or self._new_lines or self._ack_to_sync is not None)
 
     def _run(self) -> None:
         last = 0.0
@@ -322,6 +344,7 @@ class Ledger:
             closing, self._pending_fds = self._pending_fds, []
             fds = [*closing, self._active_fd]
             dirsync, self._new_files = self._new_files, False
+            self._new_lines = False
             ack, self._ack_to_sync = self._ack_to_sync, None
             self._urgent = False
         try:
@@ -437,3 +460,6 @@ class Ledger:
         self._pending_fds, self._active_fd = [], -1
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = -1
+
+
+__all__ = ["SEGMENT_RE", "Ledger", "LedgerLocked", "Replayed", "segment_name"]

@@ -44,12 +44,17 @@ class Metrics:
         self.unmetered = Counter("tokenbudget_unmetered_calls", "Calls forwarded to a route whose answers report "
                                  "no usage (file uploads, batch creation), by route without ids.",
                                  ["provider", "route", "outcome"], registry=r)
+        self.interrupted = Counter("tokenbudget_interrupted_calls", "Calls in flight when the sidecar last died, "
+                                   "recorded at its start from their intents (estimated).", ["provider"],
+                                   registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 
     def observe(self, rec: UsageRecord) -> None:
         labels = (rec.model, rec.dialect)
         self.requests.labels(rec.dialect, rec.model, rec.outcome.value).inc()
+        if rec.interrupted:
+            self.interrupted.labels(rec.dialect).inc()
         self.operation_duration.labels(rec.operation, *labels).observe(rec.duration_ms / 1000)
         u = rec.usage
         if u.total_tokens:

@@ -63,11 +63,17 @@ def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage) -> Decimal:
 
 
 class PriceBook:
-    def __init__(self, overrides: list[ModelPrice]) -> None:
+    def __init__(self, overrides: list[ModelPrice], aliases: dict[str, str] | None = None) -> None:
         self.overrides = {p.model: p for p in overrides}
+        self.aliases = aliases or {}  # Azure deployment name -> the model it serves
 
     def cost(self, model: str, base_url: str, usage: Usage) -> tuple[Decimal | None, str | None]:
-        """(USD, source) with source "override" or "catalog"; (None, None) when unpriced."""
+        """(USD, source) with source "override" or "catalog"; (None, None) when unpriced.
+
+        An override for the name itself wins (a deployment may be priced as such), then the model it aliases.
+        """
+        if model not in self.overrides:
+            model = self.aliases.get(model, model)
         override = self.overrides.get(model)
         if override is not None:
             return _override_cost(override, usage), "override"

@@ -23,12 +23,18 @@ from aiohttp import web
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import OnDisconnect
-from tokenbudget_api.usage import Disconnect, Outcome, Usage, UsageRecord, UsageSource
-from tokenbudget_sidecar import tokens
+from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
+from tokenbudget_sidecar import intents, settlement
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
-from tokenbudget_sidecar.headers import client_headers, error_response, upstream_headers
+from tokenbudget_sidecar.headers import (
+    KeyUnavailable,
+    client_headers,
+    error_response,
+    key_unavailable,
+    upstream_headers,
+)
 from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
@@ -122,6 +128,8 @@ class Proxy:
         except BadRequest as exc:
             return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id, param=exc.param,
                                   code=exc.code)
+        if call.user is None and (label := self.state.user_label()) is not None:
+            call.user = dialect.labelled_user(body, label)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
@@ -143,6 +151,12 @@ class Proxy:
         think = thinking.retarget(think, dialect, call, body)  # a Downgrade may change how the model thinks
         changed = dialect.prepare(call, body)
         payload = json.dumps(body).encode() if changed or ticket.rewrote or (think and think.rewritten) else raw
+        usage_log = self.state.usage_log
+        if usage_log.durable:  # on disk before the provider sees it, so a crash cannot lose it (intents.py)
+            usage_log.intend(intents.interrupted_record(
+                record, call, default_output_tokens=self.state.settings.default_output_tokens,
+                budgets=[b.name for b in admission.budgets], decisions=ticket.decisions, prices=self.state.prices,
+                base_url=upstream.base_url))
         gauge = self.state.metrics.in_flight.labels(dialect.name)
         gauge.inc()
         try:
@@ -151,6 +165,7 @@ class Proxy:
         finally:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
+            usage_log.abandon(request_id)  # a no-op when its record closed the intent
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
                       call: Call, payload: bytes, record: UsageRecord, started: float,
@@ -158,8 +173,13 @@ class Proxy:
         session = self.state.session
         assert session is not None, "the client session starts with the app"
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
-        headers = upstream_headers(request.headers, upstream, dialect)
         reading = Reading()
+        try:
+            headers = upstream_headers(request.headers, upstream, dialect)
+        except KeyUnavailable as exc:  # never forwarded: nothing billed (status 0)
+            record.outcome = Outcome.UPSTREAM_FAILED
+            self.settle(record, reading, started, time.perf_counter() - started, ticket, think)
+            return key_unavailable(dialect, exc, record.request_id)
         resp: web.StreamResponse
         added = time.perf_counter() - started
         settled = False
@@ -261,45 +281,12 @@ class Proxy:
 
     def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
                think: Decision | None = None) -> None:
-        """Turn what we saw into one record: provider usage if any arrived, else a flagged estimate."""
-        if reading.broke:
-            self.broken_stream(record, reading)
-        elif reading.usage is not None and reading.usage.total_tokens > 0:
-            record.usage, record.source = reading.usage, UsageSource.PROVIDER
-        elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
-            record.usage, record.source = Usage(), UsageSource.NONE
-        else:
-            record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=estimate_output(record, reading))
-            record.source = UsageSource.ESTIMATED
-        record.truncated = record.truncated or reading.truncated
-        record.response_id = reading.response_id
-        if record.usage.total_tokens:
-            upstream = self.state.policy.upstream(record.upstream)
-            base = upstream.base_url if upstream else ""
-            record.cost_usd, record.price_source = self.state.prices.cost(record.model, base, record.usage)
+        """Turn what we saw into one record (settlement.py), release the holds, and keep it."""
+        upstream = self.state.policy.upstream(record.upstream)
+        settlement.fill(record, reading, self.state.prices, upstream.base_url if upstream else "")
         self.state.admission.settle(ticket, record)
         self.state.thinking.observe(think, record, reading)
         self.record(record, started, added)
-
-    @staticmethod
-    def broken_stream(record: UsageRecord, reading: Reading) -> None:
-        """A stream that ended without its provider's completion event (reset, in-stream error, Cut hang-up,
-        timeout): the provider bills what it generated, and the last usage it sent is only a lower bound
-        (Anthropic's message_start says output 1 whatever follows). So output is the larger of that figure
-        and an estimate from the text relayed, flagged estimated when the estimate is the larger.
-        """
-        record.truncated = True
-        if reading.error and record.outcome is Outcome.OK:
-            record.outcome = Outcome.UPSTREAM_ERROR
-        reported = reading.usage or Usage()
-        estimate = estimate_output(record, reading)
-        output = max(reported.output_tokens, estimate)
-        record.usage = reported.model_copy(update={
-            "input_tokens": reported.input_tokens or record.prompt_estimate,
-            "output_tokens": output,
-        })
-        estimated = estimate > reported.output_tokens or not reported.input_tokens
-        record.source = UsageSource.ESTIMATED if estimated else UsageSource.PROVIDER
 
     def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
@@ -307,12 +294,6 @@ class Proxy:
         self.state.metrics.observe(record)
         self.state.metrics.added_latency.labels(record.dialect).observe(added)
         log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
-
-
-def estimate_output(record: UsageRecord, reading: Reading) -> int:
-    """Tokens of the text generated, counted as one text: per-chunk counts add a token at most chunk seams
-    (a cut Responses stream of 60 billed tokens counted 108 chunk by chunk)."""
-    return tokens.count_sync(record.model, ["".join(reading.text)]) if reading.text else 0
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

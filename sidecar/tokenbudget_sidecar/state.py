@@ -63,10 +63,13 @@ class State:
         self.metrics.registry.register(BudgetCollector(lambda: self.admission))
         self._build(self.policy)
         self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
+        for record in self.usage_log.recovered:  # calls the last process died with (intents.py)
+            self.metrics.observe(record)
 
     def _build(self, policy: SidecarPolicy) -> Admission:
         self.policy = policy
-        self.prices = PriceBook(policy.prices)
+        deployments = {d: m for u in policy.upstreams for d, m in (u.deployments or {}).items()}
+        self.prices = PriceBook(policy.prices, deployments)
         s = self.settings
         self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
                                    s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
@@ -105,6 +108,10 @@ class State:
     def user_header(self) -> str | None:
         budgets = self.policy.budgets
         return budgets[0].spec.user_header if budgets else None
+
+    def user_label(self) -> str | None:
+        """The Gemini label naming the end user, from the first budget that names one (userLabel)."""
+        return next((b.spec.user_label for b in self.policy.budgets if b.spec.user_label), None)
 
 
 STATE = web.AppKey("state", State)

@@ -24,7 +24,13 @@ from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import Enforcement, UnmeteredRoutes
 from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_sidecar.dialects import Dialect
-from tokenbudget_sidecar.headers import client_headers, error_response, upstream_headers
+from tokenbudget_sidecar.headers import (
+    KeyUnavailable,
+    client_headers,
+    error_response,
+    key_unavailable,
+    upstream_headers,
+)
 from tokenbudget_sidecar.state import State
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -80,11 +86,14 @@ class Transparent:
                 record.outcome, record.status, record.source = Outcome.REFUSED, 403, UsageSource.NONE
                 self._finish(record, started)
                 return error_response(dialect, 403, refusal, request_id=request_id)
+            # It may bill: on disk before the provider sees it, so a crash leaves its record (intents.py).
+            self.state.usage_log.intend(record.model_copy(update={"interrupted": True}))
         try:
             return await self._relay(request, upstream, dialect, path, request_id, record)
         finally:
             if record is not None:
                 self._finish(record, started)
+                self.state.usage_log.abandon(request_id)
 
     def _deny(self, record: UsageRecord) -> str | None:
         """The refusal message when an enforcing budget denies unmetered routes (DryRun: noted only)."""
@@ -108,7 +117,12 @@ class Transparent:
         if request.content_length is not None and request.content_length > cap:
             return self._refuse_size(dialect, request_id, record)
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
-        headers = upstream_headers(request.headers, upstream, dialect)
+        try:
+            headers = upstream_headers(request.headers, upstream, dialect)
+        except KeyUnavailable as exc:  # never forwarded
+            if record is not None:
+                record.outcome = Outcome.UPSTREAM_FAILED
+            return key_unavailable(dialect, exc, request_id)
         encoding = request.headers.get("content-encoding")
         if encoding:  # forwarded untouched, so the body keeps its own encoding
             headers["content-encoding"] = encoding

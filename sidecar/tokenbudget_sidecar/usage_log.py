@@ -8,6 +8,10 @@ With one (`TOKENBUDGET_LEDGER_DIR`, an emptyDir in pods) every record is written
 ledger (see ledger.py) when it is appended, and `after()` shows only records already fsynced, so a
 sequence number the operator has seen is never handed out again after a crash. Records become
 visible within the ledger's group-commit interval (50 ms); `await flush()` makes them visible at once.
+
+Calls in flight when the previous process died left intents no record closed (intents.py): they are
+appended here at start, before anything else, as `interrupted` records (`recovered`), so from then on they
+are counted, checkpointed and offered like any other record, and never reported twice.
 """
 
 from __future__ import annotations
@@ -44,11 +48,18 @@ class UsageLog:
         self.backlog_warning = backlog_warning
         self._backlog_warned = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.recovered: list[UsageRecord] = []  # interrupted calls of the previous process, appended at start
         if ledger is not None:
             replayed = ledger.open()
             self._records.extend(replayed.records)
             self.last_seq, self.acked = replayed.last_seq, replayed.acked
             ledger.on_durable = self._wake
+            self.recovered = [self.append(intent) for intent in replayed.interrupted]
+            if self.recovered:
+                log.warning("calls in flight when the sidecar last stopped are recorded from their intents, "
+                            "estimated (prompt estimate plus output cap) and flagged interrupted",
+                            extra={"record": {"calls": len(self.recovered),
+                                              "request_ids": [r.request_id for r in self.recovered[:20]]}})
             self._check_backlog()
 
     @classmethod
@@ -77,6 +88,33 @@ class UsageLog:
         self.changed.set()
         self._check_backlog()
         return record
+
+    @property
+    def durable(self) -> bool:
+        """Backed by a ledger: intents are worth writing (without one, a crash loses everything anyway)."""
+        return self.ledger is not None
+
+    def intend(self, intent: UsageRecord) -> None:
+        """Write the intent of a call about to be forwarded (intents.py); a failed write is logged, not raised:
+        the call goes on, and only its crash-safety is lost."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.write_intent(intent)
+        except OSError:
+            self.ledger.write_errors += 1
+            log.exception("ledger intent write failed; a crash during this call would lose its record",
+                          extra={"record": {"request_id": intent.request_id}})
+
+    def abandon(self, request_id: str) -> None:
+        """A call that ends without a record (a bug path) closes its intent, so no restart invents one."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.close_intent(request_id)
+        except OSError:
+            self.ledger.write_errors += 1
+            log.exception("ledger intent close failed", extra={"record": {"request_id": request_id}})
 
     @property
     def visible_seq(self) -> int:

@@ -37,6 +37,7 @@ from tokenbudget_operator.config import (
 from tokenbudget_operator.injector import handlers as webhook
 from tokenbudget_operator.injector import metrics
 from tokenbudget_operator.injector.injection import Action, Reason, decide
+from tokenbudget_operator.injector.sidecar_spec import UpstreamKey
 from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 from tokenbudget_operator.runtime import MEMO_KEY, Runtime
 from tokenbudget_sidecar.settings import Settings as SidecarSettings
@@ -57,6 +58,11 @@ def load(case: str) -> dict[str, Any]:
     return data
 
 
+def keys_of(data: dict[str, Any]) -> list[UpstreamKey]:
+    """The case's keyed upstreams (`upstreamKeys`: what the budgets selecting the pod name), if any."""
+    return [UpstreamKey(**k) for k in data.get("upstreamKeys", [])]
+
+
 def run(data: dict[str, Any], pod: dict[str, Any] | None = None) -> dict[str, Any]:
     """The decision for a case's input (or for another pod under the same input), as recorded in the file."""
     config = InjectionConfig(**data["config"])
@@ -65,6 +71,7 @@ def run(data: dict[str, Any], pod: dict[str, Any] | None = None) -> dict[str, An
         data["namespaceLabels"],
         config,
         admin_secret_present=data["adminTokenSecretPresent"],
+        upstream_keys=keys_of(data),
     )
     return {
         "action": decision.action.value,
@@ -167,8 +174,35 @@ def test_app_containers_point_their_sdks_at_the_sidecar_keeping_their_own_values
                 assert env[name] == own[name]
             else:
                 assert env[name] == {"name": name, "value": url}
+        keyed = {names.PROVIDER_KEY_ENV_BY_DIALECT[d] for d, u in config.sdk_upstreams.items()
+                 if u in {k.upstream for k in keys_of(data)}}
         for key in names.PROVIDER_KEY_ENVS:
-            assert (key in env) == (key in own and not config.remove_provider_keys)
+            kept = key in own and not config.remove_provider_keys
+            assert (key in env) == (kept or key in keyed)
+            if key in env and not kept:
+                assert env[key] == {"name": key, "value": names.PLACEHOLDER_API_KEY}, "a placeholder, not a key"
+
+
+def test_upstream_key_secrets_are_mounted_into_the_sidecar_only_where_the_operator_points() -> None:
+    data = load("upstream-keys")
+    config = InjectionConfig(**data["config"])
+    pod = patched(data)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == names.SIDECAR_CONTAINER)
+    files = set()
+    for mount in sidecar["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret and mount["name"].startswith(names.SIDECAR_KEY_VOLUME_PREFIX):
+            assert mount["readOnly"] is True
+            assert secret["optional"] is True, "a missing Secret must not keep the pod from starting"
+            files |= {f"{mount['mountPath']}/{item['path']}" for item in secret["items"]}
+    # The path the operator pushes as apiKeyFile (reconciler merge_rules: <keyDir>/<secret>/<key>).
+    assert files == {f"{config.upstream_key_dir}/{k.secret}/{k.key}" for k in keys_of(data)}
+    for container in pod["spec"]["containers"]:  # the app's: no key volume, placeholders or their own values
+        mounts = [m["name"] for m in container.get("volumeMounts") or []]
+        assert not any(m.startswith(names.SIDECAR_KEY_VOLUME_PREFIX) for m in mounts)
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][1]["env"]}
+    assert {env[v] for v in names.PROVIDER_KEY_ENV_BY_DIALECT.values()} == {names.PLACEHOLDER_API_KEY}
 
 
 def test_the_admin_token_is_mounted_into_the_sidecar_only() -> None:
@@ -306,7 +340,8 @@ def test_native_sidecars_are_used_from_kubernetes_1_29_unless_the_mode_says_othe
 # -- the kopf handler: memory only, and never a denial ---------------------------------------------------
 
 
-async def call_handler(pod: dict[str, Any], namespaces: dict[str, list[str]], config: InjectionConfig | None) -> Any:
+async def call_handler(pod: dict[str, Any], namespaces: dict[str, list[str]], config: InjectionConfig | None,
+                       budgets: dict[str, list[Any]] | None = None) -> Any:
     state = Runtime(settings=settings(), injection=config)
     patch = kopf.Patch(body=kopf.Body(pod))
     warnings: list[str] = []
@@ -321,6 +356,7 @@ async def call_handler(pod: dict[str, Any], namespaces: dict[str, list[str]], co
             memo=kopf.Memo({MEMO_KEY: state}),
             tokenbudget_namespaces=namespaces,
             tokenbudget_admin_token_secrets={"team-a": [True]},
+            tokenbudget_upstream_keys=budgets or {},
         )
     finally:
         metrics.CURRENT.reset(token)
@@ -335,6 +371,25 @@ async def test_the_handler_injects_from_the_namespace_index_alone() -> None:
     assert warnings == []
     assert (record.action, record.reason) == ("Inject", "NamespaceOptedIn")
     assert (record.namespace, record.pod) == ("team-a", "chat")
+
+
+async def test_the_handler_mounts_the_key_secrets_of_the_budgets_whose_selector_matches_the_pod() -> None:
+    data = load("upstream-keys")
+    index = await webhook.tokenbudget_upstream_keys(namespace="team-a", spec={
+        "selector": {"matchLabels": {"app": "chat"}},
+        "upstreams": [{"name": u, "baseURL": "https://example.com", "dialect": d,
+                       "apiKeySecretRef": {"name": s, "key": k}}
+                      for s, k, u, d in [("llm-keys", "openai", "openai", "OpenAI"),
+                                         ("llm-keys", "anthropic", "anthropic", "Anthropic"),
+                                         ("gemini-key", "api-key", "gemini", "Gemini")]]})
+    other = await webhook.tokenbudget_upstream_keys(namespace="team-a", spec={
+        "selector": {"matchLabels": {"app": "batch"}},
+        "upstreams": [{"name": "openai", "baseURL": "https://example.com", "dialect": "OpenAI",
+                       "apiKeySecretRef": {"name": "batch-keys", "key": "openai"}}]})
+    assert await webhook.tokenbudget_upstream_keys(namespace="team-a", spec={"selector": {}}) == {}
+    budgets = {"team-a": [index["team-a"], other["team-a"]]}
+    sent, _, _ = await call_handler(data["pod"], {"team-a": ["enabled"]}, InjectionConfig(), budgets)
+    assert jsonpatch.apply_patch(data["pod"], sent) == patched(data), "the batch budget's Secret is not mounted"
 
 
 async def test_the_handler_admits_unchanged_with_a_warning_when_the_namespace_is_not_indexed_yet() -> None:

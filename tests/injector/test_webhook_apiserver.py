@@ -127,6 +127,45 @@ def test_the_apiserver_calls_the_webhook_over_tls_and_stores_the_injected_pod(
     assert served_certificate(operator.webhook_port, ca)
 
 
+KEY_VALUE = "sk-apiserver-test-key-4f9c2e"
+
+
+def keyed_budget(ns: str) -> dict[str, Any]:
+    return {"apiVersion": names.API_VERSION, "kind": "TokenBudget", "metadata": {"name": "keys", "namespace": ns},
+            "spec": {"selector": {"matchLabels": {"app": "chat"}}, "upstreams": [
+                {"name": "openai", "baseURL": "https://api.openai.com", "dialect": "OpenAI",
+                 "apiKeySecretRef": {"name": "llm-keys", "key": "openai"}}]}}
+
+
+def test_a_budgets_key_secret_is_mounted_into_the_sidecar_and_the_app_container_holds_no_key(
+    kube: ControlPlane, operator: OperatorProcess
+) -> None:
+    """The operator learns of the budget from its watch; pods created after it get the Secret in the sidecar."""
+    kube.kubectl("create", "secret", "generic", "llm-keys", "-n", INJECTED_NS, f"--from-literal=openai={KEY_VALUE}")
+    kube.kubectl("apply", "-f", "-", input=json.dumps(keyed_budget(INJECTED_NS)))
+    key_dir = f"{names.SIDECAR_UPSTREAM_KEY_DIR}/llm-keys"
+    deadline = time.monotonic() + 30
+    for attempt in range(300):  # until the operator's index has the budget (bounded)
+        create_pod(kube, f"keyed-{attempt}", INJECTED_NS)
+        pod = stored_pod(kube, f"keyed-{attempt}", INJECTED_NS)
+        sidecar = sidecar_of(pod)
+        assert sidecar is not None
+        if any(m["mountPath"] == key_dir for m in sidecar.get("volumeMounts", [])):
+            break
+        assert time.monotonic() < deadline, "no pod got the key Secret mounted"
+        time.sleep(0.1)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == key_dir]
+    assert volumes[mount["name"]]["secret"] == {"secretName": "llm-keys", "optional": True, "defaultMode": 420,
+                                                "items": [{"key": "openai", "path": "openai"}]}
+    (app,) = pod["spec"]["containers"]
+    assert not any(m["name"] == mount["name"] for m in app.get("volumeMounts", [])), "the key volume is sidecar-only"
+    env = {e["name"]: e for e in app["env"]}
+    assert env["OPENAI_API_KEY"] == {"name": "OPENAI_API_KEY", "value": names.PLACEHOLDER_API_KEY}
+    assert "llm-keys" not in json.dumps(app), "nothing in the app container refers to the Secret"
+    assert KEY_VALUE not in json.dumps(pod)
+
+
 def served_certificate(port: int, ca_pem: str) -> bytes:
     """The DER certificate the webhook server presents, verified against ca_pem for the IP 127.0.0.1."""
     context = ssl.create_default_context(cadata=ca_pem)
@@ -239,8 +278,12 @@ def test_a_deployments_pods_made_by_the_controller_manager_are_injected(
 def test_a_rotated_certificate_in_the_secret_dir_is_served_without_a_restart(
     kube: ControlPlane, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    """A second operator in SecretDir mode, alone on its namespace: swap the files, keep injecting."""
+    """A second operator in SecretDir mode, alone on its namespace: swap the files, keep injecting.
+
+    Its namespace has a budget naming a key Secret before it starts: the webhook serves only once its index
+    holds it, so the very first pod gets the Secret mounted into its sidecar."""
     namespace(kube, ROTATE_NS, enabled=True, secret=True)
+    kube.kubectl("apply", "-f", "-", input=json.dumps(keyed_budget(ROTATE_NS)))
     tls_dir = tmp_path / "tls"
     second = OperatorProcess(
         kube,
@@ -255,7 +298,9 @@ def test_a_rotated_certificate_in_the_secret_dir_is_served_without_a_restart(
     certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
     try:
         second.start()
-        assert sidecar_of(create_pod(kube, "before-rotation", ROTATE_NS)[0]) is not None
+        first = sidecar_of(create_pod(kube, "before-rotation", ROTATE_NS)[0])
+        assert first is not None
+        assert f"{names.SIDECAR_UPSTREAM_KEY_DIR}/llm-keys" in {m["mountPath"] for m in first["volumeMounts"]}
         pid = second.proc.pid if second.proc else None
 
         rotated = certs.generate(["127.0.0.1"])  # a new CA too: the caBundle must follow

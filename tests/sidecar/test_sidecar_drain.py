@@ -13,7 +13,7 @@ import pytest
 from sidecar_harness import Stack, http_get, http_post, stack
 
 from tokenbudget_operator.config import InjectionConfig
-from tokenbudget_operator.injector.injection import sidecar_container
+from tokenbudget_operator.injector.sidecar_spec import sidecar_container
 from tokenbudget_sidecar.settings import Settings
 
 

@@ -25,6 +25,7 @@ from tokenbudget_operator.injector import metrics
 from tokenbudget_operator.injector.certs import CertSource, SecretDirSource, SelfSignedSource
 from tokenbudget_operator.injector.injection import Action, Decision, JSONPatchOp, Reason, decide
 from tokenbudget_operator.injector.server import AdmissionServer
+from tokenbudget_operator.injector.sidecar_spec import BudgetKeys, budget_keys, keys_for_pod
 from tokenbudget_operator.injector.webhookconfig import client_config, mutating_webhook_configuration
 from tokenbudget_operator.runtime import runtime
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 NamespaceIndex = kopf.Index[str, str]  # namespace name → its injection label value ("" when unlabelled)
 SecretIndex = kopf.Index[str, bool]  # namespace name → True when it holds the admin token Secret
+KeysIndex = kopf.Index[str, BudgetKeys]  # namespace → (selector, keyed upstreams) of each budget naming keys
 
 
 @kopf.index("namespaces", id="tokenbudget_namespaces")
@@ -47,6 +49,14 @@ def _is_admin_token_secret(name: str, memo: Any, **_: Any) -> bool:
 async def tokenbudget_admin_token_secrets(namespace: str | None, **_: Any) -> dict[str, bool]:
     # Only the namespace is kept: the token itself never enters the index.
     return {namespace: True} if namespace else {}
+
+
+@kopf.index(names.GROUP, names.VERSION, names.TOKENBUDGET_PLURAL, id="tokenbudget_upstream_keys")
+async def tokenbudget_upstream_keys(namespace: str | None, spec: Mapping[str, Any], **_: Any) -> dict[str, BudgetKeys]:
+    """Budgets whose upstreams name a key Secret: the webhook mounts those Secrets into the sidecar.
+    Names only: the keys themselves are never read by the operator."""
+    found = budget_keys(spec)
+    return {namespace: found} if namespace and found is not None else {}
 
 
 # The ignores: kopf's callback protocols do not know the keyword arguments our indexes add.
@@ -65,6 +75,7 @@ async def inject_sidecar(
     memo: Any,
     tokenbudget_namespaces: NamespaceIndex,
     tokenbudget_admin_token_secrets: SecretIndex,
+    tokenbudget_upstream_keys: KeysIndex,
     **_: Any,
 ) -> None:
     """Decide from memory and add the patch; admit unchanged (with a warning) on any error."""
@@ -83,6 +94,7 @@ async def inject_sidecar(
             _namespace_labels(tokenbudget_namespaces, namespace),
             config,
             admin_secret_present=namespace in tokenbudget_admin_token_secrets,
+            upstream_keys=keys_for_pod(tokenbudget_upstream_keys.get(namespace, ()), metadata.get("labels") or {}),
         )
     except Exception:
         logger.exception("injection decision failed for a pod in %r; admitting it unchanged", namespace)
@@ -118,6 +130,7 @@ async def start_webhook(
     memo: Any,
     tokenbudget_namespaces: NamespaceIndex,
     tokenbudget_admin_token_secrets: SecretIndex,
+    tokenbudget_upstream_keys: KeysIndex,
     **_: Any,
 ) -> None:
     """Read the cluster version, pick the TLS source, and plug our server into kopf."""
@@ -138,7 +151,8 @@ async def start_webhook(
     )  # fmt: skip
 
     async def before_serving() -> None:
-        await _wait_for_indexes(api, own, tokenbudget_namespaces, tokenbudget_admin_token_secrets)
+        await _wait_for_indexes(api, own, tokenbudget_namespaces, tokenbudget_admin_token_secrets,
+                                tokenbudget_upstream_keys)
 
     async def write_configuration(client: dict[str, Any]) -> None:
         body = mutating_webhook_configuration(own, client)
@@ -182,7 +196,8 @@ def self_signed_hosts(own: OperatorSettings) -> list[str]:
     return [host for host in dict.fromkeys(hosts) if host]
 
 
-async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: NamespaceIndex, secrets: SecretIndex) -> None:
+async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: NamespaceIndex, secrets: SecretIndex,
+                            keys: KeysIndex) -> None:
     """Hold the listener until kopf's indexes hold what the API listed at startup (bounded by a timeout).
 
     kopf starts webhook servers without waiting for indexes; answering before they are filled would admit
@@ -192,11 +207,13 @@ async def _wait_for_indexes(api: Any, own: OperatorSettings, namespaces: Namespa
     try:
         want_namespaces = await asyncio.to_thread(kube.namespace_names, api)
         want_secrets = await asyncio.to_thread(kube.namespaces_with_secret, api, own.admin_token_secret)
+        want_keys = await asyncio.to_thread(kube.namespaces_with_keyed_budgets, api)  # else: pods without keys
     except Exception as exc:  # serve anyway: unknown namespaces are admitted unchanged, with a warning
         logger.warning("could not list what the indexes should hold, serving without waiting: %s", exc)
         return
     while True:
         missing = {n for n in want_namespaces if n not in namespaces} | {n for n in want_secrets if n not in secrets}
+        missing |= {n for n in want_keys if n not in keys}
         if not missing:
             logger.info("indexes ready: %d namespaces, %d admin token secrets", len(namespaces), len(secrets))
             return

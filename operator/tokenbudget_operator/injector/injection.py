@@ -29,7 +29,6 @@ Dry-run requests get the same answer: the decision has no side effects to suppre
 
 from __future__ import annotations
 
-import copy
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +36,13 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from tokenbudget_api import names
 from tokenbudget_operator.config import InjectionConfig
-
-SIDECAR_COMMAND = "tokenbudget-sidecar"  # the console script the sidecar image provides
+from tokenbudget_operator.injector.sidecar_spec import (
+    UpstreamKey,
+    app_env,
+    key_env,
+    sidecar_container,
+    sidecar_volumes,
+)
 
 
 class JSONPatchOp(TypedDict):
@@ -95,8 +99,12 @@ def decide(
     config: InjectionConfig,
     *,
     admin_secret_present: bool = True,
+    upstream_keys: Sequence[UpstreamKey] = (),
 ) -> Decision:
-    """Apply the decision table to a pod being created; namespace_labels None means the namespace is unknown."""
+    """Apply the decision table to a pod being created; namespace_labels None means the namespace is unknown.
+
+    `upstream_keys`: the keyed upstreams of the budgets that select the pod (mounted into the sidecar only).
+    """
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
     spec: Mapping[str, Any] = pod.get("spec") or {}
     labels: Mapping[str, str] = metadata.get("labels") or {}
@@ -144,7 +152,7 @@ def decide(
             Reason.ADMIN_TOKEN_SECRET_MISSING,
             f"Secret {config.admin_token_secret!r} (the sidecar's admin token) is missing in {namespace!r}",
         )
-    return Decision(Action.INJECT, reason, None, _patch(pod, config))
+    return Decision(Action.INJECT, reason, None, _patch(pod, config, upstream_keys))
 
 
 def build_patch(
@@ -153,95 +161,14 @@ def build_patch(
     config: InjectionConfig,
     *,
     admin_secret_present: bool = True,
+    upstream_keys: Sequence[UpstreamKey] = (),
 ) -> list[JSONPatchOp]:
     """The JSON patch for a pod being created: empty when the decision table says skip."""
-    return decide(pod, namespace_labels, config, admin_secret_present=admin_secret_present).patch
+    return decide(pod, namespace_labels, config, admin_secret_present=admin_secret_present,
+                  upstream_keys=upstream_keys).patch
 
 
-def sidecar_container(config: InjectionConfig) -> dict[str, Any]:
-    """The sidecar container: locked down, probed on its admin port, restartPolicy Always when native."""
-    token_file = f"{names.SIDECAR_ADMIN_TOKEN_DIR}/{names.ADMIN_TOKEN_SECRET_KEY}"
-
-    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": path, "port": names.SIDECAR_ADMIN_PORT_NAME, "scheme": "HTTP"},
-            "periodSeconds": period,
-            "timeoutSeconds": 1,
-            "failureThreshold": failures,
-        }
-
-    container: dict[str, Any] = {
-        "name": names.SIDECAR_CONTAINER,
-        "image": config.sidecar_image,
-        "imagePullPolicy": config.sidecar_image_pull_policy,
-        "command": [SIDECAR_COMMAND],
-        "ports": [
-            {"name": names.SIDECAR_ADMIN_PORT_NAME, "containerPort": names.SIDECAR_ADMIN_PORT, "protocol": "TCP"}
-        ],
-        "env": [
-            {"name": names.SIDECAR_ENV_DATA_HOST, "value": names.SIDECAR_DATA_HOST},
-            {"name": names.SIDECAR_ENV_DATA_PORT, "value": str(names.SIDECAR_DATA_PORT)},
-            # The pod IP, not 0.0.0.0: the admin API is for the operator, not for the app over loopback.
-            {"name": names.SIDECAR_ENV_ADMIN_HOST, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": names.SIDECAR_ENV_ADMIN_PORT, "value": str(names.SIDECAR_ADMIN_PORT)},
-            {"name": names.SIDECAR_ENV_ADMIN_TOKEN_FILE, "value": token_file},
-            {"name": names.SIDECAR_ENV_LEDGER_DIR, "value": names.SIDECAR_LEDGER_DIR},
-        ],
-        "resources": copy.deepcopy(config.sidecar_resources),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": config.sidecar_run_as_user,
-            "runAsGroup": config.sidecar_run_as_user,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        # Native: the app containers start once this passes, so their first call finds the proxy up.
-        "startupProbe": probe(names.SIDECAR_HEALTHZ_PATH, 1, 60),
-        "readinessProbe": probe(names.SIDECAR_READYZ_PATH, 5, 3),
-        "livenessProbe": probe(names.SIDECAR_HEALTHZ_PATH, 10, 3),
-        # Hold termination until the operator has pulled the last usage records (sidecar drain.py).
-        "lifecycle": {"preStop": {"httpGet": {"path": names.SIDECAR_DRAIN_PATH, "port": names.SIDECAR_ADMIN_PORT_NAME,
-                                              "scheme": "HTTP"}}},
-        "volumeMounts": [
-            {"name": names.SIDECAR_LEDGER_VOLUME, "mountPath": names.SIDECAR_LEDGER_DIR},
-            {"name": names.SIDECAR_ADMIN_TOKEN_VOLUME, "mountPath": names.SIDECAR_ADMIN_TOKEN_DIR, "readOnly": True},
-            {"name": names.SIDECAR_TMP_VOLUME, "mountPath": names.SIDECAR_TMP_DIR},
-        ],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if config.native_sidecar:
-        container["restartPolicy"] = "Always"
-    return container
-
-
-def sidecar_volumes(config: InjectionConfig) -> list[dict[str, Any]]:
-    """The ledger emptyDir, the admin token Secret (mounted into the sidecar only) and a writable /tmp."""
-    ledger: dict[str, Any] = {"sizeLimit": config.ledger_size_limit} if config.ledger_size_limit else {}
-    return [
-        {"name": names.SIDECAR_LEDGER_VOLUME, "emptyDir": ledger},
-        {
-            "name": names.SIDECAR_ADMIN_TOKEN_VOLUME,
-            "secret": {
-                "secretName": config.admin_token_secret,
-                "items": [{"key": config.admin_token_secret_key, "path": names.ADMIN_TOKEN_SECRET_KEY}],
-            },
-        },
-        {"name": names.SIDECAR_TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
-    ]
-
-
-def app_env(config: InjectionConfig) -> list[tuple[str, str]]:
-    """(env var, value) pairs pointing each configured SDK at the sidecar, in a stable order."""
-    return [
-        (names.BASE_URL_ENV_BY_DIALECT[dialect], names.sidecar_base_url(upstream, dialect))
-        for dialect, upstream in config.sdk_upstreams.items()
-    ]
-
-
-def _patch(pod: Mapping[str, Any], config: InjectionConfig) -> list[JSONPatchOp]:
+def _patch(pod: Mapping[str, Any], config: InjectionConfig, keys: Sequence[UpstreamKey]) -> list[JSONPatchOp]:
     metadata: Mapping[str, Any] = pod.get("metadata") or {}
     spec: Mapping[str, Any] = pod.get("spec") or {}
     ops: list[JSONPatchOp] = []
@@ -252,9 +179,9 @@ def _patch(pod: Mapping[str, Any], config: InjectionConfig) -> list[JSONPatchOp]
     else:
         ops.append(_add("/metadata/annotations", {names.INJECTED_ANNOTATION: version}))
 
-    ops += _append_all("/spec/volumes", spec.get("volumes"), sidecar_volumes(config))
+    ops += _append_all("/spec/volumes", spec.get("volumes"), sidecar_volumes(config, keys))
 
-    sidecar = sidecar_container(config)
+    sidecar = sidecar_container(config, keys)
     if not config.native_sidecar:
         ops.append(_add("/spec/containers/-", sidecar))
     elif spec.get("initContainers"):
@@ -265,12 +192,14 @@ def _patch(pod: Mapping[str, Any], config: InjectionConfig) -> list[JSONPatchOp]
 
     # Only the pod's original (app) containers: in classic mode the sidecar is appended after them.
     for index, container in enumerate(spec.get("containers") or []):
-        ops += _env_ops(f"/spec/containers/{index}/env", container.get("env"), config)
+        ops += _env_ops(f"/spec/containers/{index}/env", container.get("env"), config, key_env(keys, config))
     return ops
 
 
-def _env_ops(path: str, env: Sequence[Mapping[str, Any]] | None, config: InjectionConfig) -> list[JSONPatchOp]:
-    """Point the SDKs at the sidecar in one container, keeping the container's own values unless configured.
+def _env_ops(path: str, env: Sequence[Mapping[str, Any]] | None, config: InjectionConfig,
+             placeholders: Sequence[tuple[str, str]] = ()) -> list[JSONPatchOp]:
+    """Point the SDKs at the sidecar in one container, keeping the container's own values unless configured;
+    a placeholder key goes where the sidecar holds the upstream's key and the container has none.
 
     Values a container takes from envFrom (a ConfigMap or Secret) cannot be seen at admission: the explicit
     entry added here wins over them, as Kubernetes gives env precedence over envFrom.
@@ -292,6 +221,8 @@ def _env_ops(path: str, env: Sequence[Mapping[str, Any]] | None, config: Injecti
         elif config.overwrite_base_urls and current[index] != wanted:
             ops.append({"op": "replace", "path": f"{path}/{index}", "value": wanted})
             current[index] = wanted
+    present = {item.get("name") for item in current}
+    additions += [{"name": name, "value": value} for name, value in placeholders if name not in present]
     ops += _append_all(path, env, additions)
     return ops
 

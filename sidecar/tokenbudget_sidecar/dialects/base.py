@@ -93,7 +93,7 @@ class Reading:
     usage: Usage | None = None
     truncated: bool = False
     finished: bool = False  # the provider's terminal event or whole body was seen
-    streamed: bool = False  # read from an event stream: one that ends unfinished broke (proxy.broken_stream)
+    streamed: bool = False  # read from an event stream: one that ends unfinished broke (settlement.broken_stream)
     error: bool = False  # an in-stream error event
     response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
@@ -181,6 +181,10 @@ class Dialect:
 
     def auth(self, key: str) -> dict[str, str]:
         return {self.auth_header: key}
+
+    def labelled_user(self, body: JSON, label: str) -> str | None:
+        """The end user named by request label `label` (Gemini's labels); None where a dialect has none."""
+        return None
 
 
 def texts_of(value: Any) -> list[str]:

@@ -94,6 +94,11 @@ class GeminiDialect(Dialect):
         return Call(operation, match.group(2), stream=match.group(3) == "streamGenerateContent",
                     user=user_header, output_cap=cap)
 
+    def labelled_user(self, body: JSON, label: str) -> str | None:
+        labels = body.get("labels")
+        value = labels.get(label) if isinstance(labels, dict) else None
+        return value if isinstance(value, str) and value else None
+
     def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
         key = "generation_config" if "generation_config" in body and "generationConfig" not in body else (
             "generationConfig")

@@ -186,6 +186,13 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     add("POST", "/v1/files", more_routes.files)
     add("POST", "/v1/batches", more_routes.batches)
     add("POST", "/v1/messages/batches", more_routes.message_batches)
+    # Azure OpenAI: the same formats under /openai/deployments/{deployment}/... (?api-version=, api-key header)
+    add("POST", "/openai/deployments/{deployment}/chat/completions",
+        route(openai_dialect.CHAT, openai_dialect.chat_completions))
+    add("POST", "/openai/deployments/{deployment}/completions",
+        route(openai_dialect.COMPLETIONS, more_routes.completions))
+    add("POST", "/openai/deployments/{deployment}/embeddings",
+        route(openai_dialect.EMBEDDINGS, openai_dialect.embeddings))
     add("GET", "/_upstream/served", _served)
     add("DELETE", "/_upstream/served", _clear)
     add("*", "/{tail:.*}", more_routes.not_found)  # last: any other path, as the providers answer it
