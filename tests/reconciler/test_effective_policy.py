@@ -279,3 +279,18 @@ def test_a_model_the_spec_names_without_a_price_is_a_problem_on_the_budget() -> 
     priced = {"allow": ["gpt-4o"], "prices": [{"model": "qwen-flash", "inputPerMillion": "0.05",
                                               "outputPerMillion": "0.4"}]}
     assert spec_problems(view({"costUSD": "10"}, priced)) == []
+
+
+def test_the_pushed_upstream_names_its_key_secret_and_azure_deployments() -> None:
+    """The sidecar names the Secret in its 502 when the key is missing, and prices Azure deployments."""
+    b = budget("azure", {"upstreams": [{
+        "name": "azure", "baseURL": "https://example.openai.azure.com", "dialect": "AzureOpenAI",
+        "apiKeySecretRef": {"name": "azure-key", "key": "api-key"}, "deployments": {"prod-chat": "gpt-4o"}}]})
+    (up,) = [u for u in effective_policy(pod(), [b], [], KEY_DIR).upstreams if u.name == "azure"]
+    assert (up.api_key_file, up.api_key_secret) == (f"{KEY_DIR}/azure-key/api-key", "azure-key")
+    assert up.deployments == {"prod-chat": "gpt-4o"}
+    other = budget("other", {"upstreams": [{
+        "name": "azure", "baseURL": "https://example.openai.azure.com", "dialect": "AzureOpenAI",
+        "apiKeySecretRef": {"name": "azure-key", "key": "api-key"}, "deployments": {"prod-chat": "gpt-4o-mini"}}]})
+    problems = resolve(pod(), [b, other], [], KEY_DIR).problems
+    assert [p.reason for p in problems] == [Reason.UPSTREAM_CONFLICT], "another deployment map is another endpoint"

@@ -16,16 +16,18 @@ from tokenbudget_operator.reconciler.conditions import Problem, Reason
 from tokenbudget_operator.reconciler.views import BudgetView
 
 
-def _endpoint(u: Upstream) -> tuple[str, str, str | None, str | None]:
+def _endpoint(u: Upstream) -> tuple[object, ...]:
     """What makes two declarations of one upstream name the same (a trailing slash is not a difference)."""
     ref = u.api_key_secret_ref
-    return (u.base_url.rstrip("/"), u.dialect.value, ref.name if ref else None, ref.key if ref else None)
+    return (u.base_url.rstrip("/"), u.dialect.value, ref.name if ref else None, ref.key if ref else None,
+            tuple(sorted((u.deployments or {}).items())))
 
 
 def _policy_upstream(u: Upstream, key_dir: str) -> PolicyUpstream:
     ref = u.api_key_secret_ref
     key_file = f"{key_dir.rstrip('/')}/{ref.name}/{ref.key}" if ref is not None else None
-    return PolicyUpstream(name=u.name, base_url=u.base_url, dialect=u.dialect, api_key_file=key_file)
+    return PolicyUpstream(name=u.name, base_url=u.base_url, dialect=u.dialect, api_key_file=key_file,
+                          api_key_secret=ref.name if ref is not None else None, deployments=u.deployments)
 
 
 def merge_upstreams(budgets: Sequence[BudgetView], key_dir: str) -> tuple[list[PolicyUpstream], list[Problem]]:
