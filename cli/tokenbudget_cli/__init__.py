@@ -1,0 +1,1 @@
+"""kubectl tokenbudget: the platform team's plugin (status, report, export, simulate)."""

@@ -1,0 +1,104 @@
+"""The four subcommands: parse-free glue from argparse's namespace to the modules that do the work.
+
+The sidecar's admission code is imported inside `simulate` only, so status and report start without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tokenbudget_cli import export as export_mod
+from tokenbudget_cli import report as report_mod
+from tokenbudget_cli import status_cmd, status_view, trace
+from tokenbudget_cli.console import console
+from tokenbudget_cli.kube import Kube, KubeError, Target
+
+
+class UsageError(Exception):
+    """Flags that do not go together."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (KubeError, UsageError, export_mod.ExportError, trace.TraceError,
+                                            FileNotFoundError, OSError)
+
+
+def _kube(args: argparse.Namespace) -> Kube:
+    if getattr(args, "all_namespaces", False) and args.namespace:
+        raise UsageError("-n and -A do not go together")
+    return Kube(Target(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
+                       all_namespaces=getattr(args, "all_namespaces", False)))
+
+
+def status(args: argparse.Namespace) -> int:
+    kube = _kube(args)
+    doc = status_view.document(kube.budgets(args.name), kube.tiers(args.name))
+    if args.name and not doc.budgets and not doc.think_tiers:
+        raise UsageError(f"no TokenBudget or ThinkTier named {args.name} in namespace {kube.namespace}")
+    if args.output == "json":
+        sys.stdout.write(status_cmd.as_json(doc) + "\n")
+    elif args.output == "yaml":
+        sys.stdout.write(status_cmd.as_yaml(doc))
+    else:
+        status_cmd.render(doc, console())
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    if args.prometheus_url:
+        raise UsageError("--prometheus-url is not yet supported: the operator does not export spend counters "
+                         "yet; without it, report reads the current periods from status")
+    if args.since or args.until:
+        raise UsageError("--since/--until need spend history, which needs --prometheus-url (not yet supported)")
+    by, fmt = report_mod.By(args.by), report_mod.Format(args.format)
+    report_mod.render(report_mod.rows(_kube(args).budgets(), by), by, fmt, console())
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else None
+    if args.admin_url:
+        url = args.admin_url
+    else:
+        if not args.pod:
+            raise UsageError("name a pod, or give --admin-url")
+        kube = _kube(args)
+        url = export_mod.admin_url_for(kube.pod_ip(args.pod))
+        token = token or kube.admin_token()
+    records = export_mod.records(url, token, after=args.after)
+    if args.out:
+        with args.out.open("w", encoding="utf-8") as f:
+            count = trace.write(records, f)
+        console(sys.stderr).print(f"{count} usage records written to {args.out}", highlight=False)
+    else:
+        trace.write(records, sys.stdout)
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from tokenbudget_cli import simulate_report
+    from tokenbudget_cli.simulate import BudgetFileError, Simulation, load_budgets
+
+    try:
+        budgets = load_budgets(args.filename)
+    except BudgetFileError as exc:
+        raise UsageError(str(exc)) from exc
+    records = trace.read(args.trace)
+    err = console(sys.stderr)
+    show = not args.no_progress and sys.stderr.isatty()
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("calls"),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not show) as bar:
+        task = bar.add_task("replay", total=len(records))
+        result = Simulation(budgets).run(records, progress=lambda n: bar.update(task, completed=n))
+    summary = simulate_report.summarize(result)
+    if args.output == "json":
+        sys.stdout.write(simulate_report.as_json(summary) + "\n")
+    else:
+        out = console()
+        names = ", ".join(f"{b.metadata.get('namespace', 'default')}/{b.metadata.get('name')} "
+                          f"({b.spec.enforcement.value})" for b in budgets)
+        out.print(f"Replayed {summary.trace.calls:,} calls of {args.trace} against {names}\n", highlight=False)
+        simulate_report.render(summary, out)
+    return 0

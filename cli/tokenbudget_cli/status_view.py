@@ -1,0 +1,112 @@
+"""What `kubectl tokenbudget status` shows, computed from the CRD status models and nothing else.
+
+Pure: the same document feeds the tables for people and `-o json|yaml` for scripts, so a script reads
+exactly the figures a person sees. `remaining` is limit - used of each window in its period (never
+negative); the operator's status has used and limit, so the plugin works on any operator version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+
+from pydantic import Field
+
+from tokenbudget_api.common import ApiModel, Condition
+from tokenbudget_api.thinktier import ClassStatus, ThinkTier
+from tokenbudget_api.tokenbudget import Consumer, Enforcement, PodCounts, Stage, TokenBudget, Unit, WouldHave
+from tokenbudget_cli.kube import name_of, namespace_of
+
+
+class WindowLine(ApiModel):
+    """One window (or one key of a per-key window) as the plugin shows it."""
+
+    name: str
+    key: str | None = None
+    unit: Unit
+    used: Decimal
+    limit: Decimal
+    remaining: Decimal = Field(description="limit - used, never below zero.")
+    percent: int
+    resets_at: dt.datetime | None = None
+
+
+class BudgetLine(ApiModel):
+    """One TokenBudget: spec facts a reader needs beside its status."""
+
+    namespace: str
+    name: str
+    enforcement: Enforcement
+    stage: Stage | None = None
+    used_percent: int | None = None
+    tightest_window: str | None = None
+    pods: PodCounts | None = None
+    windows: list[WindowLine] = Field(default_factory=list)
+    top_consumers: list[Consumer] = Field(default_factory=list)
+    dry_run: list[WouldHave] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    last_updated: dt.datetime | None = None
+
+
+class TierLine(ApiModel):
+    """One ThinkTier: its default tier, the share of calls no class matched, and each class's figures."""
+
+    namespace: str
+    name: str
+    default_tier: str
+    unclassified_percent: str | None = None
+    classes: list[ClassStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    last_updated: dt.datetime | None = None
+
+
+class StatusDocument(ApiModel):
+    """`status -o json|yaml`: budgets and tiers in scope."""
+
+    budgets: list[BudgetLine] = Field(default_factory=list)
+    think_tiers: list[TierLine] = Field(default_factory=list)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def budget_line(tb: TokenBudget) -> BudgetLine:
+    status = tb.status
+    line = BudgetLine(namespace=namespace_of(tb), name=name_of(tb), enforcement=tb.spec.enforcement)
+    if status is None:
+        return line
+    for w in status.windows or []:
+        used, limit = _decimal(w.used), _decimal(w.limit)
+        line.windows.append(WindowLine(name=w.name, key=w.key, unit=w.unit, used=used, limit=limit,
+                                       remaining=max(limit - used, Decimal(0)), percent=w.percent,
+                                       resets_at=w.resets_at))
+    line.stage, line.used_percent, line.tightest_window = status.stage, status.used_percent, status.tightest_window
+    line.pods, line.top_consumers = status.pods, list(status.top_consumers or [])
+    line.dry_run, line.conditions = list(status.dry_run or []), list(status.conditions or [])
+    line.last_updated = status.last_updated
+    return line
+
+
+def tier_line(tt: ThinkTier) -> TierLine:
+    status = tt.status
+    line = TierLine(namespace=namespace_of(tt), name=name_of(tt), default_tier=tt.spec.default_tier)
+    if status is not None:
+        line.unclassified_percent = status.unclassified_percent
+        line.classes, line.conditions = list(status.classes or []), list(status.conditions or [])
+        line.last_updated = status.last_updated
+    return line
+
+
+def document(budgets: list[TokenBudget], tiers: list[ThinkTier]) -> StatusDocument:
+    return StatusDocument(budgets=[budget_line(b) for b in budgets], think_tiers=[tier_line(t) for t in tiers])
+
+
+def amount(value: Decimal, unit: Unit) -> str:
+    """A window amount for people: dollars with cents, tokens and requests with thousands separators."""
+    if unit is Unit.USD:
+        return f"${value:,.2f}"
+    return f"{value:,.0f}"
