@@ -1,13 +1,20 @@
-"""`make demo`: the standalone sidecar metering a small workload made with the official SDKs.
+"""`make demo`: the whole story in about a minute, on real sidecar processes and the stand-in provider.
 
-Starts the stand-in provider (tokenbudget_testing.upstream) and the real sidecar as separate processes on
-loopback, points the OpenAI, Anthropic and Gemini SDKs at the sidecar by base URL only, runs a few
-calls of each kind, then reads the sidecar's usage records from its admin API and prints what it
-metered next to what the provider says it served. No cluster, no network, no keys.
+1. Metering: the standalone sidecar on the embedded default's shape (no budget) meters a small workload
+   made with the OpenAI, Anthropic and Gemini SDKs; its usage records are compared with what the
+   provider says it served (an exact match).
+2. A team budget with the 50/80/85/95 ladder under a seeded workload, next to its DryRun twin
+   (demo_ladder.py), with a live display.
+3. A ThinkTier calibrating from observed thinking (demo_thinking.py).
+4. A PNG of both (demo_plot.py), whose path is printed last.
+
+Every process runs on loopback: the stand-in provider (tokenbudget_testing.upstream) and one sidecar per
+act, each from a policy file. No cluster, no network, no keys.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -17,9 +24,15 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.rule import Rule
+
+from tokenbudget_testing import demo_ladder, demo_plot, demo_thinking
 
 POLICY = """
 upstreams:
@@ -41,6 +54,10 @@ def _free_port() -> int:
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:  # loopback only
         return json.loads(resp.read())
+
+
+def _upstreams(url: str) -> list[dict[str, str]]:
+    return [{"name": d.lower(), "baseURL": url, "dialect": d} for d in ("OpenAI", "Anthropic", "Gemini")]
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -132,29 +149,74 @@ def summary(admin: str, upstream: str) -> None:
     print(f"Provider says it served {served_tokens} tokens; the sidecar metered {metered_tokens}: {verdict}.")
 
 
-def main() -> None:
+@dataclass
+class Sidecar:
+    proc: subprocess.Popen[bytes]
+    data: str
+    admin: str
+
+
+def _sidecar(tmp: Path, name: str, policy: str, env: dict[str, str]) -> Sidecar:
+    """One sidecar process reading `policy` (YAML or JSON) as its standalone policy file."""
+    data_port, admin_port = _free_port(), _free_port()
+    path = tmp / f"{name}.yaml"
+    path.write_text(policy, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "tokenbudget_sidecar"], env={
+        **env, "TOKENBUDGET_POLICY_FILE": str(path), "TOKENBUDGET_DATA_PORT": str(data_port),
+        "TOKENBUDGET_ADMIN_PORT": str(admin_port), "TOKENBUDGET_ADMIN_HOST": "127.0.0.1",
+        "TOKENBUDGET_LEDGER_DIR": str(tmp / f"ledger-{name}"), "TOKENBUDGET_LOG_LEVEL": "WARNING"})
+    return Sidecar(proc, f"http://127.0.0.1:{data_port}", f"http://127.0.0.1:{admin_port}")
+
+
+def default_out() -> Path:
+    cache = Path(os.environ.get("TOKENBUDGET_CACHE") or Path.home() / ".cache" / "tokenbudget")
+    return cache / "demo" / "tokenbudget-demo.png"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    args.add_argument("--out", type=Path, default=default_out(), help="where to write the PNG")
+    args.add_argument("--pace", type=float, default=float(os.environ.get("TOKENBUDGET_DEMO_PACE", "0.25")),
+                      help="seconds between the budget act's calls, so the display can be followed (0: none)")
+    opts = args.parse_args(argv)
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     env = dict(os.environ)
-    up_port, data_port, admin_port = _free_port(), _free_port(), _free_port()
+    up_port = _free_port()
     upstream = f"http://127.0.0.1:{up_port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        policy = Path(tmp) / "policy.yaml"
-        policy.write_text(POLICY.format(url=upstream), encoding="utf-8")
-        env.update(TOKENBUDGET_POLICY_FILE=str(policy), TOKENBUDGET_DATA_PORT=str(data_port),
-                   TOKENBUDGET_ADMIN_PORT=str(admin_port), TOKENBUDGET_ADMIN_HOST="127.0.0.1",
-                   TOKENBUDGET_LEDGER_DIR=str(Path(tmp) / "ledger"), TOKENBUDGET_LOG_LEVEL="WARNING")
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1",
-                              "--port", str(up_port)], env=env),
-            subprocess.Popen([sys.executable, "-m", "tokenbudget_sidecar"], env=env),
-        ]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        procs = [subprocess.Popen([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1",
+                                   "--port", str(up_port)], env=env)]
         try:
+            metering = _sidecar(tmp, "metering", POLICY.format(url=upstream), env)
+            enforce = _sidecar(tmp, "enforce", json.dumps(
+                {"upstreams": _upstreams(upstream), "budgets": demo_ladder.budget_policy("Enforce")}), env)
+            twin = _sidecar(tmp, "twin", json.dumps(
+                {"upstreams": _upstreams(upstream), "budgets": demo_ladder.budget_policy("DryRun")}), env)
+            think = _sidecar(tmp, "think", json.dumps(
+                {"upstreams": _upstreams(upstream), "thinkTiers": demo_thinking.tier_policy()}), env)
+            sidecars = [metering, enforce, twin, think]
+            procs += [s.proc for s in sidecars]
             _wait(f"{upstream}/_upstream/served", procs[0], "the test upstream")
-            _wait(f"http://127.0.0.1:{admin_port}/readyz", procs[1], "the sidecar")
-            print(f"Sidecar on http://127.0.0.1:{data_port} (apps use /openai/v1, /anthropic, /gemini); "
+            for s in sidecars:
+                _wait(f"{s.admin}/readyz", s.proc, "a sidecar")
+            out.print(Rule("1. Metering through the three SDKs"))
+            print(f"Sidecar on {metering.data} (apps use /openai/v1, /anthropic, /gemini); "
                   f"provider stand-in on {upstream}.\n\nWorkload through the official SDKs:")
-            workload(f"http://127.0.0.1:{data_port}")
+            workload(metering.data)
             time.sleep(0.2)  # records settle just after each response ends
-            summary(f"http://127.0.0.1:{admin_port}", upstream)
+            summary(metering.admin, upstream)
+            out.print()
+            out.print(Rule(f"2. A team budget: {demo_ladder.LIMIT_TOKENS:,} tokens an hour, alert 50 %, throttle 80 %, "
+                           "downgrade 85 %, block 95 %"))
+            ladder = demo_ladder.run(enforce.data, enforce.admin, twin.data, twin.admin, out, opts.pace)
+            out.print()
+            out.print(Rule("3. A ThinkTier calibrating"))
+            calibration = demo_thinking.run(think.data, think.admin, out, opts.pace / 5)
+            out.print()
+            out.print(Rule("4. The picture"))
+            path = demo_plot.draw(ladder, calibration, opts.out)
+            print(f"Wrote {path.resolve()}")
         finally:
             for proc in procs:
                 proc.terminate()
