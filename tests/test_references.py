@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP = "api|operator|sidecar|testing|tests|docs|charts|scripts|benchmarks|examples|deploy|crds"
+TOP = "api|cli|operator|sidecar|testing|tests|docs|charts|scripts|benchmarks|examples|deploy|crds"
 CITED = re.compile(rf"(?<![\w/.-])((?:{TOP})/[\w./-]*\w\.(?:md|py|yaml|json|sh|txt|tpl))\b")
 
 

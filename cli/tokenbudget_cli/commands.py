@@ -65,7 +65,7 @@ def export(args: argparse.Namespace) -> int:
         if not args.pod:
             raise UsageError("name a pod, or give --admin-url")
         kube = _kube(args)
-        url = export_mod.admin_url_for(kube.pod_ip(args.pod))
+        url = export_mod.admin_url_for(kube.pod_ip(args.pod), args.admin_port)
         token = token or kube.admin_token()
     records = export_mod.records(url, token, after=args.after)
     if args.out:

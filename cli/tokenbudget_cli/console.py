@@ -44,10 +44,11 @@ NUMERIC = {"USED", "LIMIT", "REMAINING", "%", "TOKENS", "USD", "CALLS", "BUDGET"
            "TRUNCATED%", "UNDERUSE%", "RECOMMENDED", "COSTUSD", "REQUESTS"}
 
 
-def table(*columns: str, title: str | None = None, caption: str | None = None) -> Table:
-    """A plain table (a rule under the header only): numbers right-aligned, by column name."""
+def table(*columns: str, title: str | None = None, caption: str | None = None, left: int = 0) -> Table:
+    """A plain table (a rule under the header only): numbers right-aligned, by column name, except the
+    first `left` columns (labels, such as a report's BUDGET names)."""
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left",
               caption=caption, caption_justify="left")
-    for col in columns:
-        t.add_column(col, justify="right" if col.upper() in NUMERIC else "left")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if col.upper() in NUMERIC and i >= left else "left")
     return t

@@ -44,6 +44,6 @@ def records(admin_url: str, token: str | None, after: int = 0, timeout: float = 
         cursor = page.cursor
 
 
-def admin_url_for(pod_ip: str) -> str:
+def admin_url_for(pod_ip: str, port: int = names.SIDECAR_ADMIN_PORT) -> str:
     host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip  # an IPv6 pod
-    return f"http://{host}:{names.SIDECAR_ADMIN_PORT}"
+    return f"http://{host}:{port}"

@@ -147,7 +147,7 @@ def render(found: list[Row], by: By, fmt: Format, out: Console) -> None:
         lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in records]
         out.out("\n".join(lines), highlight=False)
     else:
-        table = console.table(*(c.upper() for c in columns), caption=SOURCE_NOTE)
+        table = console.table(*(c.upper() for c in columns), caption=SOURCE_NOTE, left=1)
         for r in records:
             table.add_row(*(r[c] for c in columns), style="bold" if r[by.value] == "TOTAL" else None)
         out.print(table)

@@ -39,11 +39,13 @@ def _budget(b: BudgetLine, out: Console) -> None:
     out.print(f"[bold]TokenBudget {b.namespace}/{b.name}[/]  {b.enforcement.value}  stage {stage_text(b.stage)}  "
               f"{used}  {pods}")
     if b.windows:
-        table = console.table("WINDOW", "KEY", "UNIT", "USED", "LIMIT", "REMAINING", "%", "RESETS")
+        table = console.table("WINDOW", "KEY", "PERIOD", "UNIT", "USED", "LIMIT", "REMAINING", "%", "RESETS")
         for w in b.windows:
-            table.add_row(w.name, w.key or "-", w.unit.value, amount(w.used, w.unit), amount(w.limit, w.unit),
-                          amount(w.remaining, w.unit), f"[{percent_style(w.percent)}]{w.percent}%[/]",
-                          w.resets_at.strftime("%Y-%m-%d %H:%M UTC") if w.resets_at else "rolling")
+            rolling = w.period is not None and w.period[0].isdigit()  # a duration such as 5m, not Month
+            resets = w.resets_at.strftime("%Y-%m-%d %H:%M UTC") if w.resets_at else "rolling" if rolling else "-"
+            table.add_row(w.name, w.key or "-", w.period or "-", w.unit.value, amount(w.used, w.unit),
+                          amount(w.limit, w.unit), amount(w.remaining, w.unit),
+                          f"[{percent_style(w.percent)}]{w.percent}%[/]", resets)
         out.print(table)
     if b.top_consumers:
         table = console.table("KIND", "NAME", "TOKENS", "USD", title="top consumers")

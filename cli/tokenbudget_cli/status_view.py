@@ -24,6 +24,7 @@ class WindowLine(ApiModel):
     name: str
     key: str | None = None
     unit: Unit
+    period: str | None = Field(default=None, description="The limit's calendar period, or its rolling duration.")
     used: Decimal
     limit: Decimal
     remaining: Decimal = Field(description="limit - used, never below zero.")
@@ -79,9 +80,12 @@ def budget_line(tb: TokenBudget) -> BudgetLine:
     line = BudgetLine(namespace=namespace_of(tb), name=name_of(tb), enforcement=tb.spec.enforcement)
     if status is None:
         return line
+    limits = {lim.name: lim for lim in tb.spec.limits or []}
     for w in status.windows or []:
         used, limit = _decimal(w.used), _decimal(w.limit)
-        line.windows.append(WindowLine(name=w.name, key=w.key, unit=w.unit, used=used, limit=limit,
+        spec = limits.get(w.name)
+        period = None if spec is None else spec.period.value if spec.period else spec.duration
+        line.windows.append(WindowLine(name=w.name, key=w.key, unit=w.unit, period=period, used=used, limit=limit,
                                        remaining=max(limit - used, Decimal(0)), percent=w.percent,
                                        resets_at=w.resets_at))
     line.stage, line.used_percent, line.tightest_window = status.stage, status.used_percent, status.tightest_window
