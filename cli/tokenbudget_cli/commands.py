@@ -11,6 +11,7 @@ import sys
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tokenbudget_cli import export as export_mod
+from tokenbudget_cli import kube as kube_mod
 from tokenbudget_cli import report as report_mod
 from tokenbudget_cli import status_cmd, status_view, trace
 from tokenbudget_cli.console import console
@@ -34,7 +35,9 @@ def _kube(args: argparse.Namespace) -> Kube:
 
 def status(args: argparse.Namespace) -> int:
     kube = _kube(args)
-    doc = status_view.document(kube.budgets(args.name), kube.tiers(args.name))
+    budgets = kube.budgets(args.name)
+    pods = {ns: kube.pods(ns) for ns in sorted({kube_mod.namespace_of(b) for b in budgets})}
+    doc = status_view.document(budgets, kube.tiers(args.name), pods)
     if args.name and not doc.budgets and not doc.think_tiers:
         raise UsageError(f"no TokenBudget or ThinkTier named {args.name} in namespace {kube.namespace}")
     if args.output == "json":

@@ -39,6 +39,15 @@ class Target:
     all_namespaces: bool = False
 
 
+@dataclass(frozen=True)
+class PodFacts:
+    """What status needs of a pod: whether a budget selects it, and whether it runs the sidecar."""
+
+    name: str
+    labels: dict[str, str]
+    has_sidecar: bool
+
+
 class Kube:
     """A connected client for one Target; `namespace` is the resolved one (kubectl's rules)."""
 
@@ -89,6 +98,26 @@ class Kube:
     def tiers(self, name: str | None = None) -> list[ThinkTier]:
         """ThinkTiers in scope (one by name), as models, sorted by namespace and name."""
         return sorted((_model(ThinkTier, o) for o in self._list(names.THINKTIER_PLURAL, name)), key=_ns_name)
+
+    def pods(self, namespace: str) -> list[PodFacts] | None:
+        """The namespace's live pods (not Succeeded/Failed, not terminating); None if listing is forbidden."""
+        try:
+            found = self.core.list_namespaced_pod(namespace)
+        except client.ApiException as exc:
+            if exc.status in (401, 403):
+                return None
+            raise KubeError(f"listing pods in {namespace}: {exc.status} {exc.reason}") from exc
+        out = []
+        for pod in found.items:
+            meta, spec = pod.metadata, pod.spec
+            phase = pod.status.phase if pod.status else None
+            if meta is None or spec is None or not meta.name or phase in ("Succeeded", "Failed") \
+                    or meta.deletion_timestamp is not None:
+                continue
+            containers = [*(spec.init_containers or []), *(spec.containers or [])]
+            out.append(PodFacts(name=str(meta.name), labels=dict(meta.labels or {}),
+                                has_sidecar=any(c.name == names.SIDECAR_CONTAINER for c in containers)))
+        return out
 
     def pod_ip(self, pod: str) -> str:
         """The pod's IP, where its sidecar's admin port listens (as the operator reaches it)."""

@@ -15,7 +15,7 @@ from pydantic import Field
 from tokenbudget_api.common import ApiModel, Condition
 from tokenbudget_api.thinktier import ClassStatus, ThinkTier
 from tokenbudget_api.tokenbudget import Consumer, Enforcement, PodCounts, Stage, TokenBudget, Unit, WouldHave
-from tokenbudget_cli.kube import name_of, namespace_of
+from tokenbudget_cli.kube import PodFacts, name_of, namespace_of
 
 
 class WindowLine(ApiModel):
@@ -42,6 +42,8 @@ class BudgetLine(ApiModel):
     used_percent: int | None = None
     tightest_window: str | None = None
     pods: PodCounts | None = None
+    without_sidecar: list[str] | None = Field(
+        default=None, description="Selected pods running without the sidecar (unmetered); None: pods not listed.")
     windows: list[WindowLine] = Field(default_factory=list)
     top_consumers: list[Consumer] = Field(default_factory=list)
     dry_run: list[WouldHave] = Field(default_factory=list)
@@ -75,9 +77,13 @@ def _decimal(text: str) -> Decimal:
         return Decimal(0)
 
 
-def budget_line(tb: TokenBudget) -> BudgetLine:
+def budget_line(tb: TokenBudget, pods: list[PodFacts] | None = None) -> BudgetLine:
+    """`pods`: the budget namespace's pods, to name the selected ones that bypass the sidecar (created
+    before the namespace opted in, admitted while the webhook was down, or opted out)."""
     status = tb.status
     line = BudgetLine(namespace=namespace_of(tb), name=name_of(tb), enforcement=tb.spec.enforcement)
+    if pods is not None:
+        line.without_sidecar = sorted(p.name for p in pods if not p.has_sidecar and tb.spec.selector.matches(p.labels))
     if status is None:
         return line
     limits = {lim.name: lim for lim in tb.spec.limits or []}
@@ -105,8 +111,12 @@ def tier_line(tt: ThinkTier) -> TierLine:
     return line
 
 
-def document(budgets: list[TokenBudget], tiers: list[ThinkTier]) -> StatusDocument:
-    return StatusDocument(budgets=[budget_line(b) for b in budgets], think_tiers=[tier_line(t) for t in tiers])
+def document(budgets: list[TokenBudget], tiers: list[ThinkTier],
+             pods: dict[str, list[PodFacts] | None] | None = None) -> StatusDocument:
+    """`pods`: per namespace, its pods (None where they could not be listed)."""
+    pods = pods or {}
+    return StatusDocument(budgets=[budget_line(b, pods.get(namespace_of(b))) for b in budgets],
+                          think_tiers=[tier_line(t) for t in tiers])
 
 
 def amount(value: Decimal, unit: Unit) -> str:

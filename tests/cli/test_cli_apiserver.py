@@ -100,6 +100,15 @@ def cluster(kube: ControlPlane) -> ControlPlane:
     apply_example(kube, "tokenbudget-dryrun.yaml", NS, DRY_RUN)
     apply_example(kube, "thinktier.yaml", NS, ASSISTANT)
     apply_example(kube, "tokenbudget-per-user.yaml", NS_B, PER_USER)
+    # Two pods support-bot selects: one injected, one created before the namespace opted in (no sidecar).
+    for name, sidecar in (("support-bot-7d9f", True), ("support-bot-old", False)):
+        pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": name, "namespace": NS, "labels": {"app": "support-bot"}},
+                               "spec": {"containers": [{"name": "app", "image": "registry.example.com/bot:1"}]}}
+        if sidecar:
+            pod["spec"]["initContainers"] = [{"name": "tokenbudget-sidecar", "restartPolicy": "Always",
+                                              "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0"}]
+        kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
     return kube
 
 
@@ -114,6 +123,7 @@ def test_status_prints_each_window_with_remaining_and_the_tiers_classes(cluster:
     out = plugin(cluster, "status", "-n", NS)
     print(out)  # the sample in the report
     assert "TokenBudget tb-cli/support-bot  Enforce  stage Alert  78% of monthly-tokens  2/3 pods synced" in out
+    assert "1 selected pod(s) run without the sidecar, unmetered: support-bot-old (created before" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["monthly-tokens"][1:8] == ["-", "Month", "Tokens", "3,900,000", "5,000,000", "1,100,000", "78%"]
     assert rows["daily-dollars"][4:7] == ["$31.20", "$40.00", "$8.80"]
@@ -141,6 +151,8 @@ def test_status_json_is_the_same_figures_for_scripts(cluster: ControlPlane) -> N
                        "limit": "5000000", "remaining": "1100000", "percent": 78, "resetsAt": "2026-12-31T23:00:00Z"}
     assert budgets["tb-cli/research-dryrun"]["windows"][0]["remaining"] == "0"  # never negative
     assert budgets["tb-cli/support-bot"]["pods"] == {"selected": 3, "synced": 2}
+    assert budgets["tb-cli/support-bot"]["withoutSidecar"] == ["support-bot-old"]
+    assert budgets["tb-cli/research-dryrun"]["withoutSidecar"] == []
     tiers = {t["name"]: t for t in doc["thinkTiers"]}
     assert tiers["assistant"]["classes"][0]["recommendedBudgetTokens"] == 1280
     one = yaml.safe_load(plugin(cluster, "status", "-n", NS_B, "chat-per-user", "-o", "yaml"))
