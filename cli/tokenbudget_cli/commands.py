@@ -81,13 +81,16 @@ def export(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from tokenbudget_cli import simulate_report
+    from tokenbudget_cli import simulate_report, thinking_sim
     from tokenbudget_cli.simulate import BudgetFileError, Simulation, load_budgets
 
     try:
         budgets = load_budgets(args.filename)
-    except BudgetFileError as exc:
-        raise UsageError(str(exc)) from exc
+        tiers = thinking_sim.load_tiers(args.filename)
+    except (BudgetFileError, ValueError) as exc:
+        raise UsageError(f"{args.filename}: {exc}") from exc
+    if not budgets and not tiers:
+        raise UsageError(f"{args.filename}: no TokenBudget or ThinkTier in it")
     records = trace.read(args.trace)
     err = console(sys.stderr)
     show = not args.no_progress and sys.stderr.isatty()
@@ -96,12 +99,17 @@ def simulate(args: argparse.Namespace) -> int:
         task = bar.add_task("replay", total=len(records))
         result = Simulation(budgets).run(records, progress=lambda n: bar.update(task, completed=n))
     summary = simulate_report.summarize(result)
+    summary.thinking = {f"{kube_mod.namespace_of(t) or 'default'}/{kube_mod.name_of(t)}":
+                        thinking_sim.calibrate(t, records) for t in tiers}
     if args.output == "json":
         sys.stdout.write(simulate_report.as_json(summary) + "\n")
-    else:
-        out = console()
-        names = ", ".join(f"{b.metadata.get('namespace', 'default')}/{b.metadata.get('name')} "
-                          f"({b.spec.enforcement.value})" for b in budgets)
-        out.print(f"Replayed {summary.trace.calls:,} calls of {args.trace} against {names}\n", highlight=False)
+        return 0
+    out = console()
+    names = ", ".join([f"{b.metadata.get('namespace', 'default')}/{b.metadata.get('name')} "
+                       f"({b.spec.enforcement.value})" for b in budgets]
+                      + [f"ThinkTier {kube_mod.name_of(t)}" for t in tiers])
+    out.print(f"Replayed {summary.trace.calls:,} calls of {args.trace} against {names}\n", highlight=False)
+    if budgets:
         simulate_report.render(summary, out)
+    simulate_report.render_thinking(summary, out)
     return 0

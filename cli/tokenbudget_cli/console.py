@@ -41,7 +41,7 @@ def percent_style(percent: int) -> str:
 
 
 NUMERIC = {"USED", "LIMIT", "REMAINING", "%", "TOKENS", "USD", "CALLS", "BUDGET", "SAMPLES", "P50", "P95", "P99",
-           "TRUNCATED%", "UNDERUSE%", "RECOMMENDED", "COSTUSD", "REQUESTS"}
+           "TRUNCATED%", "UNDERUSE%", "RECOMMENDED", "COSTUSD", "REQUESTS", "THINKING", "AFTER", "CUT%"}
 
 
 def table(*columns: str, title: str | None = None, caption: str | None = None, left: int = 0) -> Table:

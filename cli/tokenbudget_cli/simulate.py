@@ -39,11 +39,11 @@ from tokenbudget_sidecar.settings import Settings
 
 
 class BudgetFileError(Exception):
-    """The -f file holds no TokenBudget, or one that does not validate."""
+    """A TokenBudget in the -f file does not validate."""
 
 
 def load_budgets(path: Path) -> list[TokenBudget]:
-    """Every TokenBudget in a (multi-document) YAML file; other kinds are skipped."""
+    """Every TokenBudget in a (multi-document) YAML file; other kinds are skipped (none: an empty list)."""
     found = []
     for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
         if isinstance(doc, dict) and doc.get("kind") == "TokenBudget":
@@ -51,8 +51,6 @@ def load_budgets(path: Path) -> list[TokenBudget]:
                 found.append(TokenBudget.model_validate(doc))
             except ValueError as exc:
                 raise BudgetFileError(f"{path}: {exc}") from exc
-    if not found:
-        raise BudgetFileError(f"{path}: no TokenBudget in it")
     return found
 
 

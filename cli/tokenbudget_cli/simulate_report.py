@@ -17,6 +17,7 @@ from tokenbudget_api.tokenbudget import Stage
 from tokenbudget_cli import console
 from tokenbudget_cli.console import stage_text
 from tokenbudget_cli.simulate import Result
+from tokenbudget_cli.thinking_sim import ClassOutcome
 
 
 class Totals(ApiModel):
@@ -47,6 +48,8 @@ class Summary(ApiModel):
     saved_usd: Decimal = Field(default=Decimal(0), alias="savedUSD", description="Trace cost minus admitted cost.")
     timeline: list[TimelineEntry] = Field(default_factory=list)
     dry_run: dict[str, dict[str, int]] = Field(default_factory=dict, description="DryRun budget: action: calls.")
+    thinking: dict[str, list[ClassOutcome]] = Field(
+        default_factory=dict, description="ThinkTier namespace/name: per class, what calibration would give.")
 
 
 def _add(t: Totals, tokens: int, cost: Decimal | None) -> None:
@@ -129,3 +132,21 @@ def render(summary: Summary, out: Console) -> None:
     for name, counts in summary.dry_run.items():
         what = ", ".join(f"{a} x{n}" for a, n in sorted(counts.items())) or "nothing"
         out.print(f"\nDryRun {name} would have: {what} (and admitted every call)")
+
+
+def render_thinking(summary: Summary, out: Console) -> None:
+    for name, classes in summary.thinking.items():
+        table = console.table("CLASS", "TIER", "BUDGET", "SAMPLES", "P95", "TRUNCATED%", "RECOMMENDED", "THINKING",
+                              "AFTER", "CUT%", title=f"ThinkTier {name}: calibration on this trace")
+        for c in classes:
+            table.add_row(c.name, c.tier, f"{c.budget_tokens:,}", str(c.samples), _num(c.p95),
+                          c.truncation_percent or "-", _num(c.recommended_budget_tokens), f"{c.thinking_tokens:,}",
+                          _num(c.thinking_tokens_after), c.cut_percent or "-")
+        out.print(table)
+        out.print("BUDGET and RECOMMENDED are thinking tokens a call may use (and holds against token budgets); "
+                  "THINKING and AFTER are what the trace's calls thought, and would with the recommendation; "
+                  "CUT% the calls that would think less. No recommendation below minSamples calls.")
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
