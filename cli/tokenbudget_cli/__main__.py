@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenbudget_api import names
 from tokenbudget_cli.console import console
 
 
@@ -47,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-url", help="the sidecar admin API instead of the pod IP, e.g. after port-forward")
     p.add_argument("--token-file", type=Path, help="bearer token file (default: the namespace's Secret "
                    "tokenbudget-sidecar-admin)")
-    p.add_argument("--admin-port", type=int, default=8788, help="the sidecar admin port on the pod IP")
+    p.add_argument("--admin-port", type=int, default=names.SIDECAR_ADMIN_PORT,
+                   help="the sidecar admin port on the pod IP")
     p.add_argument("--after", type=int, default=0, help="only records after this sequence number")
     p.add_argument("--out", type=Path, help="file to write (default: stdout)")
 

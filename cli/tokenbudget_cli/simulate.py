@@ -37,6 +37,8 @@ from tokenbudget_sidecar.dialects import DIALECTS, Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.settings import Settings
 
+PROGRESS_EVERY = 256  # calls between progress updates: a redraw per call would cost more than the replay
+
 
 class BudgetFileError(Exception):
     """A TokenBudget in the -f file does not validate."""
@@ -143,7 +145,7 @@ class Simulation:
         self.prices = PriceBook(self.policy.prices)
 
     def run(self, records: list[UsageRecord], progress: Callable[[int], None] | None = None) -> Result:
-        """Replay `records` (in time order); `progress(n)` after each call is started."""
+        """Replay `records` (in time order); `progress(n)` as calls are started (every PROGRESS_EVERY, and last)."""
         result = Result()
         calls = [r for r in records if r.outcome is not Outcome.REFUSED]  # never forwarded: nothing to replay
         if not calls:
@@ -180,7 +182,7 @@ class Simulation:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 tasks.append(asyncio.create_task(one(rec)))
-                if progress is not None:
+                if progress is not None and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == len(calls)):
                     progress(i + 1)
                 if len(tasks) > 1000:
                     tasks = [t for t in tasks if not t.done()]
