@@ -19,7 +19,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from controlplane import ControlPlane
+from controlplane import ControlPlane, pod_address
 from operator_harness import namespace
 from sidecar_harness import app_in_thread, policy_for
 
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 NS, NS_B = "tb-cli", "tb-cli-b"
 NOW = "2026-12-06T04:00:00Z"
-SIDECAR_IP = "127.0.0.31"
+SIDECAR_IP = pod_address(31)  # this run's own loopback /24: never another run's sidecar
 
 
 def cond(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
