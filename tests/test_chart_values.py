@@ -1,0 +1,61 @@
+"""The chart's values.schema.json refuses bad values before anything renders; digests, the PDB.
+
+Strict: unknown keys (a typo such as `webhook.failurPolicy`) are refused, not ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import test_chart
+from test_chart import by_key, documents, render
+
+helm = test_chart.helm  # the chart tests' session fixture: HELM_BIN or the cached build
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("sets", "field"),
+    [
+        (("replicaz=2",), "replicaz"),
+        (("webhook.failurPolicy=Fail",), "failurPolicy"),
+        (("replicas=0",), "replicas"),
+        (("image.pullPolicy=Sometimes",), "pullPolicy"),
+        (("webhook.timeoutSeconds=60",), "timeoutSeconds"),
+        (("image.digest=latest",), "digest"),
+        (("operator.logLevel=TRACE",), "logLevel"),
+        (("sidecarAdminToken.namespaces={Team_A}",), "namespaces"),
+        (("webhook.caBundle=not base64!",), "caBundle"),
+        (("imagePullSecrets[0].nam=regcred",), "imagePullSecrets"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else v,
+)
+def test_bad_values_are_refused_by_the_schema_naming_the_field(helm: Path, sets: tuple[str, ...], field: str) -> None:
+    with pytest.raises(AssertionError, match="schema") as refused:
+        render(helm, *sets)
+    assert field in str(refused.value)
+
+
+def test_an_image_digest_pins_operator_and_sidecar_by_digest(helm: Path) -> None:
+    docs = by_key(documents(render(helm, "image.repository=registry.example/tb", f"image.digest={DIGEST}")))
+    container = docs["Deployment", "tokenbudget-operator"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"registry.example/tb@{DIGEST}"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOKENBUDGET_OPERATOR_SIDECAR_IMAGE"] == f"registry.example/tb@{DIGEST}"
+
+
+def test_pull_secrets_reach_the_operator_pods(helm: Path) -> None:
+    docs = by_key(documents(render(helm, "imagePullSecrets[0].name=regcred")))
+    spec = docs["Deployment", "tokenbudget-operator"]["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_a_disruption_budget_keeps_one_replica_serving_the_webhook(helm: Path) -> None:
+    docs = by_key(documents(render(helm)))
+    pdb = docs["PodDisruptionBudget", "tokenbudget-operator"]
+    selector = docs["Deployment", "tokenbudget-operator"]["spec"]["selector"]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": selector}
+    # One replica: a PDB would block every node drain, so none is rendered.
+    assert not any(kind == "PodDisruptionBudget" for kind, _ in by_key(documents(render(helm, "replicas=1"))))
