@@ -29,8 +29,7 @@ SUITE=bookworm
 RUNTIME_DEBS=(python3 ca-certificates tzdata)  # on top of debootstrap's minbase
 SIDECAR_REQ='tokenbudget[sidecar]'
 OPERATOR_REQ='tokenbudget[operator]'
-TESTAPP_REQ='tokenbudget-testing openai'       # the stand-in upstream + the openai SDK app (tests only)
-[ -d "$REPO/testing" ] || TESTAPP_REQ='tokenbudget[sidecar] openai'  # before the testing distribution existed
+TESTAPP_REQ='tokenbudget-testing'              # the stand-in upstream + the official SDKs (tests only)
 PIP_VERSION=25.3
 CYCLONEDX_VERSION=7.5.0
 VENV=/opt/tokenbudget
@@ -97,7 +96,7 @@ wheelhouse() {
     rm -rf "$wh" && mkdir -p "$wh"
     log "wheels into $wh"
     "$PYTHON" -m pip wheel -q --no-deps -w "$wh" "$REPO" >&2
-    [ ! -d "$REPO/testing" ] || "$PYTHON" -m pip wheel -q --no-deps -w "$wh" "$REPO/testing" >&2
+    "$PYTHON" -m pip wheel -q --no-deps -w "$wh" "$REPO/testing" >&2
     "$PYTHON" -m pip download -q --only-binary=:all: -d "$wh" "pip==$PIP_VERSION" \
       -r "$REPO/images/requirements-sidecar.txt" -r "$REPO/images/requirements-operator.txt" \
       -r "$REPO/images/requirements-testapp.txt" >&2

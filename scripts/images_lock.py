@@ -21,12 +21,12 @@ IMAGES = REPO / "images"
 
 def requirements() -> dict[str, list[str]]:
     """Per image, what pip is asked for (local paths for this repository's own distributions)."""
-    testing = REPO / "testing"
-    testapp = [str(testing)] if testing.is_dir() else [f"{REPO}[sidecar]"]
+    # The testing distribution requires tokenbudget[sidecar]: name the checkout too, so pip never looks for
+    # a `tokenbudget` on the index.
     return {
         "sidecar": [f"{REPO}[sidecar]"],
         "operator": [f"{REPO}[operator]"],
-        "testapp": [*testapp, "openai"],
+        "testapp": [f"{REPO}[sidecar]", str(REPO / "testing")],
     }
 
 
