@@ -9,7 +9,7 @@ CACHE ?= $(or $(TOKENBUDGET_CACHE),$(HOME)/.cache/tokenbudget)
 export TOKENBUDGET_CACHE := $(CACHE)
 export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 
-.PHONY: setup tiktoken envtest helm lint test test-fast demo crds deploy benchmarks clean
+.PHONY: setup tiktoken envtest helm images lint test test-fast test-realnode demo crds deploy benchmarks clean
 
 $(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ envtest:
 helm:
 	@scripts/helm.sh >/dev/null
 
+# The sidecar and operator images as OCI archives, without a Docker daemon (debootstrap + buildah; root).
+images: setup
+	PYTHON=$(PY) scripts/images.sh sidecar operator
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -45,9 +49,13 @@ deploy: helm
 test: setup envtest helm lint
 	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" HELM_BIN="$$(scripts/helm.sh)" $(PY) -m pytest
 
+# Only the real-node tier (kubelet + containerd running the project's images; root): tests/realnode.
+test-realnode: setup envtest helm
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" HELM_BIN="$$(scripts/helm.sh)" $(PY) -m pytest -m realnode tests/realnode
+
 # The suite without the control-plane build (tests that need it are skipped, not faked).
 test-fast: setup
-	$(PY) -m pytest -m "not kube"
+	$(PY) -m pytest -m "not kube and not realnode"
 
 demo: setup
 	$(PY) -m tokenbudget_testing.demo
