@@ -14,7 +14,7 @@
 # Reproducible: the base root filesystem is made once per (suite, packages, mirror) and cached; file times
 # are clamped to SOURCE_DATE_EPOCH (the commit's time); bytecode is compiled with unchecked hashes; the
 # Python wheels are pinned (images/requirements-*.txt) and the project's wheel is built with the same epoch.
-# Same cache + same commit -> same digest (checked by tests/images/test_images.py).
+# Same cache + same commit -> same digest (seen by building twice; not a test: a rebuild takes minutes).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
