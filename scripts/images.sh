@@ -95,6 +95,8 @@ wheelhouse() {
   if [ ! -f "$wh/.done" ]; then
     rm -rf "$wh" && mkdir -p "$wh"
     log "wheels into $wh"
+    # setuptools' scratch directory (gitignored): a build interrupted there makes the next one fail.
+    rm -rf "$REPO/build" "$REPO/testing/build"
     "$PYTHON" -m pip wheel -q --no-deps -w "$wh" "$REPO" >&2
     "$PYTHON" -m pip wheel -q --no-deps -w "$wh" "$REPO/testing" >&2
     "$PYTHON" -m pip download -q --only-binary=:all: -d "$wh" "pip==$PIP_VERSION" \
