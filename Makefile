@@ -14,7 +14,7 @@ export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 $(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]' -e ./testing
+	$(VENV)/bin/pip install -q -e '.[dev]' -e './testing[demo]'
 	touch $@
 
 setup: $(VENV)/.installed tiktoken
