@@ -91,9 +91,21 @@ def missing_prerequisites(bin_dir: Path) -> list[str]:
                 if not os.access(bin_dir / name, os.X_OK)]
     if os.geteuid() != 0:
         missing.append("root (kubelet, containerd and CNI need it)")
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        missing.append(f"a free bridge name ({BRIDGE} exists: another run, or a leftover)")
+    if Path(f"/sys/class/net/{BRIDGE}").exists() and not _remove_leftover_bridge():
+        missing.append(f"a free bridge name ({BRIDGE} exists and a kubelet runs: another run)")
     return missing
+
+
+def _remove_leftover_bridge() -> bool:
+    """A bridge with no kubelet running is what a killed run left (CI starts after everything was ended):
+    remove it and its DNAT chain; with a kubelet running it is another run's, and stays."""
+    if subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True, check=False).returncode == 0:
+        return False
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    for args in (["-D", "PREROUTING", "-i", BRIDGE, "-j", IPTABLES_CHAIN], ["-F", IPTABLES_CHAIN],
+                 ["-X", IPTABLES_CHAIN]):
+        subprocess.run(["iptables", "-t", "nat", *args], capture_output=True, check=False)
+    return not Path(f"/sys/class/net/{BRIDGE}").exists()
 
 
 class RealNode:
