@@ -91,16 +91,17 @@ def missing_prerequisites(bin_dir: Path) -> list[str]:
                 if not os.access(bin_dir / name, os.X_OK)]
     if os.geteuid() != 0:
         missing.append("root (kubelet, containerd and CNI need it)")
-    if Path(f"/sys/class/net/{BRIDGE}").exists() and not _remove_leftover_bridge():
+    if not _clear_leftovers():
         missing.append(f"a free bridge name ({BRIDGE} exists and a kubelet runs: another run)")
     return missing
 
 
-def _remove_leftover_bridge() -> bool:
-    """A bridge with no kubelet running is what a killed run left (CI starts after everything was ended):
-    remove it and its DNAT chain; with a kubelet running it is another run's, and stays."""
+def _clear_leftovers() -> bool:
+    """With no kubelet running, a bridge or DNAT chain of ours is what a killed run left (CI starts after
+    everything was ended): remove them. With a kubelet running they are another run's and stay; returns
+    whether the bridge name is free."""
     if subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True, check=False).returncode == 0:
-        return False
+        return not Path(f"/sys/class/net/{BRIDGE}").exists()
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     for args in (["-D", "PREROUTING", "-i", BRIDGE, "-j", IPTABLES_CHAIN], ["-F", IPTABLES_CHAIN],
                  ["-X", IPTABLES_CHAIN]):
