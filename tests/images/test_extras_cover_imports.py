@@ -76,3 +76,14 @@ def test_the_extra_installs_every_module_its_side_imports(side: str) -> None:
 def test_the_sidecar_extra_brings_no_kubernetes_client() -> None:
     installed = closure("tokenbudget", {"sidecar"})
     assert not installed & {"kopf", "kubernetes", "cryptography"}
+
+
+@pytest.mark.parametrize(("image", "dist", "extras"), [("sidecar", "tokenbudget", {"sidecar"}),
+                                                      ("operator", "tokenbudget", {"operator"}),
+                                                      ("testapp", "tokenbudget-testing", set())])
+def test_the_image_lock_pins_everything_the_image_installs(image: str, dist: str, extras: set[str]) -> None:
+    """A dependency added to pyproject.toml without `scripts/images_lock.py` breaks `make images` (no index)."""
+    lock = REPO_ROOT / "images" / f"requirements-{image}.txt"
+    pinned = {canonical(line.split("==")[0]) for line in lock.read_text().splitlines() if "==" in line}
+    needed = closure(dist, extras) - {"tokenbudget", "tokenbudget-testing"}
+    assert not needed - pinned, f"{lock.name} lacks {sorted(needed - pinned)}: run scripts/images_lock.py"
