@@ -4,7 +4,7 @@
 #
 #   scripts/images.sh [TARGET...]     TARGET: sidecar operator (default), testapp, pause
 #
-# Writes $IMAGES_OUT (default: $CACHE/images/out) /<target>.oci.tar (ref localhost/tokenbudget-<target>:<tag>),
+# Writes $IMAGES_OUT (default: $CACHE/images/out/<source key>) /<target>.oci.tar (ref localhost/tokenbudget-<target>:<tag>),
 # <target>.cdx.json (CycloneDX SBOM: Debian packages + Python distributions actually installed) and
 # <target>.digest (the manifest digest). Prints the output directory on its last stdout line.
 #
@@ -19,7 +19,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE_ROOT="${TOKENBUDGET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenbudget}"
-OUT="${IMAGES_OUT:-$CACHE_ROOT/images/out}"
+OUT_ROOT="$CACHE_ROOT/images/out"
 WORK="$CACHE_ROOT/images"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
@@ -42,7 +42,7 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sidecar operator)
 
 "$REPO/scripts/realnode-deps.sh"
-mkdir -p "$OUT" "$WORK"
+mkdir -p "$WORK"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1)"
 REVISION="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
 SOURCE_URL="${TOKENBUDGET_SOURCE_URL:-https://github.com/tokenbudget/tokenbudget}"
@@ -52,6 +52,13 @@ TAG="${IMAGE_TAG:-$VERSION}"
 SRC_KEY="$( { echo "$REVISION"; git -C "$REPO" diff HEAD -- pyproject.toml api operator sidecar testing 2>/dev/null
   git -C "$REPO" ls-files --others --exclude-standard -- api operator sidecar testing 2>/dev/null \
   | (cd "$REPO" && xargs -r sha256sum); } | sha256sum | cut -c1-16)"
+# One output directory per source state: checkouts building at once (other worktrees, CI) never overwrite each
+# other's archives; the last few are kept.
+OUT="${IMAGES_OUT:-$OUT_ROOT/$SRC_KEY}"
+mkdir -p "$OUT"
+if [ -z "${IMAGES_OUT:-}" ]; then
+  ls -1dt "$OUT_ROOT"/*/ 2>/dev/null | tail -n +6 | xargs -r rm -rf
+fi
 BUILDAH=(buildah --root "$WORK/containers" --runroot /run/tokenbudget-buildah --storage-driver vfs)
 
 mirror() {
@@ -143,13 +150,15 @@ build_python_image() {
   rm -rf "$mnt/tmp/wheels"
   # SBOM of what is installed: cyclonedx-py asks an interpreter for sys.path and reads the distributions there.
   # The image's own interpreter answers (run in the rootfs), its paths seen from the host.
-  cat > "$WORK/chroot-python" <<SH
+  local wrapper="$OUT/.chroot-python-$target"
+  cat > "$wrapper" <<SH
 #!/bin/sh
 chroot "$mnt" $VENV/bin/python "\$@" | python3 -c 'import json, sys; json.dump(["$mnt" + p if p.startswith("/") else p for p in json.load(sys.stdin)], sys.stdout)'
 SH
-  chmod +x "$WORK/chroot-python"
+  chmod +x "$wrapper"
   sbom="$OUT/$target.cdx.json"
-  "$(cyclonedx)" environment --output-reproducible --of JSON -o "$sbom.py" "$WORK/chroot-python" >&2
+  "$(cyclonedx)" environment --output-reproducible --of JSON -o "$sbom.py" "$wrapper" >&2
+  rm -f "$wrapper"
   "$PYTHON" "$REPO/scripts/sbom_debs.py" "$sbom.py" "$mnt" "$ref" "$VERSION" > "$sbom"
   rm -f "$sbom.py"
   mkdir -p "$mnt/usr/share/doc/tokenbudget" && cp "$sbom" "$mnt/usr/share/doc/tokenbudget/sbom.cdx.json"
@@ -173,11 +182,12 @@ SH
 
 commit_and_push() {
   local target=$1 ref=$2 ctr=$3 archive="$OUT/$1.oci.tar"
-  "${BUILDAH[@]}" commit -q --format oci --timestamp "$SOURCE_DATE_EPOCH" --rm "$ctr" "$ref" >/dev/null
+  local local_ref="localhost/tokenbudget-build-$1:$SRC_KEY-$$"  # private to this run in the shared storage
+  "${BUILDAH[@]}" commit -q --format oci --timestamp "$SOURCE_DATE_EPOCH" --rm "$ctr" "$local_ref" >/dev/null
   rm -f "$archive"
   # A ref name inside the archive: `ctr images import` silently imports nothing without one.
-  "${BUILDAH[@]}" push -q "$ref" "oci-archive:$archive:$ref" >&2
-  "${BUILDAH[@]}" rmi -f "$ref" >/dev/null 2>&1 || true
+  "${BUILDAH[@]}" push -q "$local_ref" "oci-archive:$archive:$ref" >&2
+  "${BUILDAH[@]}" rmi -f "$local_ref" >/dev/null 2>&1 || true
   "$PYTHON" - "$archive" > "$OUT/$target.digest" <<'PY'
 import json, sys, tarfile
 with tarfile.open(sys.argv[1]) as tar:
