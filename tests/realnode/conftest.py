@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from controlplane import BinariesUnavailable, resolve_bin_dir
-from kubenode import REPO_ROOT, Cluster, NodePlane, RealNode, image_ref, missing_prerequisites
+from kubenode import REPO_ROOT, Cluster, NodePlane, RealNode, image_ref, missing_prerequisites, one_node_per_machine
 
 IMAGE_TARGETS = ("sidecar", "operator", "testapp", "pause")
 _READY = pytest.StashKey["dict[str, Path] | str"]()  # archives by target, or why there are none
@@ -80,6 +80,11 @@ def cluster(realnode_images: dict[str, Path]) -> Iterator[Cluster]:
         if _in_ci():
             pytest.fail("CI must not skip the real-node tier: helm unavailable (scripts/helm.sh)", pytrace=False)
         pytest.skip("helm unavailable: run scripts/helm.sh or set HELM_BIN")
+    with one_node_per_machine():
+        yield from _cluster(realnode_images, helm)
+
+
+def _cluster(realnode_images: dict[str, Path], helm: Path) -> Iterator[Cluster]:
     plane = NodePlane(resolve_bin_dir(REPO_ROOT))
     node: RealNode | None = None
     try:

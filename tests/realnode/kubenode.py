@@ -13,6 +13,7 @@ gateway address. Test traffic goes only to loopback and to addresses on this bri
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -37,6 +39,7 @@ GATEWAY = "10.244.77.1"
 SERVICE_RANGE = "10.0.0.0/24"  # the control plane's --service-cluster-ip-range
 CNI_NETWORK = "tokenbudget-realnode"
 IPTABLES_CHAIN = "TOKENBUDGET-NODE"
+LOCK_FILE = Path("/run/lock/tokenbudget-realnode.lock")  # the standard place; the file itself stays
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # A kubelet changes these and never puts them back (shared/realnode.md).
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
@@ -91,8 +94,6 @@ def missing_prerequisites(bin_dir: Path) -> list[str]:
                 if not os.access(bin_dir / name, os.X_OK)]
     if os.geteuid() != 0:
         missing.append("root (kubelet, containerd and CNI need it)")
-    if not _clear_leftovers():
-        missing.append(f"a free bridge name ({BRIDGE} exists and a kubelet runs: another run)")
     return missing
 
 
@@ -107,6 +108,30 @@ def _clear_leftovers() -> bool:
                  ["-X", IPTABLES_CHAIN]):
         subprocess.run(["iptables", "-t", "nat", *args], capture_output=True, check=False)
     return not Path(f"/sys/class/net/{BRIDGE}").exists()
+
+
+@contextlib.contextmanager
+def one_node_per_machine(timeout: float = 540.0) -> Iterator[None]:
+    """Hold the machine-wide lock of the real-node tier: its bridge, cgroups and sysctls are the host's, so two
+    runs (two worktrees, a CI clone) take turns instead of failing. A bridge still there once we hold the lock
+    is a leftover of a run that was killed: cleared (_clear_leftovers)."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)  # /run/lock exists on Debian; not everywhere
+    with open(LOCK_FILE, "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(f"another real-node run held {LOCK_FILE} for {timeout:.0f} s") from None
+                time.sleep(2)
+        try:
+            if not _clear_leftovers():
+                raise ControlPlaneError(f"bridge {BRIDGE} exists and a kubelet runs, with nobody holding {LOCK_FILE}")
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class RealNode:
