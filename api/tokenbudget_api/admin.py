@@ -51,7 +51,8 @@ class Health(ApiModel):
 
 
 class Readiness(ApiModel):
-    """GET /readyz: 200 once the upstream client session is open, else 503."""
+    """GET /readyz: 200 once the upstream client session is open and, in an injected pod, the operator's first
+    policy push has arrived (or TOKENBUDGET_AWAIT_POLICY_S passed without one), else 503."""
 
     ready: bool
     policy_version: str | None = Field(default=None, description="Version of the policy in force.")

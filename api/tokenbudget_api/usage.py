@@ -82,6 +82,10 @@ class UsageRecord(BaseModel):
     # The sidecar died with the call in flight: this record was made at its restart from the intent written
     # before forwarding (ledger.py), the prompt estimate plus the output cap, since the provider bills it.
     interrupted: bool = False
+    # Made before the operator's first policy push reached this sidecar (injected pods wait for it, at most
+    # TOKENBUDGET_AWAIT_POLICY_S): it names no budget, so the operator counts it against the budgets that
+    # select the pod, and the sidecar's first push does the same in its windows.
+    awaiting_policy: bool = False
     disconnect: Disconnect | None = None
     response_id: str | None = None  # the provider's id for the answer, to reconcile with its bill
     budgets: list[str] = []  # namespace/name of every budget the call counted against

@@ -65,6 +65,9 @@ class _InjectionKnobs(BaseModel):
     sidecar_image_pull_policy: str = "IfNotPresent"
     sidecar_resources: dict[str, dict[str, str]] = Field(default_factory=_default_resources)
     sidecar_run_as_user: int = Field(default=65532, ge=1)  # runAsNonRoot needs a numeric non-zero user
+    # An injected sidecar stays unready (a native one holds the app's start) until the operator's first policy
+    # push, at most this long; then it serves (metered, counted once the policy comes). 0: no gate.
+    sidecar_await_policy_s: int = Field(default=30, ge=0, le=600)
     ledger_size_limit: str | None = "256Mi"  # sizeLimit of the ledger emptyDir; None: unbounded
     excluded_namespaces: tuple[str, ...] = ()  # in addition to the system ones and the operator's own
     allow_pod_opt_in: bool = False  # a pod labelled enabled is injected in a namespace that is not

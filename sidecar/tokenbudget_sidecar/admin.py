@@ -65,8 +65,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    ready = state.session is not None
-    return _answer(Readiness(ready=ready, policy_version=state.policy.version, detail=TOKENIZER.degraded),
+    detail = list(TOKENIZER.degraded)
+    waiting = state.policy_wait_left()
+    if waiting > 0:
+        detail.append(f"waiting for the operator's first policy push ({waiting:.0f} s more at most)")
+    elif state.awaiting_policy:
+        detail.append(f"no policy pushed after {state.settings.await_policy_s:g} s: serving with failMode "
+                      f"{state.settings.pending_fail_mode.value} until the operator's first push")
+    ready = state.session is not None and waiting == 0
+    return _answer(Readiness(ready=ready, policy_version=state.policy.version, detail=detail),
                    200 if ready else 503)
 
 

@@ -180,11 +180,15 @@ class WouldHave:
 class Refused(Exception):
     """A call the budget does not admit: answered 429 (or 400 for oversize) in the provider's shape."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None,
+                 awaits_grant: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        # The budget has room but this pod's grant has not: a lease round will fix it, so the data path
+        # may wait for the next policy push instead of answering 429 (proxy.py, `grant_wait_s`).
+        self.awaits_grant = awaits_grant
 
 
 class BudgetState:
@@ -335,7 +339,7 @@ class BudgetState:
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until a grant arrives
                 if not self.dry_run:
-                    raise Refused(429, self._no_grant(window, lease, now), retry_after=LEASE_ROUND_S)
+                    raise Refused(429, self._no_grant(window, lease, now), LEASE_ROUND_S, awaits_grant=True)
                 decisions.append(Action.BLOCK)
             clears = self.history_clears_at(window, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
@@ -347,7 +351,8 @@ class BudgetState:
                               f"{window.limit.name}; add it under spec.models.prices")
             if amount > window.room(now):
                 if not self.dry_run:
-                    raise Refused(429, self._exhausted(window, amount, now), self._retry_after(window, amount, now))
+                    retry, grant = self._retry_after(window, amount, now)
+                    raise Refused(429, self._exhausted(window, amount, now), retry, awaits_grant=grant)
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))
         reservation = Reservation(next(_ids), self.name, holds, now + ttl, decisions)
@@ -404,17 +409,18 @@ class BudgetState:
         return (f"tokenbudget: budget {self.name} limit {window.label} has {max(window.room(now), Decimal(0))} "
                 f"{_unit(window.limit)} left of {window.amount(now)} and this call may need {amount}{when}")
 
-    def _retry_after(self, window: Window, amount: Decimal, now: dt.datetime) -> float | None:
-        """Seconds until the cause of a refusal for want of room clears: calls in flight settling (their holds
-        fill the room), the next lease round (the budget has room, this pod's grant has not), or the settled
-        use ageing out (a period's end, a rolling bucket's expiry); None when waiting never helps."""
+    def _retry_after(self, window: Window, amount: Decimal, now: dt.datetime) -> tuple[float | None, bool]:
+        """Seconds until the cause of a refusal for want of room clears, and whether that cause is a missing
+        grant: calls in flight settling (their holds fill the room), the next lease round (the budget has
+        room, this pod's grant has not), or the settled use ageing out (a period's end, a rolling bucket's
+        expiry); None when waiting never helps."""
         if amount <= window.room(now) + window.reserved:
-            return HOLDS_SETTLE_S
+            return HOLDS_SETTLE_S, False
         lease = window.lease(now)
         if lease is not None and window.key is None and amount <= window.budget_remaining(now):
-            return LEASE_ROUND_S
+            return LEASE_ROUND_S, True
         fits = window.counter.available_at(amount, window.amount(now) - window.reserved, now)
-        return max((fits - now).total_seconds(), 1.0) if fits is not None else None
+        return (max((fits - now).total_seconds(), 1.0) if fits is not None else None), False
 
     def throttle_delay(self, rate_per_minute: int) -> float:
         """Seconds to wait so admissions keep to the rate; the caller refuses if it is too long."""

@@ -142,7 +142,8 @@ class Checkpoint:
         """Give `budgets` (new to this process's policy, no windows yet) everything they counted before.
 
         The checkpoint's slots of limits with the same name and shape, the loose sums naming them (which
-        become slots), then `records` (the ledger's unacknowledged ones) above the cursor that name them.
+        become slots), then `records` (the ledger's unacknowledged ones) above the cursor that name them, or
+        that were made before any policy was pushed (`awaiting_policy`).
         """
         fresh = {b.name: b for b in budgets}
         if not fresh:
@@ -168,7 +169,8 @@ class Checkpoint:
         for rec in records:
             if rec.seq <= self.cursor or rec.outcome is Outcome.REFUSED:
                 continue
-            named = [fresh[name] for name in rec.budgets if name in fresh]
+            # A call made before the first push named no budget: it counts in every one the push brings.
+            named = list(fresh.values()) if rec.awaiting_policy else [fresh[n] for n in rec.budgets if n in fresh]
             if named:
                 spend = Spend.of_record(rec)
                 for budget in named:

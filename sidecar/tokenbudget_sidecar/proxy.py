@@ -22,10 +22,10 @@ import aiohttp
 from aiohttp import web
 
 from tokenbudget_api.policy import PolicyUpstream
-from tokenbudget_api.tokenbudget import OnDisconnect
+from tokenbudget_api.tokenbudget import FailMode, OnDisconnect
 from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
 from tokenbudget_sidecar import intents, settlement
-from tokenbudget_sidecar.admission import Ticket
+from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.headers import (
@@ -91,6 +91,11 @@ class Proxy:
 
     async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         started = time.perf_counter()
+        if self.state.awaiting_policy:  # an injected pod before its first push: it brings the upstreams too
+            await self.state.next_policy(self.state.policy_wait_left())
+            if self.state.awaiting_policy and self.state.settings.pending_fail_mode is FailMode.CLOSED:
+                return error_response(self._dialect_of(request), 503, "tokenbudget: no budget policy from the "
+                                      "operator yet (TOKENBUDGET_PENDING_FAIL_MODE Closed)", request_id=request_id)
         name = request.match_info["upstream"]
         path = "/" + request.match_info["tail"]
         upstream = self.state.policy.upstream(name)
@@ -122,14 +127,15 @@ class Proxy:
         if not isinstance(body, dict):
             return error_response(dialect, 400, "tokenbudget: request body must be a JSON object, not "
                                   f"{type(body).__name__}", request_id=request_id)
-        user_header = self.state.user_header()
+        header_user = next((v for h in self.state.user_headers() if (v := request.headers.get(h))), None)
         try:
-            call = dialect.parse(operation, path, body, request.headers.get(user_header) if user_header else None)
+            call = dialect.parse(operation, path, body, header_user)
         except BadRequest as exc:
             return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id, param=exc.param,
                                   code=exc.code)
-        if call.user is None and (label := self.state.user_label()) is not None:
-            call.user = dialect.labelled_user(body, label)
+        if call.user is None:
+            call.user = next((u for label in self.state.user_labels()
+                              if (u := dialect.labelled_user(body, label)) is not None), None)
         prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
                                                                  dialect.prompt_messages(body))
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
@@ -137,10 +143,10 @@ class Proxy:
         record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
                              stream=call.stream, prompt_estimate=prompt_estimate,
+                             awaiting_policy=self.state.awaiting_policy,
                              think_class=think.klass if think else None, think_tier=think.tier if think else None)
-        admission = self.state.admission
         try:
-            ticket, path = await admission.admit(dialect, call, body, path, prompt_estimate, upstream.base_url)
+            admission, ticket, path = await self.admit(dialect, call, body, path, prompt_estimate, upstream, started)
         except Refused as refused:
             record.status, record.outcome, record.source = refused.status, Outcome.REFUSED, UsageSource.NONE
             record.decisions = [refused.message]
@@ -166,6 +172,24 @@ class Proxy:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
             usage_log.abandon(request_id)  # a no-op when its record closed the intent
+
+    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt_estimate: int,
+                    upstream: PolicyUpstream, started: float) -> tuple[Admission, Ticket, str]:
+        """Admission, waiting for the operator's next push while the only obstacle is this pod's spent grant
+        (the budget has room: a 429 would only tell the app to come back after the lease round anyway).
+
+        Each retry runs the whole admission again on the policy then in force (a push replaces it), so a
+        wait for a grant under Throttle also waits for another throttle slot.
+        """
+        while True:
+            admission = self.state.admission
+            try:
+                ticket, path = await admission.admit(dialect, call, body, path, prompt_estimate, upstream.base_url)
+                return admission, ticket, path
+            except Refused as refused:
+                left = self.state.settings.grant_wait_s - (time.perf_counter() - started)
+                if not refused.awaits_grant or left <= 0 or not await self.state.next_policy(left):
+                    raise
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
                       call: Call, payload: bytes, record: UsageRecord, started: float,

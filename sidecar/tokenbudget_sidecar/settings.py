@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenbudget_api import names
+from tokenbudget_api.tokenbudget import FailMode
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,15 @@ class Settings(BaseSettings):
     default_output_tokens: int = 4096  # reserved for a call that sets no output cap and has no budget cap
     max_throttle_delay_s: float = 30.0  # a Throttle delay longer than this is answered 429 instead
     reservation_ttl_s: float = 3600.0  # a hold not settled by then is released (calls settle in finally)
+    # A call refused only because this pod's grant is spent while the budget has room waits this long at most
+    # for the operator's next push (a lease round, 2 s by default) instead of answering 429 at once.
+    grant_wait_s: float = 5.0
+    # Injected pods (the webhook sets it): unready, so a native sidecar holds the app, until the operator's first
+    # push or this many seconds; 0 (standalone): ready at once on the policy file or the embedded default.
+    await_policy_s: float = 0.0
+    # After that wait with no push: Open serves calls, metered and counted once the policy arrives; Closed
+    # answers them 503 in the provider's shape until it does.
+    pending_fail_mode: FailMode = FailMode.OPEN
 
     drain_timeout_s: float = 20.0  # preStop waits this long at most for the operator's last pull (drain.py)
 

@@ -7,6 +7,7 @@ preStop drain in drain.py): none of them should import another's handlers to get
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -44,6 +45,9 @@ class State:
     checkpoint_file: CheckpointFile | None = field(init=False)
     session: aiohttp.ClientSession | None = None
     _acks: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    _applied: asyncio.Event = field(init=False, default_factory=asyncio.Event)  # set (and replaced) per push
+    pushed: bool = False  # a policy came through PUT /policy since start
+    started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.counter = tokens.TokenCounter(self.settings.count_thread_threshold_bytes,
@@ -81,6 +85,28 @@ class State:
         old, old_thinking = self.admission, self.thinking
         self._seed(self._build(policy).adopt(old))
         self.thinking.adopt(old_thinking)
+        self.pushed = True
+        applied, self._applied = self._applied, asyncio.Event()
+        applied.set()
+
+    @property
+    def awaiting_policy(self) -> bool:
+        """Injected and no push yet: calls name no budget (their records say so, and count once it comes)."""
+        return self.settings.await_policy_s > 0 and not self.pushed
+
+    def policy_wait_left(self) -> float:
+        """Seconds the start-up gate still holds readiness for the first push (0: it no longer does)."""
+        if not self.awaiting_policy:
+            return 0.0
+        return max(self.settings.await_policy_s - (time.monotonic() - self.started), 0.0)
+
+    async def next_policy(self, timeout_s: float) -> bool:
+        """Wait for the next policy push (new grants arrive with it); False when none came in time."""
+        try:
+            await asyncio.wait_for(self._applied.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _seed(self, fresh: list[BudgetState]) -> None:
         """Budgets new to this process's policy get what they counted before: the checkpoint, then the
@@ -105,13 +131,14 @@ class State:
                     stored = await self.checkpoint_file.save(self.checkpoint)
             return self.usage_log.ack(cursor, persist=stored)
 
-    def user_header(self) -> str | None:
-        budgets = self.policy.budgets
-        return budgets[0].spec.user_header if budgets else None
+    def user_headers(self) -> list[str]:
+        """Every header a budget names for the end user, in budget order: the first one a call sends names
+        its user for all budgets (a call has one user, so its record, replays and the operator agree)."""
+        return list(dict.fromkeys(b.spec.user_header for b in self.policy.budgets))
 
-    def user_label(self) -> str | None:
-        """The Gemini label naming the end user, from the first budget that names one (userLabel)."""
-        return next((b.spec.user_label for b in self.policy.budgets if b.spec.user_label), None)
+    def user_labels(self) -> list[str]:
+        """The Gemini labels budgets name for the end user (userLabel), read when no user header is sent."""
+        return list(dict.fromkeys(b.spec.user_label for b in self.policy.budgets if b.spec.user_label))
 
 
 STATE = web.AppKey("state", State)

@@ -80,7 +80,7 @@ class Transparent:
             route = route_of(request.method, path)
             record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                                  dialect=dialect.name, operation="unmetered", model="", route=route,
-                                 source=UsageSource.UNMETERED)
+                                 source=UsageSource.UNMETERED, awaiting_policy=self.state.awaiting_policy)
             refusal = self._deny(record)
             if refusal is not None:
                 record.outcome, record.status, record.source = Outcome.REFUSED, 403, UsageSource.NONE

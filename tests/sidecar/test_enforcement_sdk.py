@@ -206,3 +206,22 @@ def test_a_policy_push_is_idempotent_and_keeps_what_was_spent() -> None:
     (w,) = b["windows"]
     assert w["limit"] == "20000"
     assert int(w["used"]) > 0, "use survives the new policy"
+
+
+def test_a_user_header_named_by_any_budget_names_the_calls_user_for_every_budget() -> None:
+    """Issue 13 part 7: only the first budget's userHeader used to be read, so a second budget's per-User
+    limit saw every call as "anonymous"."""
+    first = {"namespace": "default", "name": "team", "spec": {"selector": {}}}
+    per_user = {"namespace": "default", "name": "per-user", "spec": {
+        "selector": {}, "userHeader": "x-end-user",
+        "limits": [{"name": "one-each", "period": "Day", "requests": 1, "per": "User"}]}}
+    with stack(budgets=[first, per_user]) as st:
+        def ask(user: str) -> None:
+            oa(st).chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-end-user": user})
+
+        ask("alice")
+        ask("bob")  # another user: another window
+        with pytest.raises(openai.RateLimitError):
+            ask("alice")
+        records = st.records(3)
+    assert [r.user for r in records] == ["alice", "bob", "alice"]

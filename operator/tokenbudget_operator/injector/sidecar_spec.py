@@ -116,6 +116,7 @@ def sidecar_container(config: InjectionConfig, keys: Sequence[UpstreamKey] = ())
             {"name": names.SIDECAR_ENV_ADMIN_PORT, "value": str(names.SIDECAR_ADMIN_PORT)},
             {"name": names.SIDECAR_ENV_ADMIN_TOKEN_FILE, "value": token_file},
             {"name": names.SIDECAR_ENV_LEDGER_DIR, "value": names.SIDECAR_LEDGER_DIR},
+            {"name": names.SIDECAR_ENV_AWAIT_POLICY_S, "value": str(config.sidecar_await_policy_s)},
         ],
         "resources": copy.deepcopy(config.sidecar_resources),
         "securityContext": {
@@ -128,8 +129,9 @@ def sidecar_container(config: InjectionConfig, keys: Sequence[UpstreamKey] = ())
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # Native: the app containers start once this passes, so their first call finds the proxy up.
-        "startupProbe": probe(names.SIDECAR_HEALTHZ_PATH, 1, 60),
+        # Native: the app containers start once this passes, so their first call finds the proxy up and its
+        # policy in force (readyz waits for the operator's first push, at most sidecar_await_policy_s).
+        "startupProbe": probe(names.SIDECAR_READYZ_PATH, 1, 60 + config.sidecar_await_policy_s),
         "readinessProbe": probe(names.SIDECAR_READYZ_PATH, 5, 3),
         "livenessProbe": probe(names.SIDECAR_HEALTHZ_PATH, 10, 3),
         # Hold termination until the operator has pulled the last usage records (sidecar drain.py).

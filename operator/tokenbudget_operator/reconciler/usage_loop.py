@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
+from tokenbudget_api.usage import UsageRecord
 from tokenbudget_operator.reconciler import metrics
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent, every
 from tokenbudget_operator.reconciler.sidecar_client import SidecarError
@@ -38,8 +40,16 @@ async def pull(fleet: Fleet, agent: PodAgent) -> tuple[PodAgent, int] | None:
         logger.info("pod %s runs policy %s, not %s: pushing again", pod.key, page.policy_version, agent.applied)
         agent.applied = None
         fleet.wake.set()
-    added = fleet.aggregator.add(pod.uid, page.records, pod_name=pod.name, last_seq=page.last_seq)
+    records = attribute_unpushed(page.records, agent.desired.budgets if agent.desired is not None else ())
+    added = fleet.aggregator.add(pod.uid, records, pod_name=pod.name, last_seq=page.last_seq)
     return agent, added
+
+
+def attribute_unpushed(records: list[UsageRecord], selecting: Sequence[str]) -> list[UsageRecord]:
+    """Calls a sidecar served before our first push reached it name no budget (`awaiting_policy`): they
+    count against the budgets that select the pod now, so the gap at a pod's start is never uncounted."""
+    return [r.model_copy(update={"budgets": list(selecting)}) if r.awaiting_policy and not r.budgets else r
+            for r in records]
 
 
 async def usage_round(fleet: Fleet) -> int:
