@@ -16,8 +16,8 @@ OPENAI = DIALECTS[next(iter(DIALECTS))]
 
 
 def admission(spec: dict[str, Any], clock: ManualClock, *, name: str = "b", leases: list[dict[str, Any]] | None = None,
-              **policy: Any) -> Admission:
-    budget = {"name": name, "spec": {"selector": {}, **spec}, "leases": leases}
+              pods: int | None = None, **policy: Any) -> Admission:
+    budget = {"name": name, "spec": {"selector": {}, **spec}, "leases": leases, "pods": pods}
     pol = SidecarPolicy.model_validate({"budgets": [budget], **policy})
     return Admission(pol, clock, PriceBook(pol.prices), default_output_tokens=100, max_throttle_delay_s=30,
                      reservation_ttl_s=3600)

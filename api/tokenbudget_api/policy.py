@@ -84,6 +84,10 @@ class BudgetPolicy(ApiModel):
     generation: int = Field(default=0, ge=0, description="metadata.generation pushed.")
     spec: TokenBudgetSpec = Field(description="The budget's spec.")
     leases: list[Lease] | None = Field(default=None, description="Grants for shared windows; none = local.")
+    pods: int | None = Field(default=None, ge=1, description=(
+        "How many pods the budget selects, as the operator counts them, when its ladder has a Throttle step: "
+        "each sidecar keeps to maxRequestsPerMinute / pods, so the fleet together keeps to the budget's rate. "
+        "None: this sidecar alone keeps to the whole rate."))
 
     @property
     def key(self) -> str:

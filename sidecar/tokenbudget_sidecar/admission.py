@@ -151,10 +151,12 @@ class Admission:
                 if b.dry_run:
                     ticket.decisions.append(f"{b.name}:DryRun:Throttle")
                 else:
-                    delay = b.throttle_delay(rate)
+                    pods = b.policy.pods or 1  # the budget's rate, split between the pods it selects
+                    delay = b.throttle_delay(rate / pods)
                     if delay > self.max_throttle_delay_s:
-                        raise Refused(429, f"tokenbudget: budget {b.name} is throttled to {rate} calls per minute",
-                                      retry_after=delay)
+                        share = f" ({pods} pods share it)" if pods > 1 else ""
+                        raise Refused(429, f"tokenbudget: budget {b.name} is throttled to {rate} calls per minute"
+                                      f"{share}", retry_after=delay)
                     ticket.decisions.append(f"{b.name}:Throttle")
                     if delay > 0:
                         await asyncio.sleep(delay)

@@ -422,7 +422,7 @@ class BudgetState:
         fits = window.counter.available_at(amount, window.amount(now) - window.reserved, now)
         return (max((fits - now).total_seconds(), 1.0) if fits is not None else None), False
 
-    def throttle_delay(self, rate_per_minute: int) -> float:
+    def throttle_delay(self, rate_per_minute: float) -> float:
         """Seconds to wait so admissions keep to the rate; the caller refuses if it is too long."""
         now = self.clock.now()
         interval = dt.timedelta(seconds=60 / rate_per_minute)

@@ -294,3 +294,20 @@ def test_the_pushed_upstream_names_its_key_secret_and_azure_deployments() -> Non
         "apiKeySecretRef": {"name": "azure-key", "key": "api-key"}, "deployments": {"prod-chat": "gpt-4o-mini"}}]})
     problems = resolve(pod(), [b, other], [], KEY_DIR).problems
     assert [p.reason for p in problems] == [Reason.UPSTREAM_CONFLICT], "another deployment map is another endpoint"
+
+
+def test_a_throttling_budget_tells_each_pod_how_many_share_its_rate() -> None:
+    """Issue 13 part 1: the budget's maxRequestsPerMinute is split between the pods it selects (terminating
+    ones no longer call); budgets without a Throttle step carry no count, so scaling does not re-push them."""
+    from tokenbudget_operator.reconciler.fleet import throttle_sharing
+    from tokenbudget_operator.reconciler.indexes import PodEntry
+
+    throttled = budget("throttled", {"ladder": [{"at": 80, "action": "Throttle", "maxRequestsPerMinute": 60}]})
+    plain = budget("plain", {"ladder": [{"at": 95, "action": "Block"}]})
+    chat = [PodEntry(PodView(namespace=NS, name=f"chat-{i}", uid=f"u{i}", labels={"app": "chat"}, annotations={}),
+                     "10.0.0.1", terminating=i == 3) for i in range(4)]
+    other = PodEntry(PodView(namespace=NS, name="web", uid="w", labels={"app": "web"}, annotations={}), None)
+    sharing = throttle_sharing({NS: [throttled, plain]}, [*chat, other])
+    assert sharing == {throttled.key: 3}
+    policy = resolve(chat[0].view, [throttled, plain], [], KEY_DIR, sharing=sharing).policy
+    assert {b.name: b.pods for b in policy.budgets} == {"throttled": 3, "plain": None}

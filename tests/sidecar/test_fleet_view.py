@@ -173,3 +173,21 @@ async def test_a_budget_can_require_an_output_cap_and_rejects_uncapped_calls_nam
     held = admission(spec(), clock)  # the default: hold the sidecar's default allowance
     ticket, _ = await run_call(held, clock, 10, 10, cap=None)
     assert ticket.headers["x-tokenbudget-reserved-tokens"] == str(10 + 100)
+
+
+@pytest.mark.parametrize(("pods", "interval"), [(None, 0.5), (1, 0.5), (4, 2.0)])
+async def test_a_throttle_rate_is_the_budgets_split_between_the_pods_it_selects(pods: int | None,
+                                                                               interval: float) -> None:
+    """Issue 13 part 1: 120 calls per minute for the budget is 30 per minute for each of 4 pods."""
+    clock = ManualClock(T0)
+    throttled = {"limits": [{"name": "day", "period": "Day", "tokens": 100}], "timeZone": "UTC",
+                 "ladder": [{"at": 5, "action": "Throttle", "maxRequestsPerMinute": 120}]}
+    adm = admission(throttled, clock, pods=pods)
+    await run_call(adm, clock, 5, 5, cap=5)  # 10 % used: the ladder throttles from here on
+    adm.max_throttle_delay_s = 0  # answer the wait instead of sleeping it: Retry-After is the slot's delay
+    c, body = call(cap=1)
+    await adm.admit(OPENAI, c, body, "/v1/chat/completions", 1, "http://127.0.0.1")  # takes the first slot
+    with pytest.raises(Refused) as refused:
+        await adm.admit(OPENAI, *call(cap=1), "/v1/chat/completions", 1, "http://127.0.0.1")
+    assert refused.value.retry_after == pytest.approx(interval)
+    assert ("4 pods share it" in refused.value.message) is (pods == 4)

@@ -123,11 +123,13 @@ def resolve(
     upstream_key_dir: str,
     *,
     leases: Mapping[str, Sequence[Lease]] | None = None,
+    sharing: Mapping[str, int] | None = None,
 ) -> Effective:
     """The effective policy for `pod`, plus the matching objects and any problems (see module docstring).
 
     `leases` maps a budget's "namespace/name" to its grants for this pod (from `leases.LeaseAllocator`);
-    a budget absent from it is enforced locally against its full limits.
+    a budget absent from it is enforced locally against its full limits. `sharing` maps a budget with a
+    Throttle step to how many pods it selects (they split its rate, see `BudgetPolicy.pods`).
     """
     matching = sorted((b for b in budgets if selects(b, pod)), key=lambda b: b.name)
     matching_tiers = sorted((t for t in tiers if selects(t, pod)), key=lambda t: t.name)
@@ -139,7 +141,8 @@ def resolve(
     for b in matching:
         granted = sorted((leases or {}).get(b.key, ()), key=lambda x: (x.window, x.key or ""))
         budget_policies.append(BudgetPolicy(namespace=b.namespace, name=b.name, generation=b.generation,
-                                            spec=b.spec, leases=granted or None))
+                                            spec=b.spec, leases=granted or None,
+                                            pods=(sharing or {}).get(b.key)))
     draft = SidecarPolicy(
         version="pending",  # replaced below; a non-empty value skips the content-only default
         upstreams=upstreams,

@@ -19,6 +19,7 @@ import aiohttp
 
 from tokenbudget_api import names
 from tokenbudget_api.policy import Lease
+from tokenbudget_api.tokenbudget import Action
 from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.reconciler import lease_rules, metrics
 from tokenbudget_operator.reconciler.aggregate import Aggregator
@@ -30,7 +31,7 @@ from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
 from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
 from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker
-from tokenbudget_operator.reconciler.views import BudgetView, TierView
+from tokenbudget_operator.reconciler.views import BudgetView, TierView, selects
 
 logger = logging.getLogger(__name__)
 TOKEN_TTL_S = 60.0
@@ -216,7 +217,9 @@ class Fleet:
         self.propagated = {k for k in self.propagated if (k[1], k[2]) in current and k[0] in self.agents}
         present: set[str] = set()
         wall = dt.datetime.now(dt.UTC)
-        for pod in self.pod_entries():
+        pods = list(self.pod_entries())
+        sharing = throttle_sharing(by_ns, pods)
+        for pod in pods:
             uid = pod.view.uid
             present.add(uid)
             agent = self.agents.get(uid)
@@ -229,10 +232,23 @@ class Fleet:
             budgets = by_ns.get(pod.view.namespace, [])
             agent.desired = resolve(pod.view, budgets, self.tier_views(pod.view.namespace),
                                     self.settings.upstream_key_dir,
-                                    leases=lease_rules.leases_for(self.leases.get(uid, {}), budgets, wall))
+                                    leases=lease_rules.leases_for(self.leases.get(uid, {}), budgets, wall),
+                                    sharing=sharing)
         for uid, agent in self.agents.items():
             if uid not in present:
                 agent.departed = True
+
+
+def throttle_sharing(by_ns: dict[str, list[BudgetView]], pods: Sequence[PodEntry]) -> dict[str, int]:
+    """Pods selected per budget whose ladder throttles: the budget's rate is theirs to split."""
+    out: dict[str, int] = {}
+    for pod in pods:
+        if pod.terminating:
+            continue
+        for view in by_ns.get(pod.view.namespace, []):
+            if any(s.action is Action.THROTTLE for s in view.spec.ladder or []) and selects(view, pod.view):
+                out[view.key] = out.get(view.key, 0) + 1
+    return out
 
 
 async def every(fleet: Fleet, seconds: float, round_: Callable[[Fleet], Awaitable[object]], what: str) -> None:
