@@ -12,6 +12,11 @@ status.podIP points at it, as in the tests.
 - status lag: one chat completion through each of `--status-sidecars` sidecars, then poll the budget until
   status shows exactly what the upstream served; the lag is from the last response to that read.
 - status patch rate: the operator's tokenbudget_operator_status_patches_total over the run, per budget.
+- fleet percent staleness (issue 13): `--staleness-sidecars` sidecars (20) call steadily under one leased
+  budget sized to reach about 60 % in `--staleness-seconds`; every 0.5 s each sidecar's GET /budgets percent
+  is read beside the budget's status percent; p50/p99/max of |sidecar - status| in percentage points. Both
+  lag what was spent (status by a usage round, a sidecar by a lease round plus its own calls since), so
+  the figure is their disagreement, the thing a user comparing headers with `kubectl get tb` sees.
 
 Prints figures; asserts nothing. Run: `.venv/bin/python benchmarks/operator_propagation.py [--sidecars 100]`.
 """
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--sidecars", type=int, default=100, help="sidecars the propagation budget selects")
     parser.add_argument("--status-sidecars", type=int, default=200, help="sidecars sending traffic")
     parser.add_argument("--rounds", type=int, default=5, help="spec changes / traffic rounds")
+    parser.add_argument("--staleness-sidecars", type=int, default=20, help="sidecars of the staleness budget")
+    parser.add_argument("--staleness-seconds", type=float, default=30.0, help="length of the staleness run")
     args = parser.parse_args()
 
     from controlplane import ControlPlane, free_port, resolve_bin_dir
@@ -243,6 +250,8 @@ def main() -> None:
         elapsed = time.monotonic() - began
         patches = sum(operator.samples("tokenbudget_operator_status_patches_total").values()) - patches_before
 
+        gaps, calls = staleness(custom, upstream, ips[: args.staleness_sidecars], args.staleness_seconds)
+
         print(f"\napply → enforcing, {args.sidecars} sidecars x {args.rounds} spec changes ({len(samples)} samples)")
         print(f"  p50 {percentile(samples, 50):.3f} s   p99 {percentile(samples, 99):.3f} s   "
               f"max {max(samples):.3f} s   mean {statistics.fmean(samples):.3f} s")
@@ -251,6 +260,9 @@ def main() -> None:
         print(f"  p50 {percentile(lags, 50):.2f} s   max {max(lags):.2f} s   rounds {[round(x, 2) for x in lags]}")
         print(f"status patches: {patches:.0f} in {elapsed:.1f} s for 2 budgets = "
               f"{patches / 2 / elapsed * 2:.2f} per budget per 2 s")
+        print(f"fleet percent staleness, {args.staleness_sidecars} sidecars, {calls} calls in "
+              f"{args.staleness_seconds:.0f} s ({len(gaps)} samples): |sidecar percent - status percent| "
+              f"p50 {percentile(gaps, 50):.0f}  p99 {percentile(gaps, 99):.0f}  max {max(gaps):.0f} points")
     finally:
         if operator is not None:
             operator.stop()
@@ -259,6 +271,60 @@ def main() -> None:
             with contextlib.suppress(Exception):
                 proc.wait(5)
         plane.stop()
+
+
+def staleness(custom: Any, upstream: str, ips: list[str], seconds: float) -> tuple[list[float], int]:
+    """Steady calls through `ips` under one budget; samples of |sidecar percent - status percent|."""
+    from tokenbudget_api import names
+
+    plural = names.TOKENBUDGET_PLURAL
+    per_call = 45  # about what one call below costs: 10 prompt + 20 output, settled; 1 call / 0.25 s per sidecar
+    limit = int(len(ips) * seconds * 4 * per_call / 0.6)
+    # It selects every bench pod (app=bench); only `ips` call, the others hold zero grants, as idle replicas do.
+    custom.create_namespaced_custom_object("tokenbudget.io", "v1alpha1", NS, plural,
+                                           budget("fleet", {"app": "bench"}, limit, upstream))
+    time.sleep(6)  # its first push and lease round
+    key = f"{NS}/fleet"
+    stop = time.monotonic() + seconds
+    gaps: list[float] = []
+
+    async def drive() -> int:
+        import aiohttp
+
+        body = {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "Hello there."}]}
+        count = 0
+        async with aiohttp.ClientSession() as session:
+
+            async def caller(ip: str) -> None:
+                nonlocal count
+                while time.monotonic() < stop:
+                    async with session.post(f"http://{ip}:8787/openai/v1/chat/completions", json=body) as resp:
+                        await resp.read()
+                        count += resp.status == 200
+                    await asyncio.sleep(0.25)
+
+            async def sampler() -> None:
+                while time.monotonic() < stop:
+                    await asyncio.sleep(0.5)
+                    found = await asyncio.to_thread(custom.get_namespaced_custom_object, "tokenbudget.io", "v1alpha1",
+                                                    NS, plural, "fleet")
+                    windows = (found.get("status") or {}).get("windows") or []
+                    if not windows:
+                        continue
+                    status_pct = windows[0]["percent"]
+                    for ip in ips:
+                        async with session.get(f"http://{ip}:8788/budgets",
+                                               headers={"authorization": f"Bearer {TOKEN}"}) as resp:
+                            report = await resp.json()
+                        for b in report["budgets"]:
+                            if b["name"] == key and b["windows"]:
+                                gaps.append(abs(b["windows"][0]["percent"] - status_pct))
+
+            await asyncio.gather(sampler(), *(caller(ip) for ip in ips))
+        return count
+
+    calls = asyncio.run(drive())
+    return gaps, calls
 
 
 async def traffic(ips: list[str]) -> float:

@@ -136,8 +136,9 @@ class Proxy:
         if call.user is None:
             call.user = next((u for label in self.state.user_labels()
                               if (u := dialect.labelled_user(body, label)) is not None), None)
-        prompt_estimate, _exact = await self.state.counter.count(call.model, dialect.prompt_texts(body),
-                                                                 dialect.prompt_messages(body))
+        prompt = dialect.prompt(body)
+        prompt_estimate, _exact = await self.state.counter.count(call.model, prompt.texts, prompt.messages)
+        prompt_estimate += prompt.media_tokens
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
         think = thinking.apply(dialect, call, body, request.path, request.headers, prompt_estimate)
         record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,

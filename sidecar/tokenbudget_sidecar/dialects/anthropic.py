@@ -19,7 +19,6 @@ from tokenbudget_sidecar.dialects.base import (
     first_id,
     load_json,
     read_cap,
-    texts_of,
 )
 from tokenbudget_sidecar.sse import Event
 
@@ -55,6 +54,8 @@ def usage_of(raw: Any, previous: Usage | None = None) -> Usage | None:
 
 class AnthropicDialect(Dialect):
     name = "anthropic"
+    PROMPT_KEYS = ("system", "messages", "tools")
+    MEDIA_TOKENS = 1600  # an image scaled to Claude's 1.15 megapixel limit: about (w * h) / 750
     auth_header = "x-api-key"
 
     def operation(self, method: str, path: str) -> str | None:
@@ -90,8 +91,6 @@ class AnthropicDialect(Dialect):
         messages = body.get("messages")
         return (len(messages) if isinstance(messages, list) else 1) + (1 if body.get("system") else 0)
 
-    def prompt_texts(self, body: JSON) -> list[str]:
-        return texts_of([body.get(k) for k in ("system", "messages", "tools")])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True,

@@ -137,9 +137,60 @@ def load_json(data: str) -> JSON | None:
     return value if isinstance(value, dict) else None
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """What a request's prompt costs before the call: text to count, turns for framing, media allowances."""
+
+    texts: list[str]
+    messages: int
+    media_tokens: int = 0
+
+
+# A part the provider bills by its pixels, pages or seconds, not by its bytes (which may be a URL or base64):
+# held at the dialect's MEDIA_TOKENS each, never counted as text (a base64 image is not 700,000 tokens).
+MEDIA_TYPES = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "document", "file",
+                         "input_file"})
+MEDIA_KEYS = frozenset({"inlineData", "inline_data", "fileData", "file_data"})  # Gemini's parts
+
+
+def prompt_parts(value: Any) -> tuple[list[str], int]:
+    """Every string under a JSON value (a conservative basis for counting) and how many media parts it has."""
+    out: list[str] = []
+    media = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            if (item.get("type") in MEDIA_TYPES or not MEDIA_KEYS.isdisjoint(item)) and not _text_source(item):
+                media += 1
+                continue
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return out, media
+
+
+def _text_source(part: JSON) -> bool:
+    """An Anthropic document given as text is billed as text: count it as such."""
+    source = part.get("source")
+    return isinstance(source, dict) and source.get("type") in ("text", "content")
+
+
 class Dialect:
     name: ClassVar[str]
     auth_header: ClassVar[str]
+    PROMPT_KEYS: ClassVar[tuple[str, ...]] = ()  # body fields whose text is prompt
+    # Tool and function definitions, counted as their JSON (keys too: a parameter's name is billed), which is
+    # never below the providers' own renderings of them (OpenAI's TypeScript-like namespace framing).
+    TOOL_KEYS: ClassVar[tuple[str, ...]] = ("tools",)
+    MEDIA_TOKENS: ClassVar[int] = 0  # held per image/audio/document part (README: the overrun bound per provider)
+
+    def prompt(self, body: JSON) -> Prompt:
+        texts, media = prompt_parts([body.get(k) for k in self.PROMPT_KEYS if k not in self.TOOL_KEYS])
+        texts += [json.dumps(tools, separators=(",", ":")) for k in self.TOOL_KEYS if (tools := body.get(k))]
+        return Prompt(texts, self.prompt_messages(body), media * self.MEDIA_TOKENS)
 
     def operation(self, method: str, path: str) -> str | None:
         """`path` is relative to the upstream base URL. None: not a route we know (404)."""
@@ -151,9 +202,6 @@ class Dialect:
     def prepare(self, call: Call, body: JSON) -> bool:
         """Rewrite the body in place before forwarding; True if it changed."""
         return False
-
-    def prompt_texts(self, body: JSON) -> list[str]:
-        raise NotImplementedError
 
     def prompt_messages(self, body: JSON) -> int:
         """How many messages (turns) the prompt has: each costs framing tokens on top of its text."""
@@ -185,18 +233,3 @@ class Dialect:
     def labelled_user(self, body: JSON, label: str) -> str | None:
         """The end user named by request label `label` (Gemini's labels); None where a dialect has none."""
         return None
-
-
-def texts_of(value: Any) -> list[str]:
-    """Every string under a JSON value: a conservative basis for counting prompt tokens."""
-    out: list[str] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return out

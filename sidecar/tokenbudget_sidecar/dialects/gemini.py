@@ -20,7 +20,6 @@ from tokenbudget_sidecar.dialects.base import (
     first_id,
     load_json,
     read_cap,
-    texts_of,
 )
 from tokenbudget_sidecar.sse import Event
 
@@ -62,6 +61,8 @@ def _read_chunk(reading: Reading, body: JSON) -> None:
 
 class GeminiDialect(Dialect):
     name = "gemini"
+    PROMPT_KEYS = ("contents", "systemInstruction", "system_instruction", "tools", "content", "requests")
+    MEDIA_TOKENS = 1120  # an image at media resolution high (Gemini 3); Gemini 2 bills 258 per 768 px tile
     auth_header = "x-goog-api-key"
 
     def operation(self, method: str, path: str) -> str | None:
@@ -118,9 +119,6 @@ class GeminiDialect(Dialect):
         contents = body.get("contents")
         return len(contents) + 1 if isinstance(contents, list) else 2
 
-    def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("contents", "systemInstruction", "system_instruction", "tools", "content", "requests")
-        return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading()

@@ -19,7 +19,6 @@ from tokenbudget_sidecar.dialects.base import (
     json_type,
     load_json,
     read_cap,
-    texts_of,
 )
 from tokenbudget_sidecar.sse import Event
 
@@ -53,6 +52,10 @@ def usage_of(raw: Any) -> Usage | None:
 
 class OpenAIDialect(Dialect):
     name = "openai"
+    PROMPT_KEYS = ("messages", "input", "instructions", "tools", "functions", "response_format", "text", "prompt",
+                   "suffix")
+    TOOL_KEYS = ("tools", "functions")
+    MEDIA_TOKENS = 1445  # a gpt-4o-family image at detail high, the largest: 85 + 170 * 8 tiles
     auth_header = "authorization"
 
     def operation(self, method: str, path: str) -> str | None:
@@ -101,9 +104,6 @@ class OpenAIDialect(Dialect):
         items = body.get("messages", body.get("input"))
         return len(items) + 1 if isinstance(items, list) else 2
 
-    def prompt_texts(self, body: JSON) -> list[str]:
-        keys = ("messages", "input", "instructions", "tools", "response_format", "text", "prompt", "suffix")
-        return texts_of([body.get(k) for k in keys])
 
     def read_response(self, call: Call, body: JSON) -> Reading:
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
