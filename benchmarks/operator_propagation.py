@@ -135,10 +135,10 @@ def main() -> None:
 
     from controlplane import ControlPlane, free_port, resolve_bin_dir
     from kubernetes import client, config
-    from test_webhook_apiserver import OperatorProcess
+    from operator_harness import OperatorProcess
 
     from tokenbudget_api import names
-    from tokenbudget_operator import certs
+    from tokenbudget_operator.injector import certs
 
     total = max(args.sidecars, args.status_sidecars)
     workdir = Path(tempfile.mkdtemp(prefix="tb-operator-bench-"))

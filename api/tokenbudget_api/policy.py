@@ -53,6 +53,13 @@ def default_upstreams() -> list[PolicyUpstream]:
     ]
 
 
+class KeyUse(ApiModel):
+    """One user's or model's use of a per-key window at a lease round: the fleet's, and this pod's part."""
+
+    fleet: Money = Field(description="What every pod together had consumed of this key.")
+    own: Money = Field(description="This pod's part of it.")
+
+
 class Lease(ApiModel):
     """A slice of a shared window granted to one sidecar (Doorman-style).
 
@@ -74,6 +81,11 @@ class Lease(ApiModel):
         "pod included (a per-key window: the sum of each pod's fullest key). The sidecar's percent, stage and "
         "remaining are this plus what it consumed since, over the budget's limit; none: it knows only itself.")
     own_used: Money | None = Field(default=None, description="This pod's part of fleet_used.")
+    key_used: dict[str, KeyUse] | None = Field(default=None, description=(
+        "A per-User/per-Model window's lease: the keys whose fleet use reached half the ladder's lowest step (at "
+        "most 200, fullest first), each with what the fleet and this pod had consumed of it. A key's percent is "
+        "its fleet figure plus what this pod consumed since; an unlisted key's is this pod's own use, which is "
+        "below half the lowest step too, so its stage is the same."))
 
 
 class BudgetPolicy(ApiModel):

@@ -125,17 +125,21 @@ class Window:
 
     def budget_used(self, now: dt.datetime) -> Decimal:
         """What the whole fleet has consumed in this window, as far as this pod knows: the fleet's figure at
-        the last lease round plus what this pod consumed since; its own use alone when no operator told it
-        more (standalone, a per-key window, a lease of another period).
+        the last lease round plus what this pod consumed since (a per-key window: the key's, when the round
+        listed it, `Lease.key_used`); its own use alone when no operator told it more (standalone, an unlisted
+        key, a lease of another period).
 
         The ladder, `x-tokenbudget-remaining` and the report's percent all read this, so they speak of the
         budget (as `kubectl get tb` does), while admission still holds against this pod's grant (`room`).
         """
         own = self.used(now) + self.reserved
         lease = self.lease(now)
-        if (self.key is None and lease is not None and lease.fleet_used is not None
-                and (lease.period_start is None or lease.period_start == self.counter.period_start(now))):
+        if lease is None or (lease.period_start is not None and lease.period_start != self.counter.period_start(now)):
+            return own
+        if self.key is None and lease.fleet_used is not None:
             return max(lease.fleet_used - (lease.own_used or Decimal(0)), Decimal(0)) + own
+        if self.key is not None and (figure := (lease.key_used or {}).get(self.key)) is not None:
+            return max(figure.fleet - figure.own, Decimal(0)) + own
         return own
 
     def percent(self, now: dt.datetime) -> int:

@@ -191,3 +191,20 @@ async def test_a_throttle_rate_is_the_budgets_split_between_the_pods_it_selects(
         await adm.admit(OPENAI, *call(cap=1), "/v1/chat/completions", 1, "http://127.0.0.1")
     assert refused.value.retry_after == pytest.approx(interval)
     assert ("4 pods share it" in refused.value.message) is (pods == 4)
+
+
+async def test_a_per_user_window_speaks_of_the_fleets_use_of_that_user() -> None:
+    """Issue 13 part 1, per key: the round lists the users near the ladder with the fleet's figure for each."""
+    clock = ManualClock(T0)
+    per_user = {"limits": [{"name": "day", "period": "Day", "tokens": 100_000, "per": "User"}], "ladder": LADDER,
+                "timeZone": "UTC"}
+    shared = lease(1_000) | {"keyUsed": {"alice": {"fleet": "60000", "own": "0"}}}
+    adm = admission(per_user, clock, leases=[shared])
+    await run_call(adm, clock, 100, 100, cap=100, user="alice")
+    await run_call(adm, clock, 100, 100, cap=100, user="bob")
+    (b,) = adm.budgets
+    alice, bob = (b.window(b.spec.limits[0], u) for u in ("alice", "bob"))  # type: ignore[index]
+    assert alice.budget_used(clock.now()) == 60_000 + 200
+    assert (alice.percent(clock.now()), bob.percent(clock.now())) == (60, 0)
+    assert b.stage([alice]) is Stage.ALERT
+    assert b.stage([bob]) is Stage.NORMAL

@@ -196,6 +196,21 @@ class Aggregator:
             return out
         return {}
 
+    def key_usage(self, view: BudgetView, window: str, now: dt.datetime) -> dict[str, dict[str, Decimal]]:
+        """Per key of a per-User/per-Model window, what each pod (uid) settled in it at `now`."""
+        now = as_utc(now)
+        _, windows, _ = self._fold(view)
+        out: dict[str, dict[str, Decimal]] = {}
+        for lim, slots, ws in windows:
+            if lim.name != window or lim.per is None:
+                continue
+            for start in slots.live(ws.slots, now):
+                for (k, pod), totals in ws.slots[start].items():
+                    if k is not None:
+                        by_pod = out.setdefault(k, {})
+                        by_pod[pod] = by_pod.get(pod, ZERO) + totals.amount(lim)
+        return out
+
     def status(self, view: BudgetView, now: dt.datetime) -> dict[str, Any]:
         """The usage part of `TokenBudgetStatus` for `view` at `now`, in wire form (camelCase).
 

@@ -18,7 +18,7 @@ from tokenbudget_api.policy import Lease
 from tokenbudget_api.windows import limit_amount
 from tokenbudget_operator.reconciler import metrics
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
-from tokenbudget_operator.reconciler.lease_rules import applied_leases, leased_windows, stable
+from tokenbudget_operator.reconciler.lease_rules import applied_leases, key_figures, leased_windows, stable
 from tokenbudget_operator.reconciler.lease_types import (
     LeaseKey,
     PodInput,
@@ -91,9 +91,15 @@ async def lease_round(fleet: Fleet) -> None:
             rolling = dt.timedelta(seconds=lim.rolling_seconds) if lim.rolling_seconds else None
             alloc = fleet.allocator.allocate(WindowInput(key, limit_amount(lim), pods, settled=settled,
                                                          quantum=quantum_for(lim), rolling=rolling), now)
+            per_key = (fleet.aggregator.key_usage(view, lim.name, now)
+                       if lim.per is not None and not upcoming and view.spec.ladder else {})
             for grant in alloc.grants:
                 pushed = fleet.leases.get(grant.pod_uid, {}).get(view.key, [])
-                lease = stable(pushed, grant.lease(), now, fleet.lease_config.ttl, limit_amount(lim))
+                lease = grant.lease()
+                if per_key:
+                    figures = key_figures(per_key, limit_amount(lim), view.spec.ladder or [], grant.pod_uid)
+                    lease = lease.model_copy(update={"key_used": figures})
+                lease = stable(pushed, lease, now, fleet.lease_config.ttl, limit_amount(lim))
                 fresh.setdefault(grant.pod_uid, {}).setdefault(view.key, []).append(lease)
     fleet.allocator.retain(allocated)  # deleted budgets, ended periods
     fleet.leases = fresh

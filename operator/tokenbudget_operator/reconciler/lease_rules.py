@@ -9,8 +9,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-from tokenbudget_api.policy import Lease, SidecarPolicy
-from tokenbudget_api.tokenbudget import Limit
+from tokenbudget_api.policy import KeyUse, Lease, SidecarPolicy
+from tokenbudget_api.tokenbudget import LadderStep, Limit
 from tokenbudget_api.windows import as_utc, percent_used
 from tokenbudget_operator.reconciler.lease_types import lease_period_start
 from tokenbudget_operator.reconciler.views import BudgetView
@@ -62,6 +62,26 @@ def leases_for(granted: Mapping[str, Sequence[Lease]], budgets: Sequence[BudgetV
     return out
 
 
+MAX_KEYS_PER_LEASE = 200
+
+
+def key_figures(usage: Mapping[str, Mapping[str, Decimal]], limit: Decimal, ladder: Sequence[LadderStep],
+                pod_uid: str) -> dict[str, KeyUse] | None:
+    """The fleet figures one pod is told of a per-key window: keys at or above half the ladder's lowest step,
+    fullest first, at most MAX_KEYS_PER_LEASE (`usage`: key → pod uid → settled). Below that a key's stage is
+    Normal whoever counts it, so the sidecar's own figure is as good; no ladder, no figures."""
+    if not ladder:
+        return None
+    floor = Decimal(min(step.at for step in ladder)) / 200 * limit
+    totals = sorted(((sum(by_pod.values(), Decimal(0)), key) for key, by_pod in usage.items()), reverse=True)
+    chosen = [(total, key) for total, key in totals[:MAX_KEYS_PER_LEASE] if total >= floor]
+    return {key: KeyUse(fleet=total, own=usage[key].get(pod_uid, Decimal(0))) for total, key in chosen} or None
+
+
+def key_percents(lease: Lease, limit: Decimal) -> dict[str, int]:
+    return {k: percent_used(u.fleet - u.own, limit) for k, u in (lease.key_used or {}).items()}
+
+
 def others_percent(lease: Lease, limit: Decimal) -> int | None:
     """The whole-percent share of `limit` the other pods had consumed when `lease` was granted."""
     if lease.fleet_used is None:
@@ -81,9 +101,11 @@ def stable(pushed: Sequence[Lease], lease: Lease, now: dt.datetime, ttl: dt.time
     """
     old = next((x for x in pushed if (x.window, x.period_start) == (lease.window, lease.period_start)), None)
     if (old is not None and old.granted == lease.granted and as_utc(old.expires_at) - now > ttl / 2
-            and others_percent(old, limit) == others_percent(lease, limit)):
+            and others_percent(old, limit) == others_percent(lease, limit)
+            and key_percents(old, limit) == key_percents(lease, limit)):
         return old
     return lease
 
 
-__all__ = ["applied_leases", "leased_windows", "leases_for", "others_percent", "stable"]
+__all__ = ["applied_leases", "key_figures", "key_percents", "leased_windows", "leases_for", "others_percent",
+           "stable"]
