@@ -210,11 +210,26 @@ def start_upstream(workdir: Path) -> tuple[Service, str]:
     return service, url
 
 
-def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None) -> tuple[Service, str, str]:
+MEMORY_BUDGETS: dict[str, list[dict[str, object]]] = {
+    "metering only": [],
+    # Room for every call's byte bound: admission never needs tiktoken's count.
+    "enforcing": [{"name": "team", "spec": {
+        "selector": {}, "timeZone": "UTC", "limits": [{"name": "day", "period": "Day", "tokens": 10**9}],
+        "ladder": [{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]}}],
+    # A prompt cap between the bounds: every call is counted exactly, so the encoding loads.
+    "enforcing, exact count forced": [{"name": "team", "spec": {
+        "selector": {}, "timeZone": "UTC", "request": {"maxPromptTokens": 200},
+        "limits": [{"name": "day", "period": "Day", "tokens": 10**9}]}}],
+}
+
+
+def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None,
+                  budgets: list[dict[str, object]] | None = None,
+                  extra_env: dict[str, str] | None = None) -> tuple[Service, str, str]:
     policy = workdir / "policy.json"
-    policy.write_text(json.dumps({  # metering only: one OpenAI upstream, no budgets
+    policy.write_text(json.dumps({  # metering only unless `budgets`: one OpenAI upstream
         "upstreams": [{"name": "openai", "baseURL": upstream_url, "dialect": "OpenAI"}],
-        "onDisconnect": "Drain",
+        "onDisconnect": "Drain", "budgets": budgets or [],
     }), encoding="utf-8")
     data_port, admin_port = free_port(), free_port()
     env = child_env()
@@ -226,7 +241,9 @@ def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None) -> tup
         "TOKENBUDGET_POLICY_FILE": str(policy),
     })
     env.pop("TOKENBUDGET_ADMIN_TOKEN_FILE", None)
+    env.update(extra_env or {})
     ledger = workdir / "ledger"  # as in a pod: the durable usage ledger on an emptyDir
+    shutil.rmtree(ledger, ignore_errors=True)
     ledger.mkdir()
     env["TOKENBUDGET_LEDGER_DIR"] = str(ledger)
     cmd = [sys.executable]
@@ -786,6 +803,48 @@ def maybe_nginx(args: argparse.Namespace, workdir: Path, upstream_url: str) -> t
     return service, f"{url}/openai/v1/chat/completions", note
 
 
+async def some_calls(url: str, count: int) -> int:
+    """`count` plain SDK-shaped calls, 8 at a time; returns how many answered 200."""
+    ok = 0
+    sem = asyncio.Semaphore(8)
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            nonlocal ok
+            async with sem, session.post(url, data=sdk_body(stream=False), headers=sdk_headers(stream=False)) as resp:
+                await resp.read()
+                ok += resp.status == 200
+
+        await asyncio.gather(*(one() for _ in range(count)))
+    return ok
+
+
+def memory_report(workdir: Path, upstream_url: str, calls: int) -> None:
+    """RSS at rest and after `calls` calls, per kind of policy, lazy counting (default) beside Exact."""
+    print("\nSidecar memory (VmRSS; at rest = ready, 1 s after start; after = once the calls have settled)")
+    print(f"| policy | count mode | at rest | after {calls} calls | VmHWM | encodings loaded |")
+    print("|---|---|---|---|---|---|")
+    for name, budgets in MEMORY_BUDGETS.items():
+        for mode in ("Lazy", "Exact"):
+            service, data, admin = start_sidecar(workdir, upstream_url, None, budgets,
+                                                 {"TOKENBUDGET_PROMPT_COUNT": mode})
+            try:
+                time.sleep(1.0)
+                rest = proc_status_kib(service.pid).get("VmRSS", 0)
+                ok = asyncio.run(some_calls(f"{data}/openai/v1/chat/completions", calls))
+                time.sleep(0.5)
+                after = proc_status_kib(service.pid)
+                with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as resp:  # loopback only
+                    metrics = resp.read().decode()
+                loaded = sorted(line.split('"')[1] for line in metrics.splitlines()
+                                if line.startswith("tokenbudget_tokenizer_available{") and line.endswith(" 1.0"))
+                note = "" if ok == calls else f" ({calls - ok} failed)"
+                print(f"| {name} | {mode} | {mib(rest)} | {mib(after.get('VmRSS', 0))}{note} | "
+                      f"{mib(after.get('VmHWM', 0))} | {', '.join(loaded) or 'none'} |")
+            finally:
+                service.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer calls; finishes in under a minute")
@@ -794,6 +853,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the sidecar under cProfile, write the stats here and print the top entries")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the logs")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory table: RSS per kind of policy, lazy counting beside Exact")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     profile: Path | None = args.profile.resolve() if args.profile else None
@@ -806,6 +867,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         upstream, upstream_url = start_upstream(workdir)
         services.append(upstream)
+        memory_report(workdir, upstream_url, 50 if args.quick else 200)
+        if args.memory_only:
+            return
         sidecar, sidecar_url, admin_url = start_sidecar(workdir, upstream_url, profile)
         services.append(sidecar)
         time.sleep(1.0)  # let start-up garbage settle before the idle reading

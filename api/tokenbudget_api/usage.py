@@ -91,6 +91,9 @@ class UsageRecord(BaseModel):
     budgets: list[str] = []  # namespace/name of every budget the call counted against
     decisions: list[str] = []  # enforcement decisions, e.g. "ns/name:Downgrade", "ns/name:DryRun:Block"
     prompt_estimate: int = 0  # tiktoken's pre-flight count, for comparison with the provider's
+    # prompt_estimate is the prompt's UTF-8 byte bound, not tiktoken's count: no decision needed the exact
+    # figure and the provider reported the input (sidecar prompt_count.py), so no encoding was loaded for it.
+    prompt_bound: bool = False
     think_class: str | None = None  # ThinkTier class of a reasoning call ("unclassified" if none matched)
     think_tier: str | None = None  # the tier in force for it (defaultTier when a Required tier was refused)
     duration_ms: int = 0

@@ -203,7 +203,9 @@ class Simulation:
                     output_cap=max(rec.usage.output_tokens, 1))
         body: dict[str, object] = {"model": rec.model}
         path = f"/v1beta/models/{rec.model}:generateContent" if dialect.name == "gemini" else "/v1/chat"
-        prompt = rec.prompt_estimate or rec.usage.input_tokens
+        # A record whose estimate is the byte bound (no decision needed tiktoken's count) is replayed on the
+        # provider's input figure instead, the nearer to what an exact count would have held.
+        prompt = (rec.usage.input_tokens if rec.prompt_bound else rec.prompt_estimate) or rec.usage.input_tokens
         base_url = PUBLIC_ENDPOINTS[_dialect_name(rec.dialect)]
         arrived = clock.now()
         try:

@@ -18,9 +18,11 @@ from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, Stage, UncappedOutput
 from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
-from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend
+from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend, Window
 from tokenbudget_sidecar.dialects import Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
+from tokenbudget_sidecar.prompt_count import PromptCount
+from tokenbudget_sidecar.tokens import TokenCounter
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
@@ -76,6 +78,7 @@ class Ticket:
     decisions: list[str] = field(default_factory=list)  # e.g. "ns/name:Downgrade", "ns/name:DryRun:Block"
     rewrote: bool = False  # the body or path changed (clamp, downgrade): re-serialize before forwarding
     settled: bool = False
+    prompt: PromptCount | None = None  # set by the proxy: settlement counts it exactly if the record needs it
 
 
 class Admission:
@@ -106,31 +109,38 @@ class Admission:
             self.gate.in_flight, self.gate.waiters = old.gate.in_flight, old.gate.waiters
         return fresh
 
-    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt_tokens: int,
-                    base_url: str) -> tuple[Ticket, str]:
+    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str,
+                    prompt: PromptCount | int, base_url: str) -> tuple[Ticket, str]:
         """Admit or raise Refused; may rewrite body/path (clamp, downgrade). Returns the ticket and path."""
         ticket = Ticket()
         if not self.budgets:
             return ticket, path
+        if isinstance(prompt, int):  # an exact count already (the CLI's simulation, tests)
+            prompt = PromptCount(call.model, [], 0, 0, TokenCounter(0, 0), prompt, prompt, prompt)
         if self.gate is not None:
             await self.gate.acquire()
             ticket.gate = self.gate
         try:
-            path = await self._admit(ticket, dialect, call, body, path, prompt_tokens, base_url)
+            path = await self._admit(ticket, dialect, call, body, path, prompt, base_url)
         except BaseException:
             self.release(ticket)
             raise
         return ticket, path
 
     async def _admit(self, ticket: Ticket, dialect: Dialect, call: Call, body: dict[str, object], path: str,
-                     prompt_tokens: int, base_url: str) -> str:
+                     prompt: PromptCount, base_url: str) -> str:
+        caps = [b.spec.request.max_prompt_tokens for b in self.budgets if b.spec.request]
+        if any(cap is not None and prompt.high > cap for cap in caps):
+            await prompt.count()  # the cap lies within the bounds' reach: decide on the exact count
         for b in self.budgets:
-            self._caps(b, ticket, dialect, call, body, prompt_tokens)
+            self._caps(b, ticket, dialect, call, body, prompt.value)
+        await self._count_where_it_matters(call, prompt, base_url)
         for b in self.budgets:
             now = self.clock.now()
             steps = b.active_steps(b.windows_for(call.model, call.user), now)
             actions = {s.action for s in steps}
             if Action.BLOCK in actions:
+                await self._tighten(b, b.windows_for(call.model, call.user))  # its message gives the percent
                 self._decide(b, ticket, Action.BLOCK, 429, f"tokenbudget: budget {b.name} is at its Block stage "
                              f"({self._fullest(b, call, now)})", retry_after=self._reset_in(b, call, now))
             if Action.DOWNGRADE in actions:
@@ -160,14 +170,46 @@ class Admission:
                     ticket.decisions.append(f"{b.name}:Throttle")
                     if delay > 0:
                         await asyncio.sleep(delay)
-        demand = self._demand(call, prompt_tokens, base_url)
-        ticket.headers["x-tokenbudget-reserved-tokens"] = str(demand.tokens)
+        await self._count_where_it_matters(call, prompt, base_url)
+
+        def demand_of(tokens: int) -> Demand:
+            return self._demand(call, tokens, base_url)
+
         for b in self.budgets:  # no await from here on: the holds are taken atomically
-            reservation = b.reserve(b.windows_for(call.model, call.user), demand, self.ttl)
+            reservation = b.reserve(b.windows_for(call.model, call.user), demand_of(prompt.value), self.ttl,
+                                    prompt, demand_of)
             ticket.holds.append((b, reservation))
             ticket.decisions += [f"{b.name}:DryRun:{a.value}" for a in reservation.decisions]
+        ticket.headers["x-tokenbudget-reserved-tokens"] = str(self._demand(call, prompt.value, base_url).tokens)
         self._headers(ticket, call)
         return path
+
+    async def _count_where_it_matters(self, call: Call, prompt: PromptCount, base_url: str) -> None:
+        """Count exactly, off the event loop, what the coming decisions may depend on: this prompt when its
+        bound does not fit a window, and the lazy holds of any window that is tight or whose ladder step they
+        leave in doubt. The atomic section then finds every count it needs already made (budget.reserve
+        would otherwise count on the loop)."""
+        now = self.clock.now()
+        high = self._demand(call, prompt.value, base_url)
+        pending: list[PromptCount] = []
+        for b in self.budgets:
+            for w in b.windows_for(call.model, call.user):
+                amount = high.of(w.limit)
+                tight = amount is not None and amount > w.room(now)
+                if tight and not prompt.known:
+                    pending.append(prompt)
+                if tight or b.ambiguous(w, now):
+                    pending += b.lazy_prompts(w)
+        if pending:
+            await asyncio.gather(*(p.count() for p in {id(p): p for p in pending}.values()))
+
+    async def _tighten(self, b: BudgetState, windows: list[Window]) -> None:
+        """Make the lazy holds in `windows` exact, counting off the event loop."""
+        prompts = {id(p): p for w in windows for p in b.lazy_prompts(w)}
+        if prompts:
+            await asyncio.gather(*(p.count() for p in prompts.values()))
+            for w in windows:
+                b.tighten(w)
 
     def _caps(self, b: BudgetState, ticket: Ticket, dialect: Dialect, call: Call, body: dict[str, object],
               prompt_tokens: int) -> None:

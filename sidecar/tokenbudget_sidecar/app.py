@@ -65,7 +65,10 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
 
     async def client_session(_: web.Application) -> AsyncIterator[None]:
         tokens.TOKENIZER.allow_download = settings.tiktoken_download
-        await asyncio.to_thread(tokens.preload)  # never raises: without its file, counts use the byte bound
+        if settings.prompt_count == "Exact":
+            await asyncio.to_thread(tokens.preload)  # never raises: without its file, counts use the byte bound
+        else:
+            tokens.TOKENIZER.check("o200k_base")  # no load: a missing file is said in /readyz at once
         retry = asyncio.create_task(tokens.retry_loop(settings.tokenizer_retry_s))
         connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, ttl_dns_cache=300,
                                          enable_cleanup_closed=True)

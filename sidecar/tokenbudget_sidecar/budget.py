@@ -13,7 +13,7 @@ import collections
 import datetime as dt
 import fnmatch
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -30,6 +30,7 @@ from tokenbudget_api.windows import (
     percent_used,
     window_for,
 )
+from tokenbudget_sidecar.prompt_count import PromptCount
 
 LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
 LEASE_ROUND_S = 2.0  # Retry-After when a new grant is what is missing: the operator's default lease interval
@@ -101,6 +102,9 @@ class Window:
     grants: tuple[Lease, ...] = ()  # its leases: this period's, and the next one's shortly before it starts
     reserved: Decimal = Decimal(0)
     step: int = -1  # index into the ladder in force for this window (hysteresis state)
+    # Holds on a prompt's byte bound (prompt_count.py): reservation id -> how much the hold may exceed the
+    # exact one (bound minus lower bound, in this window's unit). Decisions near them count exactly first.
+    lazy: dict[int, Decimal] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -146,6 +150,10 @@ class Window:
         """The budget's percent used (fleet-wide when leased, see budget_used), not the grant's."""
         return percent_used(self.budget_used(now), limit_amount(self.limit))
 
+    def percent_low(self, now: dt.datetime) -> int:
+        """The percent if every lazy hold were at its prompt's lower bound: the exact one lies in between."""
+        return percent_used(self.budget_used(now) - sum(self.lazy.values(), Decimal(0)), limit_amount(self.limit))
+
     def budget_remaining(self, now: dt.datetime) -> Decimal:
         return max(limit_amount(self.limit) - self.budget_used(now), Decimal(0))
 
@@ -160,6 +168,9 @@ class Reservation:
     holds: list[tuple[Window, Decimal]]
     expires_at: dt.datetime
     decisions: list[Action] = field(default_factory=list)  # what enforcement did (or would have, in DryRun)
+    # A hold on the prompt's byte bound: how to make it exact when a decision needs that (tighten()).
+    prompt: PromptCount | None = None
+    demand_of: Callable[[int], Demand] | None = None
 
 
 @dataclass(frozen=True)
@@ -303,18 +314,61 @@ class BudgetState:
 
     # ----- the ladder -----------------------------------------------------------------------------
 
-    def _step(self, window: Window, now: dt.datetime) -> int:
-        """The ladder index in force for a window, moving down only past the hysteresis margin."""
-        pct = window.percent(now)
-        i = window.step
+    def _next_step(self, step: int, pct: int) -> int:
+        """Where the ladder goes from `step` at `pct`: up past each threshold reached, down only past the
+        hysteresis margin. Monotone in `pct`, so two bounds that agree pin the exact percent's answer."""
+        i = step
         while i + 1 < len(self.ladder) and pct >= self.ladder[i + 1].at:
             i += 1
-            self.alerts.append(Alert(next(_alert_ids), self.name, window.label,
-                                     Stage(self.ladder[i].action.value), pct, now))
         while i >= 0 and pct < self.ladder[i].at - self.spec.hysteresis_percent:
             i -= 1
+        return i
+
+    def _step(self, window: Window, now: dt.datetime) -> int:
+        """The ladder index in force for a window, moving down only past the hysteresis margin."""
+        if window.lazy and (self._next_step(window.step, window.percent_low(now))
+                            != self._next_step(window.step, window.percent(now))):
+            self.tighten(window)  # the bounds straddle a step: decide on exact figures
+        pct = window.percent(now)
+        i = self._next_step(window.step, pct)
+        for up in range(window.step + 1, i + 1):
+            self.alerts.append(Alert(next(_alert_ids), self.name, window.label,
+                                     Stage(self.ladder[up].action.value), pct, now))
         window.step = i
         return i
+
+    def ambiguous(self, window: Window, now: dt.datetime) -> bool:
+        """Whether the lazy holds in `window` leave its ladder step in doubt (admission counts them first)."""
+        return bool(window.lazy) and (self._next_step(window.step, window.percent_low(now))
+                                      != self._next_step(window.step, window.percent(now)))
+
+    def lazy_prompts(self, window: Window) -> list[PromptCount]:
+        """The prompts behind `window`'s lazy holds, for admission to count off the loop before deciding."""
+        return [p for rid in window.lazy if (r := self.reservations.get(rid)) and (p := r.prompt) is not None]
+
+    def tighten(self, window: Window) -> None:
+        """Make every lazy hold in `window` exact (in all its windows): after this, decisions in it are those
+        of always-exact counting."""
+        for rid in list(window.lazy):
+            reservation = self.reservations.get(rid)
+            if reservation is None:
+                window.lazy.pop(rid, None)
+                continue
+            self._tighten(reservation)
+
+    def _tighten(self, reservation: Reservation) -> None:
+        prompt, demand_of = reservation.prompt, reservation.demand_of
+        if prompt is None or demand_of is None:
+            return
+        demand = demand_of(prompt.count_now())
+        holds = []
+        for w, amount in reservation.holds:
+            exact = demand.of(w.limit)
+            new = amount if exact is None else min(exact, amount)
+            w.reserved -= amount - new
+            w.lazy.pop(reservation.id, None)
+            holds.append((w, new))
+        reservation.holds, reservation.prompt, reservation.demand_of = holds, None, None
 
     def active_steps(self, windows: Iterable[Window], now: dt.datetime) -> list[LadderStep]:
         top = max((self._step(w, now) for w in windows), default=-1)
@@ -331,9 +385,37 @@ class BudgetState:
         allow = (self.spec.models.allow if self.spec.models else None) or []
         return not allow or any(fnmatch.fnmatchcase(model, pattern) for pattern in allow)
 
-    def reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta) -> Reservation:
-        """Hold `demand` in every window, or raise Refused (in DryRun: record, then hold anyway)."""
+    def reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, prompt: PromptCount | None = None,
+                demand_of: Callable[[int], Demand] | None = None) -> Reservation:
+        """Hold `demand` in every window, or raise Refused (in DryRun: record, then hold anyway).
+
+        With `prompt` not yet counted exactly, `demand` is its upper bound (`demand_of(prompt.high)`): held
+        as is where it fits with room to spare; where it does not fit, or lazy holds of earlier calls fill
+        the room, everything involved is counted exactly first, so the answer is always-exact counting's.
+        """
         now = self.clock.now()
+        lazy = prompt if prompt is not None and not prompt.known else None
+        for window in windows:
+            amount = demand.of(window.limit)
+            if amount is None or not (amount > window.room(now) or (lazy and self.ambiguous(window, now))):
+                continue
+            if lazy is None:
+                self.tighten(window)  # earlier lazy holds may be what fills the room
+            elif demand_of is not None:  # this call's bound does not fit: exact figures everywhere
+                for w in windows:
+                    self.tighten(w)
+                demand, lazy = demand_of(lazy.count_now()), None
+                break
+        reservation = self._reserve(windows, demand, ttl, now)
+        if lazy is not None and demand_of is not None:
+            low = demand_of(lazy.low)
+            reservation.prompt, reservation.demand_of = lazy, demand_of
+            for window, amount in reservation.holds:
+                floor = low.of(window.limit)
+                window.lazy[reservation.id] = amount - (floor if floor is not None else amount)
+        return reservation
+
+    def _reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, now: dt.datetime) -> Reservation:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
         for window in windows:
@@ -441,6 +523,7 @@ class BudgetState:
             return
         for window, amount in reservation.holds:
             window.reserved -= amount
+            window.lazy.pop(reservation.id, None)
 
     def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None,
                started: dt.datetime | None = None) -> None:
@@ -454,6 +537,7 @@ class BudgetState:
         now = started or self.clock.now()
         for window, amount in reservation.holds:
             window.reserved -= amount
+            window.lazy.pop(reservation.id, None)
             actual = spent_in(window.limit, tokens, cost_usd)
             if actual:
                 window.counter.add(actual, now)
@@ -532,6 +616,7 @@ class BudgetState:
             self.reservations.pop(reservation.id)
             for window, amount in reservation.holds:
                 window.reserved -= amount
+                window.lazy.pop(reservation.id, None)
         return len(stale)
 
 

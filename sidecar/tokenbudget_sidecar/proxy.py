@@ -36,6 +36,7 @@ from tokenbudget_sidecar.headers import (
     upstream_headers,
 )
 from tokenbudget_sidecar.jsonarray import JSONArrayParser
+from tokenbudget_sidecar.prompt_count import PromptCount
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
@@ -136,24 +137,27 @@ class Proxy:
         if call.user is None:
             call.user = next((u for label in self.state.user_labels()
                               if (u := dialect.labelled_user(body, label)) is not None), None)
-        prompt = dialect.prompt(body)
-        prompt_estimate, _exact = await self.state.counter.count(call.model, prompt.texts, prompt.messages)
-        prompt_estimate += prompt.media_tokens
+        parts = dialect.prompt(body)
+        prompt = PromptCount.of(self.state.counter, call.model, parts.texts, parts.messages, parts.media_tokens)
         thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
-        think = thinking.apply(dialect, call, body, request.path, request.headers, prompt_estimate)
+        if thinking.thinktiers or self.state.settings.prompt_count == "Exact":  # tiers may select by prompt size
+            await prompt.count()
+        think = thinking.apply(dialect, call, body, request.path, request.headers, prompt.value)
         record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
-                             stream=call.stream, prompt_estimate=prompt_estimate,
+                             stream=call.stream, prompt_estimate=prompt.value,
                              awaiting_policy=self.state.awaiting_policy,
                              think_class=think.klass if think else None, think_tier=think.tier if think else None)
         try:
-            admission, ticket, path = await self.admit(dialect, call, body, path, prompt_estimate, upstream, started)
+            admission, ticket, path = await self.admit(dialect, call, body, path, prompt, upstream, started)
         except Refused as refused:
             record.status, record.outcome, record.source = refused.status, Outcome.REFUSED, UsageSource.NONE
             record.decisions = [refused.message]
             self.record(record, started, 0.0)
             return error_response(dialect, refused.status, refused.message, retry_after=refused.retry_after,
                                   request_id=request_id)
+        ticket.prompt = prompt
+        record.prompt_estimate = prompt.value  # exact if admission needed it, else still the byte bound
         record.model = call.model  # after a Downgrade, the model actually called
         think = thinking.retarget(think, dialect, call, body)  # a Downgrade may change how the model thinks
         changed = dialect.prepare(call, body)
@@ -174,7 +178,7 @@ class Proxy:
             admission.settle(ticket, record)  # a no-op when settle() below already did it
             usage_log.abandon(request_id)  # a no-op when its record closed the intent
 
-    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt_estimate: int,
+    async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt: PromptCount,
                     upstream: PolicyUpstream, started: float) -> tuple[Admission, Ticket, str]:
         """Admission, waiting for the operator's next push while the only obstacle is this pod's spent grant
         (the budget has room: a 429 would only tell the app to come back after the lease round anyway).
@@ -185,7 +189,7 @@ class Proxy:
         while True:
             admission = self.state.admission
             try:
-                ticket, path = await admission.admit(dialect, call, body, path, prompt_estimate, upstream.base_url)
+                ticket, path = await admission.admit(dialect, call, body, path, prompt, upstream.base_url)
                 return admission, ticket, path
             except Refused as refused:
                 left = self.state.settings.grant_wait_s - (time.perf_counter() - started)
@@ -308,6 +312,11 @@ class Proxy:
                think: Decision | None = None) -> None:
         """Turn what we saw into one record (settlement.py), release the holds, and keep it."""
         upstream = self.state.policy.upstream(record.upstream)
+        prompt = ticket.prompt
+        if prompt is not None and not prompt.known and (reading.broke or not (reading.usage and
+                                                                              reading.usage.input_tokens)):
+            record.prompt_estimate = prompt.count_now()  # the record's input comes from our count: make it exact
+        record.prompt_bound = prompt is not None and not prompt.known
         settlement.fill(record, reading, self.state.prices, upstream.base_url if upstream else "")
         self.state.admission.settle(ticket, record)
         self.state.thinking.observe(think, record, reading)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +27,10 @@ class Settings(BaseSettings):
     count_hard_cap_bytes: int = 4 * 1024 * 1024  # above this, a byte-count upper bound instead of tiktoken
     tiktoken_download: bool = False  # let tiktoken fetch a missing encoding (its download has no timeout)
     tokenizer_retry_s: float = 30.0  # how often a missing encoding is looked for again (its file may appear)
+    # Lazy: count a prompt with tiktoken only when a decision depends on it (prompt_count.py), loading each
+    # encoding on first need; Exact: load o200k_base at start and count every prompt (records then always
+    # carry tiktoken's figure, at ~74 MiB more per pod).
+    prompt_count: Literal["Lazy", "Exact"] = "Lazy"
     prompt_margin_percent: int = 10  # added to tiktoken's count when reserving: other vendors tokenize differently
 
     pool_size: int = 1024  # upstream connections; aiohttp's default of 100 silently caps concurrency

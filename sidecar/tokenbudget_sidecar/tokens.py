@@ -109,10 +109,22 @@ class Tokenizer:
                 log.warning("tiktoken encoding loaded; exact counts again", extra={"record": {"encoding": name}})
             return enc
 
+    def check(self, name: str) -> None:
+        """Without loading it, note an encoding whose file is missing (readiness detail, metric, log line)."""
+        path = cache_file(name)
+        if name not in self.encodings and not self.allow_download and (path is None or not os.path.exists(path)):
+            self.load(name)  # fails at once without reading anything, and says why
+
     def retry(self) -> None:
-        """Try the encodings that failed again (the retry loop calls this in a thread)."""
+        """Try the encodings that failed again (the retry loop calls this in a thread). One that failed only
+        at the start-up check (never needed yet) is not loaded, only cleared, once its file is there."""
         for name in list(self.failures):
-            self.load(name)
+            path = cache_file(name)
+            if self.fallbacks or path is None or not os.path.exists(path):
+                self.load(name)
+            elif self.failures.pop(name, None) is not None:
+                log.warning("tiktoken encoding file found; it loads on first need",
+                            extra={"record": {"encoding": name}})
 
     @property
     def degraded(self) -> list[str]:

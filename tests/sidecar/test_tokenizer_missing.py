@@ -36,7 +36,9 @@ def test_a_sidecar_without_encodings_starts_counts_by_bytes_and_recovers_when_th
     assert source, "TIKTOKEN_CACHE_DIR is not set: run the suite through `make test`"
     empty = tmp_path / "tiktoken"
     empty.mkdir()
-    env = offline_env(TIKTOKEN_CACHE_DIR=str(empty), TOKENBUDGET_TOKENIZER_RETRY_S="0.2")
+    # Exact: count every prompt (the default, Lazy, would count none of these metering-only calls).
+    env = offline_env(TIKTOKEN_CACHE_DIR=str(empty), TOKENBUDGET_TOKENIZER_RETRY_S="0.2",
+                      TOKENBUDGET_PROMPT_COUNT="Exact")
     upstream_app = create_upstream()
     with serve_in_thread(app=upstream_app) as upstream, sidecar_process(tmp_path, policy_for(upstream), env) as s:
         ready = get_json(f"{s.admin}/readyz")
@@ -59,7 +61,10 @@ def test_a_sidecar_without_encodings_starts_counts_by_bytes_and_recovers_when_th
 
         path = cache_file("o200k_base")
         assert path is not None
-        shutil.copy(Path(source) / Path(path).name, empty / Path(path).name)  # the files appear
+        # The files appear, whole (as a volume's atomic symlink swap makes them): a half-copied file fails
+        # tiktoken's hash check, and tiktoken then deletes it.
+        shutil.copy(Path(source) / Path(path).name, empty / "partial")
+        os.replace(empty / "partial", empty / Path(path).name)
         deadline = time.monotonic() + 30
         while get_json(f"{s.admin}/readyz")["detail"]:
             assert time.monotonic() < deadline, s.log()[-2000:]
