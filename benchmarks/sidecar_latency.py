@@ -253,7 +253,7 @@ def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None,
     # SIGINT: asyncio.run cancels the server, main() returns, and cProfile gets to write its file.
     service = spawn("sidecar", cmd, env, workdir, signal.SIGINT)
     admin = f"http://{HOST}:{admin_port}"
-    wait_ready(service, f"{admin}/readyz")  # ready only once the encodings are loaded and the pool exists
+    wait_ready(service, f"{admin}/readyz")  # ready once the upstream pool exists (and, Exact, the encoding)
     return service, f"http://{HOST}:{data_port}", admin
 
 
@@ -775,7 +775,8 @@ def report(levels: list[Level], with_nginx: bool, facts: Facts) -> None:
     if errors:
         print(f"Failed calls (left out of the figures): {errors}\n")
     peak = max(facts.peak_kib, facts.after.get("VmRSS", 0))
-    print("- Sidecar RSS idle (after start-up, which preloads the tiktoken encodings; before any call): "
+    print("- Sidecar RSS idle (after start-up, which loads no encoding unless TOKENBUDGET_PROMPT_COUNT=Exact; "
+          "before any call): "
           f"{mib(facts.idle.get('VmRSS', 0))}")
     print(f"- Sidecar RSS peak under load (VmRSS sampled every {facts.sample_interval * 1000:.0f} ms): "
           f"{mib(peak)}; target (issue 3) ≤ {TARGET_RSS_MIB:g} MiB: {verdict(peak / 1024 <= TARGET_RSS_MIB)}")

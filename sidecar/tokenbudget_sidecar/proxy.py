@@ -24,7 +24,7 @@ from aiohttp import web
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import FailMode, OnDisconnect
 from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
-from tokenbudget_sidecar import intents, settlement
+from tokenbudget_sidecar import intents, settlement, tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
@@ -235,6 +235,7 @@ class Proxy:
                     resp.headers.update(ticket.headers)
                     if reading.usage is not None:
                         resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
+                    await self.ready_to_estimate(reading, record, ticket)
                     # Record before answering: a sidecar killed after the app got its answer must not
                     # lose a call the provider billed.
                     self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
@@ -306,17 +307,28 @@ class Proxy:
             record.outcome = Outcome.UPSTREAM_FAILED
             if request.transport is not None:
                 request.transport.close()
+        await self.ready_to_estimate(tracker.reading, record, ticket)
         return resp, tracker.reading
+
+    async def ready_to_estimate(self, reading: Reading, record: UsageRecord, ticket: Ticket) -> None:
+        """Before a settlement that will estimate (a broken stream, an answer without usage), load the encoding
+        and count the prompt off the event loop, so settle() (synchronous, so a cancelled handler still
+        records) finds both done instead of blocking every call for a first load."""
+        if not (reading.broke or reading.usage is None or not reading.usage.input_tokens):
+            return
+        await asyncio.to_thread(tokens.TOKENIZER.get, tokens.encoding_name(record.model))
+        if ticket.prompt is not None:
+            await ticket.prompt.count()
 
     def settle(self, record: UsageRecord, reading: Reading, started: float, added: float, ticket: Ticket,
                think: Decision | None = None) -> None:
         """Turn what we saw into one record (settlement.py), release the holds, and keep it."""
         upstream = self.state.policy.upstream(record.upstream)
         prompt = ticket.prompt
-        if prompt is not None and not prompt.known and (reading.broke or not (reading.usage and
-                                                                              reading.usage.input_tokens)):
-            record.prompt_estimate = prompt.count_now()  # the record's input comes from our count: make it exact
-        record.prompt_bound = prompt is not None and not prompt.known
+        if prompt is not None:
+            if not prompt.known and (reading.broke or not (reading.usage and reading.usage.input_tokens)):
+                prompt.count_now()  # the record's input comes from our count: make it exact (usually done already)
+            record.prompt_estimate, record.prompt_bound = prompt.value, not prompt.known
         settlement.fill(record, reading, self.state.prices, upstream.base_url if upstream else "")
         self.state.admission.settle(ticket, record)
         self.state.thinking.observe(think, record, reading)
