@@ -1,0 +1,417 @@
+"""Spend history in a real Prometheus: the operator (a real process against the test kube-apiserver, as the
+chart's ServiceAccount) and two real sidecars, scraped every second by Prometheus from Debian's package with
+the chart's alerting rules loaded. Calls go through the official openai SDK to the test upstream, whose ledger
+is the truth the counters are checked against; the operator is restarted halfway, and its counters must
+carry on without a reset and without counting anything twice. Then every dashboard panel's query must return
+data, `kubectl tokenbudget report --prometheus-url` must give the upstream's figures, and a stage change
+must fire the stage alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from controlplane import ControlPlane, _die_with_parent, pod_address, terminate
+from openai import AsyncOpenAI
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from prometheus_server import PrometheusServer, prometheus
+
+from tokenbudget_api import names
+from tokenbudget_operator.injector import certs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
+FILES = REPO_ROOT / "charts" / "tokenbudget" / "files"
+NS = "tb-prom"
+TOKEN = "test-token"
+PODS = {"chat-a": (pod_address(40), {"app": "chat", "tier": "users"}, "gpt-4o-mini"),
+        "chat-b": (pod_address(41), {"app": "chat"}, "gpt-4o")}
+USERS = ("alice", "bob")
+OPERATOR_SETTINGS = {
+    "webhook_config_owner": "Install", "tls_source": "SecretDir", "usage_interval_s": "0.5",
+    "resync_interval_s": "1", "status_min_interval_s": "1", "lease_interval_s": "0.5",
+    "leader_lease_duration_s": "3",
+}
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, KeyError, ValueError, IndexError):
+            last = probe()
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+def get_json(url: str, token: str | None = TOKEN) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
+        return json.loads(resp.read())
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+@dataclass
+class Stack:
+    kube: ControlPlane
+    operator: OperatorProcess
+    prom: PrometheusServer
+    upstream: str
+    began: float  # wall time before any call
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def served(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = get_json(f"{self.upstream}/_upstream/served", token=None)
+        return found
+
+
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    log = workdir / "upstream.log"
+    proc = spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
+                 dict(os.environ), log)
+
+    def url() -> str | None:
+        found = re.search(r"listening on (\S+)", log.read_text())
+        assert proc.poll() is None, log.read_text()
+        return found[1] if found else None
+
+    return proc, wait_for("the test upstream", url)
+
+
+def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, names.SIDECAR_ENV_DATA_HOST: ip, names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
+           names.SIDECAR_ENV_ADMIN_HOST: ip, names.SIDECAR_ENV_ADMIN_PORT: str(names.SIDECAR_ADMIN_PORT),
+           names.SIDECAR_ENV_ADMIN_TOKEN_FILE: str(token_file),
+           names.SIDECAR_ENV_LEDGER_DIR: str(workdir / f"ledger-{ip}")}
+    return spawn([sys.executable, "-m", "tokenbudget_sidecar"], env, workdir / f"sidecar-{ip}.log")
+
+
+def add_pod(kube: ControlPlane, name: str, ip: str, labels: dict[str, str]) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
+           "spec": {"initContainers": [{"name": names.SIDECAR_CONTAINER, "restartPolicy": "Always",
+                                        "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0"}],
+                    "containers": [{"name": "app", "image": "registry.example.com/chat:1"}]}}
+    kube.kubectl("create", "-f", "-", input=json.dumps(pod))
+    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+    kube.kubectl("patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+def budget(name: str, upstream: str, selector: dict[str, str], limit: dict[str, Any],
+           ladder: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": {"matchLabels": selector}, "timeZone": "UTC", "limits": [limit],
+                            "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}]}
+    if ladder:
+        spec["ladder"] = ladder
+    return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def team(upstream: str, tokens: int) -> dict[str, Any]:
+    return budget("team", upstream, {"app": "chat"}, {"name": "daily", "period": "Day", "tokens": tokens},
+                  ladder=[{"at": 50, "action": "Alert"}])
+
+
+def operator_kubeconfig(kube: ControlPlane, workdir: Path) -> Path:
+    """The operator runs as the chart's ServiceAccount (deploy/rbac.yaml): least privilege, tested."""
+    kube.kubectl("apply", "-f", str(RBAC))
+    token = kube.kubectl("create", "token", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
+                         "--duration=1h").stdout.strip()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path = workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def scrape_configs(operator: OperatorProcess) -> list[dict[str, Any]]:
+    """What the chart's PodMonitors make: the job names the rules select on, and each target's namespace and
+    pod labels; honor_labels on the operator, so the spend counters keep their budget's namespace."""
+    return [
+        {"job_name": "tokenbudget-operator", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"],
+                             "labels": {"namespace": OPERATOR_NAMESPACE, "pod": "tokenbudget-operator-0"}}]},
+        {"job_name": "tokenbudget-sidecar",
+         "static_configs": [{"targets": [f"{ip}:{names.SIDECAR_ADMIN_PORT}"], "labels": {"namespace": NS, "pod": pod}}
+                            for pod, (ip, _, _) in PODS.items()]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    token_file = workdir / "admin-token"
+    token_file.write_text(TOKEN)
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.suppress(Exception):
+        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+    kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+    namespace(kube, NS, enabled=False, secret=True)
+    tls_dir = workdir / "tls"
+    certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
+    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+    operator.env["KUBECONFIG"] = str(operator_kubeconfig(kube, workdir))
+    try:
+        upstream_proc, upstream = start_upstream(workdir)
+        procs.append(upstream_proc)
+        for pod, (ip, labels, _) in PODS.items():
+            procs.append(start_sidecar(ip, workdir, token_file))
+            wait_for(f"sidecar {pod}", lambda ip=ip: get_json(f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz"))
+            add_pod(kube, pod, ip, labels)
+        operator.start()
+        for manifest in (team(upstream, 1_000_000),
+                         budget("users", upstream, {"tier": "users"},
+                                {"name": "per-user", "period": "Day", "tokens": 100_000, "per": "User"})):
+            kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+        def enforced() -> bool:
+            """Each sidecar enforces its budgets, with a grant to spend in every leased window."""
+            held = {pod: {f"{b['namespace']}/{b['name']}" for b in get_json(
+                f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/policy")["budgets"]
+                if b.get("leases") and all(float(lease["granted"]) > 0 for lease in b["leases"])}
+                for pod, (ip, _, _) in PODS.items()}
+            return held == {"chat-a": {f"{NS}/team", f"{NS}/users"}, "chat-b": {f"{NS}/team"}}
+
+        wait_for("both budgets enforced with leases", enforced)
+        with prometheus(prometheus_bins["prometheus"], workdir, scrape_configs(operator),
+                        [FILES / "prometheus-rules.yaml"]) as prom:
+            wait_for("every target up", lambda: prom.value("sum(up)") == 3)
+            yield Stack(kube, operator, prom, upstream, time.time(), procs)
+    finally:
+        operator.stop()
+        for proc in procs:
+            terminate(proc, 3.0)
+        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
+                     "--ignore-not-found", check=False)
+        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
+                     check=False)
+
+
+def spend(calls_each: int, first: int) -> None:
+    """Chat completions through the official openai SDK on both sidecars; chat-a's name alice or bob."""
+
+    async def run() -> None:
+        clients = {pod: AsyncOpenAI(base_url=f"http://{ip}:{names.SIDECAR_DATA_PORT}/openai/v1", api_key="sk-test",
+                                    max_retries=0) for pod, (ip, _, _) in PODS.items()}
+        try:
+            await asyncio.gather(*(
+                clients[pod].chat.completions.create(
+                    model=PODS[pod][2], max_tokens=400,
+                    extra_headers={"x-test-pod": pod, "x-upstream-output-tokens": str(150 + 10 * i),
+                                   "x-upstream-cached-tokens": str(i % 3)},
+                    messages=[{"role": "user", "content": f"Tell me about {i}."}],
+                    **({"user": USERS[i % 2]} if pod == "chat-a" else {}))
+                for pod in PODS for i in range(first, first + calls_each)))
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    asyncio.run(run())
+
+
+@dataclass
+class Truth:
+    """What the upstream served, grouped as the report groups it."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # by → group → tokens
+
+    def add(self, by: str, group: str, tokens: int) -> None:
+        self.tokens.setdefault(by, {})
+        self.tokens[by][group] = self.tokens[by].get(group, 0) + tokens
+
+
+def truth(served: list[dict[str, Any]]) -> Truth:
+    t = Truth()
+    for r in served:
+        assert r["status"] == 200, r
+        pod, total = r["request_headers"]["x-test-pod"], r["input_tokens"] + r["output_tokens"]
+        budgets = ["team", "users"] if pod == "chat-a" else ["team"]
+        for b in budgets:
+            t.calls[f"{NS}/{b}"] = t.calls.get(f"{NS}/{b}", 0) + 1
+            t.add("budget", f"{NS}/{b}", total)
+            t.add("model", r["model"], total)
+            t.add("namespace", NS, total)
+            t.add("user", r["request_body"]["user"] if b == "users" else "(budgets without a per-User limit)", total)
+            t.add("type", "input", r["input_tokens"])
+            t.add("type", "output", r["output_tokens"])
+            t.add("type", "cached_input", r["cached_input_tokens"])
+        t.add("pod", f"{NS}/{pod}", total)
+    return t
+
+
+def prom_tokens(prom: PrometheusServer, budget: str) -> float | None:
+    return prom.value(f'sum(tokenbudget_spend_tokens_total{{budget="{budget}"}})')
+
+
+@pytest.fixture(scope="module")
+def spent(stack: Stack) -> Truth:
+    """Calls before and after an operator restart, until Prometheus holds what the upstream served."""
+    prom = stack.prom
+    spend(6, 0)
+    first = truth(stack.served())
+    wait_for("Prometheus to hold the first calls", lambda: all(
+        prom_tokens(prom, b) == first.tokens["budget"][b] for b in first.calls), timeout=30)
+    before = stack.operator.samples("tokenbudget_spend_tokens_total")
+
+    began = time.monotonic()
+    stack.operator.stop()
+    stack.operator.start()
+    after = wait_for("the restarted operator to show its counters",
+                     lambda: stack.operator.samples("tokenbudget_spend_tokens_total"), timeout=30)
+    back = time.monotonic() - began
+    assert after == before, "a restart must show the committed counters exactly as before"
+    print(f"\noperator restart: spend counters back on /metrics {back:.1f} s after SIGTERM, "
+          f"{len(after)} series equal to before")
+
+    spend(6, 6)
+    everything = truth(stack.served())
+    wait_for("Prometheus to hold every call", lambda: all(
+        prom_tokens(prom, b) == everything.tokens["budget"][b] for b in everything.calls), timeout=30)
+    time.sleep(2)  # two more scrapes: nothing may arrive late (a double count would show here)
+    return everything
+
+
+def test_the_counters_in_prometheus_are_what_the_upstream_served_across_an_operator_restart(
+        stack: Stack, spent: Truth) -> None:
+    prom = stack.prom
+    for b, tokens in spent.tokens["budget"].items():
+        assert prom_tokens(prom, b) == tokens
+        assert prom.value(f'sum(tokenbudget_spend_calls_total{{budget="{b}"}})') == spent.calls[b]
+    for kind in ("input", "output"):
+        assert prom.value(f'sum(tokenbudget_spend_tokens_total{{gen_ai_token_type="{kind}"}})') == \
+            spent.tokens["type"][kind]
+    assert prom.value('sum(tokenbudget_spend_token_details_total{gen_ai_token_type="cached_input"})') == \
+        spent.tokens["type"]["cached_input"] > 0
+    for model, tokens in spent.tokens["model"].items():
+        assert prom.value(f'sum(tokenbudget_spend_tokens_total{{gen_ai_request_model="{model}"}})') == tokens
+    users = {r["metric"]["user"]: float(r["value"][1]) for r in prom.query(
+        f'sum by (user) (tokenbudget_spend_tokens_total{{budget="{NS}/users"}})')}
+    assert users == {u: spent.tokens["user"][u] for u in USERS}
+    # Only the per-User budget has a user label.
+    assert prom.query(f'tokenbudget_spend_calls_total{{budget="{NS}/team", user!=""}}') == []
+    # Dollars: the sidecars' own counters (another path from the same prices) agree, and are not zero.
+    dollars = prom.value(f'sum(tokenbudget_spend_cost_usd_total{{budget="{NS}/team"}})')
+    sidecars = prom.value('sum(tokenbudget_cost_usd_total{job="tokenbudget-sidecar"})')
+    assert dollars
+    assert dollars == pytest.approx(sidecars, rel=1e-9)
+    # The restart never showed as a reset, and nothing but the leader's series exists.
+    window = f"{int(time.time() - stack.began) + 5}s"
+    assert prom.query(f"resets(tokenbudget_spend_tokens_total[{window}]) > 0") == []
+    assert {r["metric"]["instance"] for r in prom.query("tokenbudget_spend_calls_total")} == {
+        f"127.0.0.1:{stack.operator.metrics_port}"}
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((FILES / "grafana-dashboard.json").read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_every_dashboard_panels_query_returns_data(stack: Stack, spent: Truth) -> None:
+    """Grafana's variables as a user leaves them (All), and ranges that cover the calls."""
+    elapsed = f"{int(time.time() - stack.began) + 5}s"
+    empty = []
+    for title, expr in panel_queries():
+        query = (expr.replace("$__rate_interval", "15s").replace("$__range", elapsed)
+                 .replace("$namespace", ".*").replace("$budget", ".*"))
+        if not stack.prom.query(query):
+            empty.append(title)
+    assert not empty, f"panels without data: {empty}"
+    dashboard = json.loads((FILES / "grafana-dashboard.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "query"}
+    namespaces = stack.prom.api("/api/v1/label/namespace/values", **{"match[]": "tokenbudget_spend_calls_total"})
+    budgets = stack.prom.api("/api/v1/label/budget/values",
+                             **{"match[]": f'tokenbudget_spend_calls_total{{namespace=~"{NS}"}}'})
+    assert "tokenbudget_spend_calls_total" in variables["namespace"]["definition"]
+    assert namespaces == [NS]
+    assert budgets == [f"{NS}/team", f"{NS}/users"]
+
+
+def report(stack: Stack, by: str, fmt: str = "json") -> str:
+    until = dt.datetime.now(dt.UTC).isoformat()
+    since = dt.datetime.fromtimestamp(stack.began - 5, dt.UTC).isoformat()
+    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "report", "--prometheus-url", stack.prom.url,
+                           "--since", since, "--until", until, "--by", by, "--format", fmt],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("by", ["budget", "namespace", "model", "user", "pod"])
+def test_report_gives_the_served_tokens_and_calls_per_group_with_dollars(
+        stack: Stack, spent: Truth, by: str) -> None:
+    doc = json.loads(report(stack, by))
+    assert doc["source"] == "prometheus"
+    rows = {r[by]: r for r in doc["rows"]}
+    total = rows.pop("TOTAL")
+    assert {g: int(r["tokens"]) for g, r in rows.items()} == spent.tokens[by]
+    assert int(total["tokens"]) == sum(spent.tokens[by].values())
+    assert all(Decimal(r["costUSD"]) > 0 for r in rows.values())
+    if by == "budget":
+        assert {g: int(r["requests"]) for g, r in rows.items()} == spent.calls
+    if by == "pod":  # from the sidecars' counters: dollars equal the operator's for the budget every call hit
+        team = json.loads(report(stack, "budget"))["rows"]
+        team_usd = next(Decimal(r["costUSD"]) for r in team if r["budget"] == f"{NS}/team")
+        assert abs(Decimal(total["costUSD"]) - team_usd) <= Decimal("0.0001")
+    if by == "budget":
+        print("\n" + report(stack, by, "table"))  # the sample in the report
+
+
+def test_a_range_before_the_calls_reports_nothing(stack: Stack, spent: Truth) -> None:
+    until = dt.datetime.fromtimestamp(stack.began - 1, dt.UTC).isoformat()
+    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "report", "--prometheus-url", stack.prom.url,
+                           "--since", "1h", "--until", until, "--by", "budget", "--format", "json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == []
+
+
+def test_the_rules_evaluate_on_the_real_metrics_and_a_stage_change_fires_its_alert(
+        stack: Stack, spent: Truth) -> None:
+    groups = stack.prom.api("/api/v1/rules")["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert len(rules) == 7
+    bad = {name: r.get("lastError") for name, r in rules.items() if r["health"] != "ok"}
+    assert not bad, bad
+    # Lower the team budget under ~85 % of what was spent: its ladder goes to Alert on the sidecars.
+    used = spent.tokens["budget"][f"{NS}/team"]
+    stack.kube.kubectl("apply", "-f", "-", input=json.dumps(team(stack.upstream, used * 100 // 85)))
+
+    def alerts() -> dict[str, dict[str, Any]] | None:
+        found = {a["labels"]["alertname"]: a for a in stack.prom.api("/api/v1/alerts")["alerts"]}
+        return found if "TokenBudgetStageChanged" in found and "TokenBudgetAbove80Percent" in found else None
+
+    found = wait_for("the stage and 80 % alerts", alerts, timeout=30)
+    changed = found["TokenBudgetStageChanged"]
+    assert changed["state"] == "firing"
+    assert changed["labels"]["budget"] == f"{NS}/team"
+    assert float(changed["value"]) == 1.0  # Alert
+    assert found["TokenBudgetAbove80Percent"]["state"] == "pending"  # for: 1m
+    assert found["TokenBudgetAbove80Percent"]["labels"]["window"] == "daily"
