@@ -1,7 +1,8 @@
-"""Spend history in a real Prometheus: the operator (a real process against the test kube-apiserver, as the
-chart's ServiceAccount) and two real sidecars, scraped every second by Prometheus from Debian's package with
-the chart's alerting rules loaded. Calls go through the official openai SDK to the test upstream, whose ledger
-is the truth the counters are checked against; the operator is restarted halfway, and its counters must
+"""Spend history in a real Prometheus: two operator replicas (real processes against the test kube-apiserver,
+as the chart's ServiceAccount, one leader through the Lease) and two real sidecars, scraped every second by
+Prometheus from Debian's package with the chart's alerting rules loaded. Calls go through the official openai
+SDK to the test upstream, whose ledger is the truth the counters are checked against. The leader is stopped
+twice (the standby takes over, the stopped one comes back as standby, then leads again): the counters must
 carry on without a reset and without counting anything twice. Then every dashboard panel's query must return
 data, `kubectl tokenbudget report --prometheus-url` must give the upstream's figures, and a stage change
 must fire the stage alert.
@@ -79,7 +80,7 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 @dataclass
 class Stack:
     kube: ControlPlane
-    operator: OperatorProcess
+    operators: dict[str, OperatorProcess]  # replica "a" (leader first) and "b"
     prom: PrometheusServer
     upstream: str
     began: float  # wall time before any call
@@ -148,13 +149,14 @@ def operator_kubeconfig(kube: ControlPlane, workdir: Path) -> Path:
     return path
 
 
-def scrape_configs(operator: OperatorProcess) -> list[dict[str, Any]]:
+def scrape_configs(operators: dict[str, OperatorProcess]) -> list[dict[str, Any]]:
     """What the chart's PodMonitors make: the job names the rules select on, and each target's namespace and
     pod labels; honor_labels on the operator, so the spend counters keep their budget's namespace."""
     return [
         {"job_name": "tokenbudget-operator", "honor_labels": True,
-         "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"],
-                             "labels": {"namespace": OPERATOR_NAMESPACE, "pod": "tokenbudget-operator-0"}}]},
+         "static_configs": [{"targets": [f"127.0.0.1:{op.metrics_port}"],
+                             "labels": {"namespace": OPERATOR_NAMESPACE, "pod": f"tokenbudget-operator-{name}"}}
+                            for name, op in operators.items()]},
         {"job_name": "tokenbudget-sidecar",
          "static_configs": [{"targets": [f"{ip}:{names.SIDECAR_ADMIN_PORT}"], "labels": {"namespace": NS, "pod": pod}}
                             for pod, (ip, _, _) in PODS.items()]},
@@ -175,8 +177,11 @@ def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
     namespace(kube, NS, enabled=False, secret=True)
     tls_dir = workdir / "tls"
     certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
-    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
-    operator.env["KUBECONFIG"] = str(operator_kubeconfig(kube, workdir))
+    kubeconfig = str(operator_kubeconfig(kube, workdir))
+    operators = {name: OperatorProcess(kube, workdir, f"operator-{name}", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+                 for name in ("a", "b")}
+    for name, op in operators.items():
+        op.env.update(KUBECONFIG=kubeconfig, HOSTNAME=f"operator-{name}")  # the Lease's holder identity
     try:
         upstream_proc, upstream = start_upstream(workdir)
         procs.append(upstream_proc)
@@ -184,7 +189,9 @@ def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
             procs.append(start_sidecar(ip, workdir, token_file))
             wait_for(f"sidecar {pod}", lambda ip=ip: get_json(f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz"))
             add_pod(kube, pod, ip, labels)
-        operator.start()
+        operators["a"].start()
+        wait_for("replica a to lead", lambda: leader(kube) == "a")
+        operators["b"].start()
         for manifest in (team(upstream, 1_000_000),
                          budget("users", upstream, {"tier": "users"},
                                 {"name": "per-user", "period": "Day", "tokens": 100_000, "per": "User"})):
@@ -199,12 +206,13 @@ def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
             return held == {"chat-a": {f"{NS}/team", f"{NS}/users"}, "chat-b": {f"{NS}/team"}}
 
         wait_for("both budgets enforced with leases", enforced)
-        with prometheus(prometheus_bins["prometheus"], workdir, scrape_configs(operator),
+        with prometheus(prometheus_bins["prometheus"], workdir, scrape_configs(operators),
                         [FILES / "prometheus-rules.yaml"]) as prom:
-            wait_for("every target up", lambda: prom.value("sum(up)") == 3)
-            yield Stack(kube, operator, prom, upstream, time.time(), procs)
+            wait_for("every target up", lambda: prom.value("sum(up)") == 4)
+            yield Stack(kube, operators, prom, upstream, time.time(), procs)
     finally:
-        operator.stop()
+        for op in operators.values():
+            op.stop()
         for proc in procs:
             terminate(proc, 3.0)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
@@ -212,6 +220,15 @@ def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
                      "--ignore-not-found", check=False)
         kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
                      check=False)
+
+
+def leader(kube: ControlPlane) -> str | None:
+    """"a" or "b": which replica holds the operator's Lease."""
+    lease = json.loads(kube.kubectl("get", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
+                                    "-o", "json", check=False).stdout or "{}")
+    holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+    found = re.match(r"operator-([ab])-", holder)
+    return found[1] if found else None
 
 
 def spend(calls_each: int, first: int) -> None:
@@ -271,35 +288,47 @@ def prom_tokens(prom: PrometheusServer, budget: str) -> float | None:
     return prom.value(f'sum(tokenbudget_spend_tokens_total{{budget="{budget}"}})')
 
 
+def spend_and_wait(stack: Stack, calls_each: int, first: int) -> Truth:
+    """Calls on both sidecars, then wait until Prometheus holds everything the upstream served."""
+    spend(calls_each, first)
+    served = truth(stack.served())
+    wait_for("Prometheus to hold every call", lambda: all(
+        prom_tokens(stack.prom, b) == served.tokens["budget"][b] for b in served.calls), timeout=30)
+    return served
+
+
+def hand_over(stack: Stack, old: str, new: str) -> None:
+    """Stop leader `old` (SIGTERM: it releases the Lease); `new` must show the same counters; `old` comes back
+    as a standby that shows none."""
+    before = stack.operators[old].samples("tokenbudget_spend_tokens_total")
+    assert before, f"the leader {old} shows no spend counters"
+    assert not stack.operators[new].samples("tokenbudget_spend_tokens_total"), "a standby shows spend counters"
+    began = time.monotonic()
+    stack.operators[old].stop()
+    after = wait_for(f"replica {new} to lead and show the counters",
+                     lambda: stack.operators[new].samples("tokenbudget_spend_tokens_total"), timeout=30)
+    took = time.monotonic() - began
+    assert after == before, "the new leader must show the committed counters exactly as the old one did"
+    assert leader(stack.kube) == new
+    stack.operators[old].start()
+    time.sleep(1.5)  # a few Lease rounds: it stays a standby, and shows nothing
+    assert not stack.operators[old].samples("tokenbudget_spend_tokens_total")
+    print(f"\nleader {old} stopped: replica {new} showed the same {len(after)} spend series {took:.1f} s later")
+
+
 @pytest.fixture(scope="module")
 def spent(stack: Stack) -> Truth:
-    """Calls before and after an operator restart, until Prometheus holds what the upstream served."""
-    prom = stack.prom
-    spend(6, 0)
-    first = truth(stack.served())
-    wait_for("Prometheus to hold the first calls", lambda: all(
-        prom_tokens(prom, b) == first.tokens["budget"][b] for b in first.calls), timeout=30)
-    before = stack.operator.samples("tokenbudget_spend_tokens_total")
-
-    began = time.monotonic()
-    stack.operator.stop()
-    stack.operator.start()
-    after = wait_for("the restarted operator to show its counters",
-                     lambda: stack.operator.samples("tokenbudget_spend_tokens_total"), timeout=30)
-    back = time.monotonic() - began
-    assert after == before, "a restart must show the committed counters exactly as before"
-    print(f"\noperator restart: spend counters back on /metrics {back:.1f} s after SIGTERM, "
-          f"{len(after)} series equal to before")
-
-    spend(6, 6)
-    everything = truth(stack.served())
-    wait_for("Prometheus to hold every call", lambda: all(
-        prom_tokens(prom, b) == everything.tokens["budget"][b] for b in everything.calls), timeout=30)
+    """Calls while a leads, while b leads, and while a leads again, each handed over by stopping the leader."""
+    spend_and_wait(stack, 4, 0)
+    hand_over(stack, "a", "b")
+    spend_and_wait(stack, 4, 4)
+    hand_over(stack, "b", "a")  # a was leader before: its own series resume, higher, after a gap
+    everything = spend_and_wait(stack, 4, 8)
     time.sleep(2)  # two more scrapes: nothing may arrive late (a double count would show here)
     return everything
 
 
-def test_the_counters_in_prometheus_are_what_the_upstream_served_across_an_operator_restart(
+def test_the_counters_in_prometheus_are_what_the_upstream_served_across_leader_changes(
         stack: Stack, spent: Truth) -> None:
     prom = stack.prom
     for b, tokens in spent.tokens["budget"].items():
@@ -322,11 +351,18 @@ def test_the_counters_in_prometheus_are_what_the_upstream_served_across_an_opera
     sidecars = prom.value('sum(tokenbudget_cost_usd_total{job="tokenbudget-sidecar"})')
     assert dollars
     assert dollars == pytest.approx(sidecars, rel=1e-9)
-    # The restart never showed as a reset, and nothing but the leader's series exists.
+    # No series ever went down: neither a replica's own (a's resumed after b's turn) nor the series as the
+    # report reads it, across replicas. Both replicas showed them in turn; now only the leader, a, does.
     window = f"{int(time.time() - stack.began) + 5}s"
     assert prom.query(f"resets(tokenbudget_spend_tokens_total[{window}]) > 0") == []
+    across = ("max by (namespace, budget, gen_ai_request_model, user, gen_ai_token_type) "
+              "(tokenbudget_spend_tokens_total)")
+    assert prom.query(f"resets(({across})[{window}:1s]) > 0") == []
+    instances = {r["metric"]["instance"]
+                 for r in prom.query(f"count_over_time(tokenbudget_spend_calls_total[{window}])")}
+    assert instances == {f"127.0.0.1:{op.metrics_port}" for op in stack.operators.values()}
     assert {r["metric"]["instance"] for r in prom.query("tokenbudget_spend_calls_total")} == {
-        f"127.0.0.1:{stack.operator.metrics_port}"}
+        f"127.0.0.1:{stack.operators['a'].metrics_port}"}
 
 
 def panel_queries() -> list[tuple[str, str]]:
