@@ -15,6 +15,6 @@ log() { echo "prometheus-operator-crds: $*" >&2; }
 command -v go >/dev/null || { log "needs Go (1.24+) on PATH"; exit 1; }
 dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$VERSION" |
       python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or ""); sys.exit(1 if d.get("Error") else 0)')
-crds="$dir/example/prometheus-operator-crd"
-[ -f "$crds/monitoring.coreos.com_podmonitors.yaml" ] || { log "no CRDs in $crds"; exit 1; }
-echo "$crds"
+found="$dir/example/prometheus-operator-crd"
+[ -f "$found/monitoring.coreos.com_podmonitors.yaml" ] || { log "no CRDs in $found"; exit 1; }
+echo "$found"
