@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
     _kube_flags(p)
     p.add_argument("--by", choices=["namespace", "budget", "model", "user", "pod"], default="namespace")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
-    p.add_argument("--prometheus-url", help="history from the operator's Prometheus counters (not yet supported)")
-    p.add_argument("--since", help="start of the reporting range (needs --prometheus-url)")
-    p.add_argument("--until", help="end of the reporting range (needs --prometheus-url)")
+    p.add_argument("--prometheus-url", help="history from the operator's spend counters in Prometheus, e.g. "
+                   "http://prometheus.monitoring:9090; without it, the current periods from status")
+    p.add_argument("--since", help="start of the range: RFC 3339, a date or an age such as 7d (default: 1 day "
+                   "before --until; needs --prometheus-url)")
+    p.add_argument("--until", help="end of the range, as --since (default: now; needs --prometheus-url)")
 
     p = sub.add_parser("export", help="a pod's unacknowledged usage records as a trace (JSON lines)")
     _kube_flags(p, all_namespaces=False)

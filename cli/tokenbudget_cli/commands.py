@@ -6,14 +6,15 @@ The sidecar's admission code is imported inside `simulate` only, so status and r
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tokenbudget_cli import export as export_mod
 from tokenbudget_cli import kube as kube_mod
+from tokenbudget_cli import prom_report, status_cmd, status_view, trace
 from tokenbudget_cli import report as report_mod
-from tokenbudget_cli import status_cmd, status_view, trace
 from tokenbudget_cli.console import console
 from tokenbudget_cli.kube import Kube, KubeError, Target
 
@@ -23,7 +24,7 @@ class UsageError(Exception):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (KubeError, UsageError, export_mod.ExportError, trace.TraceError,
-                                            FileNotFoundError, OSError)
+                                            prom_report.PrometheusError, FileNotFoundError, OSError)
 
 
 def _kube(args: argparse.Namespace) -> Kube:
@@ -50,12 +51,18 @@ def status(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    if args.prometheus_url:
-        raise UsageError("--prometheus-url is not yet supported: the operator does not export spend counters "
-                         "yet; without it, report reads the current periods from status")
-    if args.since or args.until:
-        raise UsageError("--since/--until need spend history, which needs --prometheus-url (not yet supported)")
     by, fmt = report_mod.By(args.by), report_mod.Format(args.format)
+    if args.prometheus_url:
+        now = dt.datetime.now(dt.UTC)
+        until = prom_report.parse_time(args.until, now, now)
+        since = prom_report.parse_time(args.since, now, until - dt.timedelta(days=1))
+        if since >= until:
+            raise UsageError(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+        found = prom_report.rows(prom_report.Prometheus(args.prometheus_url), by, since, until)
+        report_mod.render(found, by, fmt, console(), source="prometheus", note=prom_report.note(by, since, until))
+        return 0
+    if args.since or args.until:
+        raise UsageError("--since/--until need spend history: give --prometheus-url")
     report_mod.render(report_mod.rows(_kube(args).budgets(), by), by, fmt, console())
     return 0
 

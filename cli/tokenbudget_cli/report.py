@@ -5,7 +5,7 @@ so that is what this reports, and says so in the output: per budget, the longest
 unit (tokens, dollars, requests); per model and per user, the keys of per-Model / per-User windows (and
 for users and pods, `status.topConsumers`, which lists only the largest). Overlapping budgets each count
 the same call, so a namespace total over two budgets that select the same pods counts it twice.
-Spend history over `--since/--until` needs the operator's Prometheus counters (issue 16, part 2).
+Spend history over `--since/--until` comes from Prometheus instead (`--prometheus-url`, prom_report.py).
 """
 
 from __future__ import annotations
@@ -130,11 +130,14 @@ def _records(found: list[Row], by: By) -> list[dict[str, str]]:
             for r in lines]
 
 
-def render(found: list[Row], by: By, fmt: Format, out: Console) -> None:
+def render(found: list[Row], by: By, fmt: Format, out: Console, *, source: str = "status",
+           note: str = SOURCE_NOTE) -> None:
+    """Rows as a table, CSV, JSON or Markdown; `source` "prometheus" (prom_report.py) has no windows column."""
     records = _records(found, by)
-    columns = [by.value, "tokens", "costUSD", "requests", "windows"]
+    columns = [by.value, "tokens", "costUSD", "requests"] + (["windows"] if source == "status" else [])
     if fmt is Format.JSON:
-        out.print_json(json.dumps({"source": "status", "note": SOURCE_NOTE, "by": by.value, "rows": records}))
+        out.print_json(json.dumps({"source": source, "note": note, "by": by.value,
+                                   "rows": [{c: r[c] for c in columns} for r in records]}))
     elif fmt is Format.CSV:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -142,12 +145,12 @@ def render(found: list[Row], by: By, fmt: Format, out: Console) -> None:
         writer.writerows(records)
         out.out(buf.getvalue(), end="", highlight=False)
     elif fmt is Format.MARKDOWN:
-        lines = [f"_{SOURCE_NOTE}_", "", "| " + " | ".join(columns) + " |",
+        lines = [f"_{note}_", "", "| " + " | ".join(columns) + " |",
                  "|" + "|".join("---:" if c in ("tokens", "costUSD", "requests") else "---" for c in columns) + "|"]
         lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in records]
         out.out("\n".join(lines), highlight=False)
     else:
-        table = console.table(*(c.upper() for c in columns), caption=SOURCE_NOTE, left=1)
+        table = console.table(*(c.upper() for c in columns), caption=note, left=1)
         for r in records:
             table.add_row(*(r[c] for c in columns), style="bold" if r[by.value] == "TOTAL" else None)
         out.print(table)

@@ -152,6 +152,9 @@ class OperatorSettings(BaseSettings, _InjectionKnobs):
     leader_election: bool = True  # only the holder of a coordination.k8s.io Lease reconciles (leader.py)
     leader_lease_name: str = "tokenbudget-operator"  # in `namespace`
     leader_lease_duration_s: float = Field(default=15.0, ge=1)  # a dead leader is replaced after this
+    # Spend counters on /metrics (reconciler/spend.py): series per budget, the rest folded into "_other".
+    spend_max_models_per_budget: int = Field(default=10, ge=1)
+    spend_max_users_per_budget: int = Field(default=25, ge=1)  # only budgets with a per-User limit
 
     # Operations.
     metrics_host: str = "0.0.0.0"  # Prometheus scrapes the pod IP

@@ -196,7 +196,7 @@ class Refused(Exception):
     """A call the budget does not admit: answered 429 (or 400 for oversize) in the provider's shape."""
 
     def __init__(self, status: int, message: str, retry_after: float | None = None,
-                 awaits_grant: bool = False) -> None:
+                 awaits_grant: bool = False, budget: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -204,6 +204,7 @@ class Refused(Exception):
         # The budget has room but this pod's grant has not: a lease round will fix it, so the data path
         # may wait for the next policy push instead of answering 429 (proxy.py, `grant_wait_s`).
         self.awaits_grant = awaits_grant
+        self.budget = budget  # "namespace/name" of the budget that refused, where known (metrics)
 
 
 class BudgetState:
@@ -425,7 +426,8 @@ class BudgetState:
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until a grant arrives
                 if not self.dry_run:
-                    raise Refused(429, self._no_grant(window, lease, now), LEASE_ROUND_S, awaits_grant=True)
+                    raise Refused(429, self._no_grant(window, lease, now), LEASE_ROUND_S, awaits_grant=True,
+                                  budget=self.name)
                 decisions.append(Action.BLOCK)
             clears = self.history_clears_at(window, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
@@ -438,7 +440,8 @@ class BudgetState:
             if amount > window.room(now):
                 if not self.dry_run:
                     retry, grant = self._retry_after(window, amount, now)
-                    raise Refused(429, self._exhausted(window, amount, now), retry, awaits_grant=grant)
+                    raise Refused(429, self._exhausted(window, amount, now), retry, awaits_grant=grant,
+                                  budget=self.name)
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))
         reservation = Reservation(next(_ids), self.name, holds, now + ttl, decisions)

@@ -47,6 +47,10 @@ class Metrics:
         self.interrupted = Counter("tokenbudget_interrupted_calls", "Calls in flight when the sidecar last died, "
                                    "recorded at its start from their intents (estimated).", ["provider"],
                                    registry=r)
+        self.lease_starved = Counter(
+            "tokenbudget_lease_starved_calls", "Calls refused because this pod's lease grant was spent (or missing "
+            "for the period) while the budget had room, after waiting for a push: lease rounds are not keeping up.",
+            ["budget"], registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 

@@ -151,6 +151,8 @@ class Proxy:
         try:
             admission, ticket, path = await self.admit(dialect, call, body, path, prompt, upstream, started)
         except Refused as refused:
+            if refused.awaits_grant and refused.budget is not None:  # still no grant after grant_wait_s
+                self.state.metrics.lease_starved.labels(refused.budget).inc()
             record.status, record.outcome, record.source = refused.status, Outcome.REFUSED, UsageSource.NONE
             record.decisions = [refused.message]
             self.record(record, started, 0.0)

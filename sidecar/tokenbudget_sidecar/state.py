@@ -65,6 +65,9 @@ class State:
                   "ledger then keeps acknowledged records.", registry=self.metrics.registry).set_function(
                 lambda: checkpoint_file.write_errors)
         self.metrics.registry.register(BudgetCollector(lambda: self.admission))
+        Gauge("tokenbudget_ready", "1 when /readyz answers ready (forwarding, not waiting for the first policy "
+              "push), else 0.", registry=self.metrics.registry).set_function(
+            lambda: 1 if self.session is not None and self.policy_wait_left() == 0 else 0)
         self._build(self.policy)
         self._seed(self.admission.budgets)  # the startup policy's budgets are new to this process
         for record in self.usage_log.recovered:  # calls the last process died with (intents.py)
@@ -78,6 +81,8 @@ class State:
         self.admission = Admission(policy, self.clock, self.prices, s.default_output_tokens,
                                    s.max_throttle_delay_s, s.reservation_ttl_s, s.prompt_margin_percent)
         self.thinking = Thinking(policy, self.metrics.registry, s.default_output_tokens)
+        for budget in self.admission.budgets:  # a series at 0 from the start, so rate() sees the first refusal
+            self.metrics.lease_starved.labels(budget.name)
         return self.admission
 
     def apply(self, policy: SidecarPolicy) -> None:

@@ -196,10 +196,15 @@ def test_report_by_namespace_model_user_and_pod(cluster: ControlPlane) -> None:
 
 
 def test_report_without_prometheus_refuses_a_history_range(cluster: ControlPlane) -> None:
-    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "report", "--prometheus-url", "http://x:9090",
+    """(With Prometheus: tests/monitoring/test_prometheus.py.)"""
+    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "report", "--since", "7d",
                            "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "not yet supported" in done.stderr
+    assert "give --prometheus-url" in done.stderr
+    unreachable = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "report", "--prometheus-url",
+                                  "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1
+    assert "cannot ask Prometheus at http://127.0.0.1:9" in unreachable.stderr
 
 
 def test_export_reads_a_pods_sidecar_and_its_trace_replays(cluster: ControlPlane, tmp_path: Path) -> None:

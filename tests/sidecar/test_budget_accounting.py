@@ -199,6 +199,7 @@ async def test_an_expired_lease_keeps_admitting_what_it_granted_then_fail_mode_d
             ok = False
             assert "lease of 500 is spent" in r.message
             assert r.retry_after == LEASE_ROUND_S
+            assert (r.awaits_grant, r.budget) == (True, adm.budgets[0].name)  # lease starvation (a metric)
         assert ok is admitted_when_spent
         clock.set(at("2026-11-23T10:00:00+00:00"))
 

@@ -113,6 +113,9 @@ async def test_retry_after_names_when_the_cause_clears(cause: str, expected: flo
         await adm.admit(OPENAI, c, body, "/v1/chat/completions", 100, "http://127.0.0.1")
     assert refused.value.status == 429
     assert refused.value.retry_after == pytest.approx(expected)
+    # Only a grant short of a budget with room is lease starvation (tokenbudget_lease_starved_calls_total).
+    assert refused.value.awaits_grant is (cause == "grant")
+    assert refused.value.budget == adm.budgets[0].name
 
 
 async def test_a_call_larger_than_the_limit_itself_gets_no_retry_after() -> None:

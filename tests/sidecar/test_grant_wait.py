@@ -33,6 +33,11 @@ def budget_with_grant(granted: int) -> dict[str, Any]:
                     "fleetUsed": "0", "ownUsed": "0"}]}
 
 
+def starved(s: Stack) -> float | None:
+    """tokenbudget_lease_starved_calls_total of the budget: 429s for want of a grant the budget had room for."""
+    return s.state.metrics.registry.get_sample_value("tokenbudget_lease_starved_calls_total", {"budget": "ns/team"})
+
+
 def client(s: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=0)
 
@@ -71,6 +76,7 @@ def test_a_call_waits_for_the_next_grant_instead_of_refusing_while_the_budget_ha
         assert waited >= 0.5, "admitted before the new grant arrived: the first grant was not spent"
         (_first, second) = s.records(2)
         assert second.outcome.value == "ok"
+        assert starved(s) == 0  # waited, never refused: the series exists at 0 from the policy on
 
 
 def test_without_a_push_in_time_the_call_gets_the_lease_rounds_429() -> None:
@@ -82,6 +88,7 @@ def test_without_a_push_in_time_the_call_gets_the_lease_rounds_429() -> None:
             client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
         assert time.monotonic() - began >= 0.25, "refused without waiting for a grant"
         assert refused.value.response.headers["retry-after"] == "2"
+        assert starved(s) == 1
 
 
 def test_a_call_the_budget_itself_cannot_fit_is_refused_at_once() -> None:
@@ -95,3 +102,4 @@ def test_a_call_the_budget_itself_cannot_fit_is_refused_at_once() -> None:
         with pytest.raises(openai.RateLimitError):
             client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
         assert time.monotonic() - began < 3.0, "waited for a grant the budget could never give"
+        assert starved(s) == 0  # the budget itself is spent: not starvation

@@ -50,9 +50,11 @@ def test_unready_until_the_first_push_then_ready() -> None:
         status, body = readyz(s)
         assert status == 503
         assert any("waiting for the operator's first policy push" in d for d in body["detail"]), body
+        assert s.state.metrics.registry.get_sample_value("tokenbudget_ready") == 0  # what /readyz says
         push(s)
         status, body = readyz(s)
         assert (status, body["ready"], body["policyVersion"]) == (200, True, "pushed")
+        assert s.state.metrics.registry.get_sample_value("tokenbudget_ready") == 1
 
 
 def test_a_call_during_the_wait_is_held_until_the_push_and_counts_in_its_budget() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -40,6 +40,7 @@ from tokenbudget_api.tokenbudget import Limit, Stage
 from tokenbudget_api.usage import UsageRecord
 from tokenbudget_api.windows import as_utc, limit_amount, percent_used
 from tokenbudget_operator.reconciler.conditions import k8s_time
+from tokenbudget_operator.reconciler.spend import SpendCounters
 from tokenbudget_operator.reconciler.usage_sums import (
     ANONYMOUS,
     ZERO,
@@ -67,10 +68,13 @@ class Aggregator:
 
     `top`: consumers of each kind in status; `keys_per_window`: entries of a per-User/per-Model window
     in status (the fullest first); `max_pending`: records kept per budget before its first `status()`
-    (the oldest are dropped beyond it, so a deleted budget's records cannot grow without bound).
+    (the oldest are dropped beyond it, so a deleted budget's records cannot grow without bound); `spend`:
+    the cumulative counters for Prometheus (spend.py), kept and persisted with the cursors.
     """
 
-    def __init__(self, *, top: int = 5, keys_per_window: int = 10, max_pending: int = 200_000) -> None:
+    def __init__(self, *, top: int = 5, keys_per_window: int = 10, max_pending: int = 200_000,
+                 spend: SpendCounters | None = None) -> None:
+        self.spend = spend if spend is not None else SpendCounters()
         self.top = top
         self.keys_per_window = keys_per_window
         self.max_pending = max_pending
@@ -87,11 +91,12 @@ class Aggregator:
         return self._cursors.get(pod_uid, 0)
 
     def add(self, pod_uid: str, records: Iterable[UsageRecord], *, pod_name: str | None = None,
-            last_seq: int | None = None) -> int:
+            last_seq: int | None = None, per_user: Callable[[str], bool] = lambda _: False) -> int:
         """Take one pull's records; returns how many were new (the rest were already counted).
 
         `last_seq` is the pull's `lastSeq`: below the cursor, the sidecar lost its log (restarted with no
-        ledger) and numbers from 1 again, so the cursor restarts with it.
+        ledger) and numbers from 1 again, so the cursor restarts with it. `per_user(budget)`: whether the
+        budget has a per-User limit, so its spend counters carry a user label.
         """
         if pod_name:
             self._pod_names[pod_uid] = pod_name
@@ -105,6 +110,7 @@ class Aggregator:
                 continue
             cursor = seq
             entry = Entry.from_record(pod_uid, record)
+            self.spend.add(record, per_user)
             for budget in dict.fromkeys([*entry.budgets, *(b for b, _ in entry.dry_run)]):
                 pending = self._pending.setdefault(budget, [])
                 pending.append(entry)
@@ -124,6 +130,7 @@ class Aggregator:
         """Drop a deleted budget's sums and waiting records ("namespace/name")."""
         self._budgets.pop(budget, None)
         self._pending.pop(budget, None)
+        self.spend.forget_budget(budget)
 
     # ----- folding -----
 
@@ -287,6 +294,7 @@ class Aggregator:
             "podNames": dict(self._pod_names),
             "pending": {b: [e.wire() for e in entries] for b, entries in self._pending.items() if entries},
             "budgets": {name: sums.wire() for name, sums in self._budgets.items()},
+            "spend": self.spend.wire(),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -304,6 +312,8 @@ class Aggregator:
                 entries.append(shared.setdefault(key, Entry.from_wire(raw)))
             self._pending[budget] = entries
         self._budgets = {name: BudgetSums.from_wire(raw) for name, raw in state.get("budgets", {}).items()}
+        # A state written before the counters existed has none: they start at 0 (counting starts then).
+        self.spend.restore(state.get("spend", {}))
 
 
 __all__ = ["ANONYMOUS", "Aggregator", "Entry", "Totals"]

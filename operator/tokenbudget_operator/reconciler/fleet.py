@@ -19,7 +19,7 @@ import aiohttp
 
 from tokenbudget_api import names
 from tokenbudget_api.policy import Lease
-from tokenbudget_api.tokenbudget import Action
+from tokenbudget_api.tokenbudget import Action, LimitKey
 from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.reconciler import lease_rules, metrics
 from tokenbudget_operator.reconciler.aggregate import Aggregator
@@ -29,6 +29,7 @@ from tokenbudget_operator.reconciler.leader_election import LeaderElector
 from tokenbudget_operator.reconciler.lease_types import LeaseConfig
 from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
+from tokenbudget_operator.reconciler.spend import SpendCounters
 from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
 from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker
 from tokenbudget_operator.reconciler.views import BudgetView, TierView, selects
@@ -74,7 +75,9 @@ class Fleet:
         self.lease_wake = asyncio.Event()  # a pod waits for its first grants: run a lease round now
         self.indexes_ready = False
         self.agents: dict[str, PodAgent] = {}
-        self.aggregator = Aggregator()
+        self.aggregator = Aggregator(spend=SpendCounters(max_models=settings.spend_max_models_per_budget,
+                                                        max_users=settings.spend_max_users_per_budget))
+        self.spend = self.aggregator.spend.snapshot()  # what /metrics shows: the last committed counters
         self.store = StateStore(api, settings.namespace, settings.usage_state_configmap)
         self.budget_status = StatusWriter(api, names.TOKENBUDGET_PLURAL, settings.status_min_interval_s,
                                           metrics.STATUS_PATCHES)
@@ -106,6 +109,20 @@ class Fleet:
         if loaded is not None:
             self.aggregator.restore(loaded)
             logger.info("usage state restored from ConfigMap %s/%s", self.store.namespace, self.store.name)
+        self.committed()
+
+    def committed(self) -> None:
+        """The aggregator's state is what the ConfigMap holds now: show its spend counters (spend.py)."""
+        self.spend = self.aggregator.spend.snapshot()
+
+    def exported_spend(self) -> SpendCounters | None:
+        """The counters /metrics shows: only on the replica that reconciles (a standby's would be stale)."""
+        return self.spend if self.leader else None
+
+    def per_user(self, key: str) -> bool:
+        """Whether budget `key` has a per-User limit (its spend counters then carry a user label)."""
+        view = self.view(key)
+        return view is not None and any(lim.per is LimitKey.USER for lim in view.spec.limits or [])
 
     async def run(self, loops: Sequence[Loop]) -> None:
         """Open the sidecar client and start each loop (and the leader election) as a task."""

@@ -26,16 +26,20 @@ import asyncio
 from typing import Any
 
 import kopf
+from prometheus_client import REGISTRY
 
 from tokenbudget_api import names
 from tokenbudget_operator import kube
 from tokenbudget_operator.reconciler import lease_loop, push_loop, status_loop, thinktier_loop, usage_loop
 from tokenbudget_operator.reconciler.fleet import Fleet
 from tokenbudget_operator.reconciler.indexes import BudgetIndex, PodIndex, TierIndex, has_sidecar
+from tokenbudget_operator.reconciler.spend import SpendCollector
 from tokenbudget_operator.runtime import runtime
 
 MEMO_FLEET = "tokenbudget_fleet"
 LOOPS = (push_loop.run, usage_loop.run, status_loop.run, lease_loop.run, thinktier_loop.run)
+SPEND = SpendCollector(lambda: None)  # the spend counters on /metrics (ops.py), once the fleet has started
+REGISTRY.register(SPEND)
 
 
 def _wake(memo: Any) -> None:
@@ -75,6 +79,7 @@ async def start_reconciler(
     fleet = Fleet(state.settings, api, tokenbudget_budgets, tokenbudget_tiers, tokenbudget_sidecar_pods)
     await fleet.restore()
     memo[MEMO_FLEET] = fleet
+    SPEND.source = fleet.exported_spend
     await fleet.run(LOOPS)
     state.cleanups.append(fleet.stop)
     state.readiness["reconciler"] = True

@@ -41,7 +41,8 @@ async def pull(fleet: Fleet, agent: PodAgent) -> tuple[PodAgent, int] | None:
         agent.applied = None
         fleet.wake.set()
     records = attribute_unpushed(page.records, agent.desired.budgets if agent.desired is not None else ())
-    added = fleet.aggregator.add(pod.uid, records, pod_name=pod.name, last_seq=page.last_seq)
+    added = fleet.aggregator.add(pod.uid, records, pod_name=pod.name, last_seq=page.last_seq,
+                                 per_user=fleet.per_user)
     return agent, added
 
 
@@ -68,6 +69,7 @@ async def usage_round(fleet: Fleet) -> int:
                 await fleet.restore()
                 return 0
             metrics.STATE_WRITES.inc()
+            fleet.committed()
         for agent in pending_acks:
             pod = agent.entry.view
             cursor = fleet.aggregator.cursor(pod.uid)
