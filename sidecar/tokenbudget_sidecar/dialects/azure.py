@@ -19,7 +19,8 @@ import re
 from tokenbudget_sidecar.dialects.base import JSON, Call
 from tokenbudget_sidecar.dialects.openai import OPERATIONS, OpenAIDialect
 
-DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/(?:chat/completions|completions|embeddings))$")
+DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/(?:chat/completions|completions|embeddings|images/generations"
+                        r"|images/edits|audio/transcriptions))$")
 
 
 class AzureOpenAIDialect(OpenAIDialect):
