@@ -27,6 +27,7 @@ from tokenbudget_api.tokenbudget import FailMode, OnDisconnect
 from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
 from tokenbudget_sidecar import forms, intents, settlement, tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
+from tokenbudget_sidecar.background import Background
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.headers import (
@@ -67,6 +68,7 @@ class Proxy:
     def __init__(self, state: State) -> None:
         self.state = state
         self.transparent = Transparent(state, self.record)
+        self.background = Background(state, self.record)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
@@ -107,6 +109,8 @@ class Proxy:
             return error_response(DIALECTS[next(iter(DIALECTS))], 404,
                                   f"tokenbudget: no upstream named {name!r} (configured: {configured})")
         dialect = DIALECTS[upstream.dialect]
+        if self.background.wants(upstream.name, request.method, path):  # a deferred background Response
+            return await self.background.follow(request, upstream, dialect, path, request_id)
         operation = dialect.operation(request.method, path)
         if operation is None or operation == PASSTHROUGH:  # not metered: forwarded as is, body streamed
             return await self.transparent.forward(request, upstream, dialect, path, request_id,
@@ -190,7 +194,8 @@ class Proxy:
         finally:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
-            usage_log.abandon(request_id)  # a no-op when its record closed the intent
+            if not self.background.waiting(request_id):  # a deferred call's intent stays open (background.py)
+                usage_log.abandon(request_id)  # a no-op when its record closed the intent
 
     async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt: PromptCount,
                     upstream: PolicyUpstream, started: float) -> tuple[Admission, Ticket, str]:
@@ -251,8 +256,9 @@ class Proxy:
                         resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
                     await self.ready_to_estimate(reading, record, ticket)
                     # Record before answering: a sidecar killed after the app got its answer must not
-                    # lose a call the provider billed.
-                    self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
+                    # lose a call the provider billed. A queued background Response waits for its retrieve.
+                    if not (reading.deferred and self.background.defer(record, reading, ticket)):
+                        self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
                     settled = True
                     with contextlib.suppress(*CLIENT_GONE):  # already recorded: the provider billed it
                         await resp.prepare(request)

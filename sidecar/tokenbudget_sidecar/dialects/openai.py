@@ -148,6 +148,7 @@ class OpenAIDialect(Dialect):
                     _reasoning_text(reading, choice.get("message"))
         elif call.operation == "responses":
             reading.truncated = body.get("status") == "incomplete"
+            reading.deferred = body.get("background") is True and body.get("status") in ("queued", "in_progress")
             for item in body.get("output") or []:
                 if not isinstance(item, dict):
                     continue

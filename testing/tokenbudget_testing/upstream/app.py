@@ -19,7 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_dialect, gemini_dialect, media_routes, more_routes, openai_dialect, openai_responses
+from . import (
+    anthropic_dialect,
+    gemini_dialect,
+    media_routes,
+    more_routes,
+    openai_dialect,
+    openai_responses,
+    responses_background,
+)
 from .behaviour import STATUS_FAILURES, ControlError, parse_controls
 from .call import Call, UpstreamError
 from .dialect import DialectSpec, Handler
@@ -191,10 +199,13 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LEDGER] = Ledger()
+    app[responses_background.STORE] = {}
     app.on_startup.append(_warm_tokenizers)
     add = app.router.add_route
     add("POST", "/v1/chat/completions", route(openai_dialect.CHAT, openai_dialect.chat_completions))
     add("POST", "/v1/responses", route(openai_dialect.RESPONSES, openai_responses.responses))
+    add("GET", "/v1/responses/{response_id}", responses_background.retrieve)
+    add("POST", "/v1/responses/{response_id}/cancel", responses_background.cancel)
     add("POST", "/v1/embeddings", route(openai_dialect.EMBEDDINGS, openai_dialect.embeddings))
     add("GET", "/v1/models", _models)
     add("POST", "/v1/messages", route(anthropic_dialect.SPEC, anthropic_dialect.messages))
