@@ -3,7 +3,7 @@ cancel that shows it ended, however often it is polled or streamed; a sidecar ki
 at its restart from the intent (background.py).
 
 Driven by the openai SDK (`responses.create(background=True)`, `responses.retrieve`, `responses.cancel`) against
-the test upstream (testing/.../upstream/responses_background.py).
+the test upstream (testing/tokenbudget_testing/upstream/responses_background.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (gpt-image-*, gpt-4o-*transcribe, whisper-1's seconds), recorded unmetered where it reports none (dall-e,
 whisper's text formats, speech), priced from the catalog's image and audio prices.
 
-Driven by the openai SDK against the test upstream (testing/.../upstream/media_routes.py).
+Driven by the openai SDK against the test upstream (testing/tokenbudget_testing/upstream/media_routes.py).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ OPERATIONS = {
     "/v1/completions": "completions",  # legacy: usage as chat's, choices[].text
     "/v1/moderations": PASSTHROUGH,  # free
     "/v1/responses": "responses",
+    "/v1/responses/compact": "responses",  # runs the model; answers a CompactedResponse with Responses' usage
+    "/v1/responses/input_tokens": PASSTHROUGH,  # token counting: free
     "/v1/embeddings": "embeddings",
     **IMAGE_OPERATIONS,  # images (JSON or multipart), transcriptions (multipart)
 }

@@ -230,6 +230,9 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
         route(openai_dialect.COMPLETIONS, more_routes.completions))
     add("POST", "/openai/deployments/{deployment}/embeddings",
         route(openai_dialect.EMBEDDINGS, openai_dialect.embeddings))
+    azure_images = route(openai_dialect.IMAGES, lambda call, raw: media_routes.images(call, raw, edit=False))
+    add("POST", "/openai/deployments/{deployment}/images/generations", azure_images)
+    add("POST", "/openai/images/generations", azure_images)  # the SDK's path when the call names no model
     add("GET", "/_upstream/served", _served)
     add("DELETE", "/_upstream/served", _clear)
     add("*", "/{tail:.*}", more_routes.not_found)  # last: any other path, as the providers answer it
