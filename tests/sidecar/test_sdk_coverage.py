@@ -1,8 +1,9 @@
 """docs/sdk-coverage.md lists every method of the installed SDKs and how the sidecar handles each (issue 14).
 
-The methods are enumerated by introspection of the clients' resource classes (testing/tokenbudget_testing/sdk_methods.py), so an
-SDK upgrade that adds one fails here until the document is regenerated (`python -m tokenbudget_testing.sdk_coverage
-> docs/sdk-coverage.md`) and read; a change in the sidecar's routing that handles a method differently fails too.
+The methods are enumerated by introspection of the clients' resource classes
+(testing/tokenbudget_testing/sdk_methods.py), so an SDK upgrade that adds one fails here until the document is
+regenerated (`python -m tokenbudget_testing.sdk_coverage > docs/sdk-coverage.md`) and read; a change in the
+sidecar's routing that handles a method differently fails too.
 """
 
 from __future__ import annotations
