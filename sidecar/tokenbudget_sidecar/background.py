@@ -105,8 +105,6 @@ class Background:
         started = time.perf_counter()
         rid = response_id_of(request.method, path)
         assert rid is not None
-        session = self.state.session
-        assert session is not None, "the client session starts with the app"
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
         try:
             headers = upstream_headers(request.headers, upstream, dialect)
