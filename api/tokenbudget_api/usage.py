@@ -12,6 +12,12 @@ output_tokens (all output)   completion_/output_tokens      output_tokens (incl.
 reasoning_tokens (subset)    *_details.reasoning_tokens     output_tokens_details.         thoughtsTokenCount
                                                             thinking_tokens
 
+Media: image and audio tokens are priced apart from text, so their shares are kept as subsets of the totals:
+input_image_tokens (OpenAI images `input_tokens_details.image_tokens`), input_audio_tokens (transcription
+`input_token_details.audio_tokens`), output_image_tokens (images `output_tokens_details.image_tokens`, or all
+of an image answer's output when it gives no breakdown). Whisper bills by the second and reports no tokens:
+audio_seconds holds its `usage.seconds` (docs/wire-formats.md, "Images and audio").
+
 Streaming usage is a snapshot (Anthropic message_delta, Gemini usageMetadata): the last value of each
 field wins; values are never summed across events.
 """
@@ -33,10 +39,19 @@ class Usage(BaseModel):
     cache_creation_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    input_image_tokens: int = 0  # part of input_tokens: image input (OpenAI images edits)
+    input_audio_tokens: int = 0  # part of input_tokens: audio input (gpt-4o-transcribe)
+    output_image_tokens: int = 0  # part of output_tokens: generated image (gpt-image-*)
+    audio_seconds: float = 0.0  # audio billed by duration (whisper-1); no tokens
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def reported(self) -> bool:
+        """Something billable was reported: tokens, or seconds of audio (whisper-1 reports only those)."""
+        return self.total_tokens > 0 or self.audio_seconds > 0
 
 
 class UsageSource(StrEnum):
@@ -67,7 +82,7 @@ class UsageRecord(BaseModel):
     time: dt.datetime
     upstream: str
     dialect: str
-    operation: str  # chat, completions, responses, embeddings, messages, generate, embed, unmetered
+    operation: str  # chat, completions, responses, embeddings, images, transcriptions, messages, generate, embed, …
     route: str | None = None  # an unmetered call's route, ids left out (e.g. "POST /v1/files")
     model: str
     user: str | None = None

@@ -149,6 +149,7 @@ class OperatorSettings(BaseSettings, _InjectionKnobs):
     usage_state_configmap: str = "tokenbudget-usage-state"  # cursors + sums, in `namespace` (aggregate.py)
     lease_interval_s: float = Field(default=2.0, gt=0)  # seconds between lease rounds (reports → grants)
     lease_ttl_s: float = Field(default=60.0, gt=0)  # a grant's lifetime; the sidecar applies failMode after it
+    key_secret_interval_s: float = Field(default=30.0, gt=0)  # how often budgets' key Secrets are checked
     leader_election: bool = True  # only the holder of a coordination.k8s.io Lease reconciles (leader.py)
     leader_lease_name: str = "tokenbudget-operator"  # in `namespace`
     leader_lease_duration_s: float = Field(default=15.0, ge=1)  # a dead leader is replaced after this

@@ -228,6 +228,8 @@ class Admission:
             self._decide(b, ticket, None, 400, f"tokenbudget: the prompt has {prompt_tokens} tokens (tiktoken "
                          f"count with message framing), above the {caps.max_prompt_tokens} allowed by budget {b.name}")
         cap = caps.max_output_tokens
+        if call.operation not in GENERATIVE:  # embeddings, images, transcriptions: no output cap field to clamp
+            return
         if cap is None or (call.output_cap is not None and call.output_cap <= cap):
             return
         if call.output_cap is not None and caps.on_oversize is OnOversize.REJECT:

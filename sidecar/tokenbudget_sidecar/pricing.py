@@ -48,12 +48,27 @@ def _flat(price: genai_prices.types.ModelPrice) -> tuple[Decimal, Decimal, Decim
     return inp, out, read if read is not None else inp, write
 
 
+def _media(usage: Usage) -> bool:
+    return bool(usage.input_image_tokens or usage.input_audio_tokens or usage.output_image_tokens
+                or usage.audio_seconds)
+
+
 def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage) -> Decimal:
-    flat = _flat(price)
+    flat = None if _media(usage) else _flat(price)
     if flat is None:  # tiered or multi-dimensional: let the catalog do it
+        media: dict[str, int | Decimal] = {}
+        if usage.input_image_tokens:  # image and audio shares are subsets of the totals, as the catalog reads them
+            media["input_image_tokens"] = usage.input_image_tokens
+        if usage.input_audio_tokens:
+            media["input_audio_tokens"] = usage.input_audio_tokens
+        if usage.output_image_tokens:
+            media["output_image_tokens"] = usage.output_image_tokens
+        if usage.audio_seconds:  # whisper-1: billed by the second of input audio
+            seconds = Decimal(str(usage.audio_seconds))
+            media["audio_seconds"] = media["input_audio_seconds"] = seconds
         return Decimal(price.calc_price(genai_prices.Usage(
             input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_creation_input_tokens, output_tokens=usage.output_tokens,
+            cache_write_tokens=usage.cache_creation_input_tokens, output_tokens=usage.output_tokens, **media,
         ))["total_price"])
     inp, out, read, write = flat
     uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_creation_input_tokens

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,8 +25,9 @@ from aiohttp import web
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.tokenbudget import FailMode, OnDisconnect
 from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
-from tokenbudget_sidecar import intents, settlement, tokens
+from tokenbudget_sidecar import forms, intents, settlement, tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
+from tokenbudget_sidecar.background import Background
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
 from tokenbudget_sidecar.headers import (
@@ -37,10 +39,11 @@ from tokenbudget_sidecar.headers import (
 )
 from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.prompt_count import PromptCount
+from tokenbudget_sidecar.settlement import MEDIA
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
-from tokenbudget_sidecar.transparent import Transparent
+from tokenbudget_sidecar.transparent import Transparent, route_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class Proxy:
     def __init__(self, state: State) -> None:
         self.state = state
         self.transparent = Transparent(state, self.record)
+        self.background = Background(state, self.record)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
@@ -105,6 +109,8 @@ class Proxy:
             return error_response(DIALECTS[next(iter(DIALECTS))], 404,
                                   f"tokenbudget: no upstream named {name!r} (configured: {configured})")
         dialect = DIALECTS[upstream.dialect]
+        if self.background.wants(upstream.name, request.method, path):  # a deferred background Response
+            return await self.background.follow(request, upstream, dialect, path, request_id)
         operation = dialect.operation(request.method, path)
         if operation is None or operation == PASSTHROUGH:  # not metered: forwarded as is, body streamed
             return await self.transparent.forward(request, upstream, dialect, path, request_id,
@@ -117,8 +123,15 @@ class Proxy:
         if raw is None:
             return error_response(dialect, 413, "tokenbudget: request body exceeds "
                                   f"{self.state.settings.max_body_bytes} bytes", request_id=request_id)
+        form: forms.Form | None = None
         try:
-            body = json.loads(raw.decode("utf-8"))
+            if forms.is_form(request.headers.get("content-type", "")):  # image edits, transcriptions
+                form = forms.parse(raw, request.headers["content-type"])
+                body: Any = dict(form.fields)
+            else:
+                body = json.loads(raw.decode("utf-8"))
+        except forms.BadForm as exc:
+            return error_response(dialect, 400, f"tokenbudget: {exc}", request_id=request_id)
         except UnicodeDecodeError as exc:
             return error_response(dialect, 400, f"tokenbudget: request body is not valid UTF-8 ({exc.reason} "
                                   f"at byte {exc.start})", request_id=request_id)
@@ -147,7 +160,8 @@ class Proxy:
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
                              stream=call.stream, prompt_estimate=prompt.value,
                              awaiting_policy=self.state.awaiting_policy,
-                             think_class=think.klass if think else None, think_tier=think.tier if think else None)
+                             think_class=think.klass if think else None, think_tier=think.tier if think else None,
+                             route=route_of(request.method, path) if call.operation in MEDIA else None)
         try:
             admission, ticket, path = await self.admit(dialect, call, body, path, prompt, upstream, started)
         except Refused as refused:
@@ -163,7 +177,9 @@ class Proxy:
         record.model = call.model  # after a Downgrade, the model actually called
         think = thinking.retarget(think, dialect, call, body)  # a Downgrade may change how the model thinks
         changed = dialect.prepare(call, body)
-        payload = json.dumps(body).encode() if changed or ticket.rewrote or (think and think.rewritten) else raw
+        rewritten = changed or ticket.rewrote or bool(think and think.rewritten)
+        payload = raw if not rewritten else json.dumps(body).encode() if form is None else form.encode(
+            {k: str(v) for k, v in body.items() if form.fields.get(k) != v})
         usage_log = self.state.usage_log
         if usage_log.durable:  # on disk before the provider sees it, so a crash cannot lose it (intents.py)
             usage_log.intend(intents.interrupted_record(
@@ -178,7 +194,8 @@ class Proxy:
         finally:
             gauge.dec()
             admission.settle(ticket, record)  # a no-op when settle() below already did it
-            usage_log.abandon(request_id)  # a no-op when its record closed the intent
+            if not self.background.waiting(request_id):  # a deferred call's intent stays open (background.py)
+                usage_log.abandon(request_id)  # a no-op when its record closed the intent
 
     async def admit(self, dialect: Dialect, call: Call, body: dict[str, object], path: str, prompt: PromptCount,
                     upstream: PolicyUpstream, started: float) -> tuple[Admission, Ticket, str]:
@@ -239,8 +256,9 @@ class Proxy:
                         resp.headers["x-tokenbudget-actual-tokens"] = str(reading.usage.total_tokens)
                     await self.ready_to_estimate(reading, record, ticket)
                     # Record before answering: a sidecar killed after the app got its answer must not
-                    # lose a call the provider billed.
-                    self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
+                    # lose a call the provider billed. A queued background Response waits for its retrieve.
+                    if not (reading.deferred and self.background.defer(record, reading, ticket)):
+                        self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
                     settled = True
                     with contextlib.suppress(*CLIENT_GONE):  # already recorded: the provider billed it
                         await resp.prepare(request)
@@ -340,6 +358,8 @@ class Proxy:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
         self.state.usage_log.append(record)
         self.state.metrics.observe(record)
+        if record.source is UsageSource.UNMETERED and record.operation != "unmetered":  # dall-e, whisper text
+            self.state.metrics.unmetered.labels(record.dialect, record.route or "", record.outcome.value).inc()
         self.state.metrics.added_latency.labels(record.dialect).observe(added)
         log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
 

@@ -2,8 +2,9 @@
 
 Split from proxy.py (which moves the bytes) because these rules are the part a reader of a record needs:
 the provider's usage when it sent any; nothing for a call the provider refused or never got; an estimate,
-flagged, when an answer came without usage; and for a stream that broke, the larger of the provider's last
-figure and an estimate from the text relayed.
+flagged, when an answer came without usage (but `unmetered` for an image or transcription answer without
+usage: dall-e and whisper's text formats bill per image or second and never report it); and for a stream
+that broke, the larger of the provider's last figure and an estimate from the text relayed.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.dialects import Reading
 from tokenbudget_sidecar.pricing import PriceBook
 
+MEDIA = frozenset({"images", "transcriptions"})  # answers that may report no usage by design (dall-e, whisper)
+
 
 def fill(record: UsageRecord, reading: Reading, prices: PriceBook, base_url: str) -> None:
     """Set the record's usage, source, truncation, response id and price from `reading`."""
     if reading.broke:
         broken_stream(record, reading)
-    elif reading.usage is not None and reading.usage.total_tokens > 0:
+    elif reading.usage is not None and reading.usage.reported:
         record.usage, record.source = reading.usage, UsageSource.PROVIDER
     elif record.outcome is Outcome.UPSTREAM_ERROR or record.status == 0:
         record.usage, record.source = Usage(), UsageSource.NONE
+    elif record.operation in MEDIA:  # dall-e images, whisper text answers: billed per image or second, unreported
+        record.usage, record.source = Usage(), UsageSource.UNMETERED
     else:
         record.usage = Usage(input_tokens=record.prompt_estimate, output_tokens=estimate_output(record, reading))
         record.source = UsageSource.ESTIMATED
     record.truncated = record.truncated or reading.truncated
     record.response_id = reading.response_id
-    if record.usage.total_tokens:
+    if record.usage.reported:
         record.cost_usd, record.price_source = prices.cost(record.model, base_url, record.usage)
 
 

@@ -4,7 +4,8 @@ Injection points every SDK of the pod at the sidecar, so a route it does not met
 exactly as at the provider: method, query, headers, the body streamed both ways (multipart uploads
 included, capped only by `max_body_bytes`), and the provider's answer, errors included.
 
-Reads (GET, HEAD, OPTIONS) and free calls (model lists, token counting, moderations) bill nothing. Any
+Reads (GET, HEAD, OPTIONS), deletes of stored objects (files, responses, batches) and free calls (model lists,
+token counting, moderations) bill nothing: no record. Any
 other call to an unmetered route (a file upload for a batch, a batch's creation) may be billed without its
 answer saying so: it gets a record with `source: unmetered` and its route, and counts in
 `tokenbudget_unmetered_calls_total`. A budget with `unmeteredRoutes: Deny` refuses those with a 403 in the
@@ -33,7 +34,7 @@ from tokenbudget_sidecar.headers import (
 )
 from tokenbudget_sidecar.state import State
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNBILLED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads, and deletes of stored objects
 STATIC_SEGMENT = re.compile(r"^(?:[A-Za-z_\-]+|v\d+(?:alpha|beta)?\d*)$")  # words and API versions
 MAX_ROUTE_SEGMENTS = 6
 
@@ -70,7 +71,7 @@ class Transparent:
         self.state, self._record = state, record
 
     def billable(self, method: str, free: bool) -> bool:
-        return not free and method not in SAFE_METHODS
+        return not free and method not in UNBILLED_METHODS
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
                       request_id: str, *, free: bool, started: float) -> web.StreamResponse:

@@ -44,7 +44,7 @@ T = TypeVar("T")
 OPERATOR_SETTINGS = {
     "webhook_config_owner": "Install", "tls_source": "SecretDir", "usage_interval_s": "0.5",
     "resync_interval_s": "1", "status_min_interval_s": "2", "lease_interval_s": "0.5",
-    "leader_lease_duration_s": "3",
+    "leader_lease_duration_s": "3", "key_secret_interval_s": "0.5",
 }
 
 
@@ -438,6 +438,34 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     assert "qwen-flash" in condition(tb, "Ready")["message"]
     kube.kubectl("delete", "tb", "nobody", "aa-first", "zz-conflict", "unpriced", "-n", NS)
     wait_for("the sidecars to drop them", lambda: all(not s.budgets() for s in stack.sidecars), timeout=10)
+
+
+def test_a_missing_key_secret_is_said_on_the_budget_and_clears_when_it_appears(stack: Stack) -> None:
+    kube = stack.kube
+    keyed = budget("keyed", stack.upstream, selector={"app": "nothing-runs-this"})
+    keyed["spec"]["upstreams"][0]["apiKeySecretRef"] = {"name": "openai-key", "key": "api-key"}
+    apply(kube, keyed)
+    tb = wait_for("KeySecretMissing", lambda: condition(t := get_tb(kube, "keyed"), "Ready").get(
+        "reason") == "KeySecretMissing" and t)
+    message = condition(tb, "Ready")["message"]
+    assert "upstream 'openai'" in message
+    assert f"Secret 'openai-key' does not exist in namespace {NS}" in message
+    assert condition(tb, "Ready")["status"] == "False"
+
+    kube.kubectl("create", "secret", "generic", "openai-key", "-n", NS, "--from-literal=other=sk-wrong-key-name")
+    tb = wait_for("the missing key named", lambda: "has no key 'api-key'" in condition(
+        t := get_tb(kube, "keyed"), "Ready").get("message", "") and t)
+    assert "sk-wrong-key-name" not in json.dumps(tb), "never a value"
+
+    kube.kubectl("delete", "secret", "openai-key", "-n", NS)
+    kube.kubectl("create", "secret", "generic", "openai-key", "-n", NS, "--from-literal=api-key=sk-test")
+    tb = wait_for("the condition to clear", lambda: condition(t := get_tb(kube, "keyed"), "Ready").get(
+        "reason") not in ("KeySecretMissing", None) and t)
+    assert condition(tb, "Ready")["reason"] == "NoPodsSelected", "the next reason, once the Secret is there"
+    log = "\n".join(p.read_text(errors="replace") for p in stack.workdir.glob("operator*.log"))
+    assert "sk-test" not in log
+    kube.kubectl("delete", "tb", "keyed", "-n", NS)
+    kube.kubectl("delete", "secret", "openai-key", "-n", NS)
 
 
 def hammer(sidecars: list[Sidecar], concurrency: int, seconds: float, user: str | None = None) -> tuple[int, int]:

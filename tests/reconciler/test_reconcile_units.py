@@ -138,3 +138,22 @@ def test_a_lease_goes_out_again_when_the_other_pods_moved_by_a_percentage_point(
     assert stable([pushed], same_point, now, ttl, Decimal(1000)) is pushed
     next_point = pushed.model_copy(update={"fleet_used": Decimal(410)})  # 31 %
     assert stable([pushed], next_point, now, ttl, Decimal(1000)) is next_point
+
+
+def test_key_problems_name_the_upstream_the_secret_and_the_missing_key() -> None:
+    from tokenbudget_operator.reconciler.key_secrets import key_problems
+
+    upstreams = [{"name": "openai", "baseURL": "https://api.openai.com", "dialect": "OpenAI",
+                  "apiKeySecretRef": {"name": "oa", "key": "api-key"}},
+                 {"name": "claude", "baseURL": "https://api.anthropic.com", "dialect": "Anthropic",
+                  "apiKeySecretRef": {"name": "an", "key": "key"}},
+                 {"name": "plain", "baseURL": "https://api.openai.com", "dialect": "OpenAI"}]
+    view = budget("keyed", upstreams=upstreams)
+    found = key_problems(view, {"oa": None, "an": frozenset({"other"})})
+    assert [p.message.split(":")[0] for p in found] == ["upstream 'openai'", "upstream 'claude'"]
+    assert "Secret 'oa' does not exist in namespace team-a" in found[0].message
+    assert "Secret 'an' has no key 'key'" in found[1].message
+    assert {p.reason for p in found} == {"KeySecretMissing"}
+    assert {p.source for p in found} == {f"{NS}/keyed"}
+    assert key_problems(view, {"oa": frozenset({"api-key"}), "an": frozenset({"key"})}) == []
+    assert key_problems(view, {}) == [], "a Secret not looked at yet is no problem"

@@ -14,7 +14,7 @@ import openai
 from sidecar_harness import stack
 
 from tokenbudget_api import names
-from tokenbudget_api.usage import Usage
+from tokenbudget_api.usage import Usage, UsageSource
 from tokenbudget_sidecar.pricing import PriceBook
 
 API_VERSION = "2024-10-21"
@@ -80,3 +80,21 @@ def test_a_downgrade_switches_the_deployment_in_the_path(tmp_path: Path) -> None
     assert [r.endpoint for r in served] == ["/openai/deployments/chat-prod/chat/completions",
                                             "/openai/deployments/chat-small/chat/completions"]
     assert served[1].model == "chat-small"
+
+
+def test_azure_images_are_metered_by_deployment_and_without_one_recorded_unmetered(tmp_path: Path) -> None:
+    key_file = tmp_path / "azure-key"
+    key_file.write_text("azure-secret-key-123\n")
+    with stack(**azure_upstream("http://127.0.0.1:1", key_file)) as s:
+        s.state.policy.upstreams[0].base_url = s.upstream
+        out = client(s.sidecar).images.generate(model="gpt-image-1", prompt="a kite", quality="low")
+        client(s.sidecar).images.generate(prompt="a kite")  # no model: no deployment in the path, dall-e-2
+        served = s.ledger.wait_finished(2)
+        rec, default = s.records(2)
+    assert out.usage is not None
+    assert [r.endpoint for r in served] == ["/openai/deployments/gpt-image-1/images/generations",
+                                            "/openai/images/generations"]
+    assert (rec.operation, rec.model, rec.source) == ("images", "gpt-image-1", UsageSource.PROVIDER)
+    assert (rec.usage.input_tokens, rec.usage.output_tokens) == (served[0].input_tokens, served[0].output_tokens)
+    assert rec.cost_usd is not None
+    assert (default.operation, default.model, default.source) == ("images", "dall-e-2", UsageSource.UNMETERED)

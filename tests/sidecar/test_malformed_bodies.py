@@ -173,3 +173,22 @@ async def test_a_cap_that_is_not_a_sane_integer_is_a_400_naming_the_field(
         assert payload["error"]["status"] == "INVALID_ARGUMENT"
     await asyncio.sleep(0.05)
     assert s.ledger.records == [], "a cap the provider would refuse never reaches it"
+
+
+MALFORMED_FORMS = [
+    ("multipart/form-data", b"model=whisper-1"),  # no boundary
+    ("multipart/form-data; boundary=XyZ", b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nw"),
+    ("multipart/form-data; boundary=XyZ", b"--XyZ\r\nno blank line\r\n--XyZ--\r\n"),
+    ("multipart/form-data; boundary=XyZ", b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; "
+     b"filename=\"a.wav\"\r\n\r\nRIFF\r\n--XyZ--\r\n"),  # well formed, but no model
+]
+
+
+@pytest.mark.parametrize(("content_type", "raw"), MALFORMED_FORMS)
+async def test_a_malformed_multipart_form_is_a_400_in_openais_shape(s: Stack, content_type: str, raw: bytes) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{s.openai_url}/audio/transcriptions", data=raw, headers={"content-type": content_type}) as resp:
+        body = await resp.json()
+    assert resp.status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith("tokenbudget: ")

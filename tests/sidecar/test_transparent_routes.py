@@ -178,3 +178,13 @@ def test_deny_refuses_unmetered_billing_routes_in_the_providers_shape_and_allows
         assert files_rec.status == 403
         assert files_rec.decisions == ["team/strict:DenyUnmetered"]
         assert batch_rec.route == "POST /v1/messages/batches"
+
+
+def test_deletes_bill_nothing_and_are_not_refused_by_deny() -> None:
+    budget = {"namespace": "team", "name": "strict", "generation": 1,
+              "spec": {"selector": {}, "unmeteredRoutes": "Deny"}}
+    with stack(budgets=[budget]) as st:
+        client = openai.OpenAI(base_url=st.openai_url, api_key="sk-test", max_retries=0)
+        with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(DELETE /v1/files/file-abc\)"):
+            client.files.delete("file-abc")  # reached the provider (its own 404), not a 403 from the sidecar
+        assert st.state.usage_log.all() == []

@@ -76,6 +76,7 @@ class Reason(StrEnum):
     UNKNOWN_MODEL = "UnknownModel"
     TIER_ABOVE_PROVIDER_MAX = "TierAboveProviderMax"
     TIER_ABOVE_OUTPUT_CAP = "TierAboveOutputCap"
+    KEY_SECRET_MISSING = "KeySecretMissing"  # an upstream's apiKeySecretRef names a Secret or key that is not there
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from tokenbudget_api.tokenbudget import Action, LimitKey
 from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.reconciler import lease_rules, metrics
 from tokenbudget_operator.reconciler.aggregate import Aggregator
+from tokenbudget_operator.reconciler.conditions import Problem
 from tokenbudget_operator.reconciler.effective import Effective, resolve
 from tokenbudget_operator.reconciler.indexes import BudgetEntry, BudgetIndex, PodEntry, PodIndex, TierEntry, TierIndex
 from tokenbudget_operator.reconciler.leader_election import LeaderElector
@@ -96,6 +97,7 @@ class Fleet:
         self.leader = not settings.leader_election  # only the leader acts; the others keep indexes warm
         self.elector = LeaderElector(api, settings.namespace, settings.leader_lease_name,
                                      duration_s=settings.leader_lease_duration_s) if settings.leader_election else None
+        self.key_problems: dict[str, list[Problem]] = {}  # budget key → missing key Secrets (key_secrets.py)
         self._tokens: dict[str, tuple[str | None, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None

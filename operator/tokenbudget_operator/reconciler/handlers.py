@@ -1,14 +1,15 @@
 """kopf handlers that put TokenBudgets and ThinkTiers onto sidecars and write usage back onto the budgets.
 
 Shape: three `@kopf.index`es (indexes.py: budgets, tiers, pods with a sidecar) hold the cluster in memory;
-watch events only wake one `Fleet` (fleet.py; started at startup, stopped at cleanup), whose five loops
+watch events only wake one `Fleet` (fleet.py; started at startup, stopped at cleanup), whose six loops
 work from the indexes, each in a module of its own:
 
 - push_loop: every pod's effective policy onto its sidecar when its version changes;
 - usage_loop: usage records pulled, committed to one ConfigMap, then acknowledged;
 - lease_loop: shared windows split into per-pod grants (leases.py, lease_rules.py);
 - status_loop: each TokenBudget's status, rate-limited, and an Event per stage change;
-- thinktier_loop: each ThinkTier's per-class figures merged across pods onto its status.
+- thinktier_loop: each ThinkTier's per-class figures merged across pods onto its status;
+- key_secrets: each upstream's key Secret looked for, a missing one said on its budget.
 
 Only one replica acts: the holder of a coordination.k8s.io Lease (leader_election.py); the others keep
 their indexes warm and take over with the same recovery path as a restart.
@@ -30,14 +31,21 @@ from prometheus_client import REGISTRY
 
 from tokenbudget_api import names
 from tokenbudget_operator import kube
-from tokenbudget_operator.reconciler import lease_loop, push_loop, status_loop, thinktier_loop, usage_loop
+from tokenbudget_operator.reconciler import (
+    key_secrets,
+    lease_loop,
+    push_loop,
+    status_loop,
+    thinktier_loop,
+    usage_loop,
+)
 from tokenbudget_operator.reconciler.fleet import Fleet
 from tokenbudget_operator.reconciler.indexes import BudgetIndex, PodIndex, TierIndex, has_sidecar
 from tokenbudget_operator.reconciler.spend import SpendCollector
 from tokenbudget_operator.runtime import runtime
 
 MEMO_FLEET = "tokenbudget_fleet"
-LOOPS = (push_loop.run, usage_loop.run, status_loop.run, lease_loop.run, thinktier_loop.run)
+LOOPS = (push_loop.run, usage_loop.run, status_loop.run, lease_loop.run, thinktier_loop.run, key_secrets.run)
 SPEND = SpendCollector(lambda: None)  # the spend counters on /metrics (ops.py), once the fleet has started
 REGISTRY.register(SPEND)
 

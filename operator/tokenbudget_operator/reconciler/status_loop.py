@@ -37,6 +37,7 @@ def budget_status(fleet: Fleet, entry: BudgetEntry, now: dt.datetime) -> dict[st
         assert agent.desired is not None
         problems.extend(p for p in agent.desired.problems if p.source == view.key and p not in problems)
     problems.extend(spec_problems(view))
+    problems.extend(fleet.key_problems.get(view.key, ()))
     usage = fleet.aggregator.status(view, now)
     slot = fleet.budget_status.slot(view.key, entry.conditions, entry.stage)
     selected, synced = len(agents), sum(1 for a in agents if a.synced)

@@ -4,8 +4,8 @@ What differs from OpenAI (docs/wire-formats.md, "Azure OpenAI"), for the openai 
 (`azure_endpoint` = the sidecar's `/<upstream>` prefix):
 
 - paths: `/openai/deployments/{deployment}/chat/completions` (also `completions`, `embeddings`) with
-  `?api-version=...` (forwarded untouched), and the v1 API's `/openai/v1/...` (model in the body), and
-  `/openai/responses`;
+  `?api-version=...` (forwarded untouched), the v1 API's `/openai/v1/...` (model in the body), and routes
+  without a deployment (`/openai/responses`, `/openai/images/generations`...) read as OpenAI's `/v1/...`;
 - auth: the `api-key` header (or an Entra ID bearer token, forwarded as is);
 - the deployment is what the app calls: limits and records name it, `Downgrade` maps deployments to
   deployments (the path is rewritten), and the upstream's `deployments` map names the model each serves, for
@@ -19,7 +19,8 @@ import re
 from tokenbudget_sidecar.dialects.base import JSON, Call
 from tokenbudget_sidecar.dialects.openai import OPERATIONS, OpenAIDialect
 
-DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/(?:chat/completions|completions|embeddings))$")
+DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/(?:chat/completions|completions|embeddings|images/generations"
+                        r"|images/edits|audio/transcriptions))$")
 
 
 class AzureOpenAIDialect(OpenAIDialect):
@@ -30,10 +31,10 @@ class AzureOpenAIDialect(OpenAIDialect):
         match = DEPLOYMENT.match(path)
         if match is not None:
             return OPERATIONS["/v1" + match.group(2)] if method == "POST" else None
-        if path == "/openai/responses" and method == "POST":
-            return "responses"
         if path.startswith("/openai/v1/"):
             return super().operation(method, path[len("/openai"):])
+        if path.startswith("/openai/"):  # routes without a deployment (responses, images, models...): OpenAI's
+            return super().operation(method, "/v1" + path[len("/openai"):])
         return None
 
     def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:

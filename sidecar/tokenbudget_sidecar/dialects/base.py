@@ -96,6 +96,7 @@ class Reading:
     streamed: bool = False  # read from an event stream: one that ends unfinished broke (settlement.broken_stream)
     error: bool = False  # an in-stream error event
     response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…, msg_…, responseId)
+    deferred: bool = False  # a background Response answered queued: a later retrieve shows its usage (background.py)
     text: list[str] = field(default_factory=list)  # generated text seen, for estimates only
     # ThinkTier measurement (thinking.measure): the answer the app sees apart from the model's thinking,
     # so a length stop with an empty answer (thinking ate the cap) can be told from a long answer cut

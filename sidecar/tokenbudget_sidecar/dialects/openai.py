@@ -1,4 +1,5 @@
-"""OpenAI Chat Completions, Responses and Embeddings (also vLLM, Ollama, DashScope compatible mode)."""
+"""OpenAI Chat Completions, Responses, Embeddings, images and transcriptions (also vLLM, Ollama, DashScope
+compatible mode). Images and audio live in openai_media.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ from tokenbudget_sidecar.dialects.base import (
     load_json,
     read_cap,
 )
+from tokenbudget_sidecar.dialects.openai_media import (
+    DEFAULT_IMAGE_MODEL,
+    IMAGE_OPERATIONS,
+    MediaTracker,
+    image_hold,
+    is_streamed,
+    read_media,
+)
 from tokenbudget_sidecar.sse import Event
 
 OPERATIONS = {
@@ -27,8 +36,12 @@ OPERATIONS = {
     "/v1/completions": "completions",  # legacy: usage as chat's, choices[].text
     "/v1/moderations": PASSTHROUGH,  # free
     "/v1/responses": "responses",
+    "/v1/responses/compact": "responses",  # runs the model; answers a CompactedResponse with Responses' usage
+    "/v1/responses/input_tokens": PASSTHROUGH,  # token counting: free
     "/v1/embeddings": "embeddings",
+    **IMAGE_OPERATIONS,  # images (JSON or multipart), transcriptions (multipart)
 }
+MEDIA = frozenset(IMAGE_OPERATIONS.values())
 LEGACY_DEFAULT_MAX_TOKENS = 16  # /v1/completions generates at most 16 tokens unless told otherwise
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 429: "rate_limit_exceeded", 502: "server_error",
@@ -66,6 +79,8 @@ class OpenAIDialect(Dialect):
         return None
 
     def parse(self, operation: str, path: str, body: JSON, user_header: str | None) -> Call:
+        if operation in MEDIA:
+            return self._parse_media(operation, body, user_header)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("you must provide a model parameter")
@@ -76,6 +91,17 @@ class OpenAIDialect(Dialect):
             cap = LEGACY_DEFAULT_MAX_TOKENS
         user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
         return Call(operation, model, stream=body.get("stream") is True, user=user, output_cap=cap)
+
+    def _parse_media(self, operation: str, body: JSON, user_header: str | None) -> Call:
+        """Images and transcriptions: no output cap field; an image call holds what its images would cost."""
+        model = body.get("model")
+        if operation == "images" and model is None:
+            model = DEFAULT_IMAGE_MODEL
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide a model parameter", param="model")
+        user = user_header or (body.get("user") if isinstance(body.get("user"), str) else None)
+        return Call(operation, model, stream=is_streamed(body), user=user,
+                    output_cap=image_hold(body) if operation == "images" else None)
 
     def prepare(self, call: Call, body: JSON) -> bool:
         """Chat streams report usage only when asked; ask, and hide the extra chunk from the app."""
@@ -89,6 +115,8 @@ class OpenAIDialect(Dialect):
         return True
 
     def set_output_cap(self, call: Call, body: JSON, cap: int) -> None:
+        if call.operation in MEDIA:
+            return  # no such field: images and transcriptions are not capped by the request
         # Chat: keep the field the app used (some compatible servers read only max_tokens; o-series and
         # gpt-5 reject max_tokens, so a request without either gets max_completion_tokens).
         if call.operation == "responses":
@@ -106,6 +134,8 @@ class OpenAIDialect(Dialect):
 
 
     def read_response(self, call: Call, body: JSON) -> Reading:
+        if call.operation in MEDIA:
+            return read_media(call, body)
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
         first_id(reading, body.get("id"))
         if call.operation in ("chat", "completions"):
@@ -120,6 +150,7 @@ class OpenAIDialect(Dialect):
                     _reasoning_text(reading, choice.get("message"))
         elif call.operation == "responses":
             reading.truncated = body.get("status") == "incomplete"
+            reading.deferred = body.get("background") is True and body.get("status") in ("queued", "in_progress")
             for item in body.get("output") or []:
                 if not isinstance(item, dict):
                     continue
@@ -134,6 +165,8 @@ class OpenAIDialect(Dialect):
         return reading
 
     def tracker(self, call: Call) -> StreamTracker:
+        if call.operation in MEDIA:
+            return MediaTracker(call)
         return ResponsesTracker(call) if call.operation == "responses" else ChatTracker(call)
 
     def error(self, status: int, message: str, *, retry_after: float | None = None, param: str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -18,7 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import anthropic_dialect, gemini_dialect, more_routes, openai_dialect, openai_responses
+from . import (
+    anthropic_dialect,
+    gemini_dialect,
+    media_routes,
+    more_routes,
+    openai_dialect,
+    openai_responses,
+    responses_background,
+)
 from .behaviour import STATUS_FAILURES, ControlError, parse_controls
 from .call import Call, UpstreamError
 from .dialect import DialectSpec, Handler
@@ -30,8 +39,27 @@ SETTINGS = web.AppKey("tokenbudget_testing.upstream.settings", UpstreamSettings)
 LEDGER = web.AppKey("tokenbudget_testing.upstream.ledger", Ledger)
 
 
+async def _read_form(request: web.Request) -> tuple[Any, str | None, int]:
+    """A multipart form as a dict: text fields as strings, files as {filename, bytes, sha256} (a name sent
+    more than once, such as ``image[]``, as a list)."""
+    form = await request.post()
+    body: dict[str, Any] = {}
+    for name, value in form.items():
+        item: Any = value
+        if isinstance(value, web.FileField):
+            data = value.file.read()
+            item = {"filename": value.filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if name in body:
+            body[name] = [*(body[name] if isinstance(body[name], list) else [body[name]]), item]
+        else:
+            body[name] = [item] if name.endswith("[]") else item
+    return body, None, request.content_length or 0
+
+
 async def _read_json(request: web.Request) -> tuple[Any, str | None, int]:
     """(parsed body, error message, size in bytes); the body is None when it is missing or not JSON."""
+    if request.content_type == "multipart/form-data":
+        return await _read_form(request)
     raw = await request.read()
     if not raw:
         return None, "We could not parse the JSON body of your request: the body is empty.", 0
@@ -171,10 +199,13 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LEDGER] = Ledger()
+    app[responses_background.STORE] = {}
     app.on_startup.append(_warm_tokenizers)
     add = app.router.add_route
     add("POST", "/v1/chat/completions", route(openai_dialect.CHAT, openai_dialect.chat_completions))
     add("POST", "/v1/responses", route(openai_dialect.RESPONSES, openai_responses.responses))
+    add("GET", "/v1/responses/{response_id}", responses_background.retrieve)
+    add("POST", "/v1/responses/{response_id}/cancel", responses_background.cancel)
     add("POST", "/v1/embeddings", route(openai_dialect.EMBEDDINGS, openai_dialect.embeddings))
     add("GET", "/v1/models", _models)
     add("POST", "/v1/messages", route(anthropic_dialect.SPEC, anthropic_dialect.messages))
@@ -185,6 +216,12 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     add("POST", "/v1/moderations", more_routes.moderations)
     add("POST", "/v1/files", more_routes.files)
     add("POST", "/v1/batches", more_routes.batches)
+    add("POST", "/v1/images/generations",
+        route(openai_dialect.IMAGES, lambda call, raw: media_routes.images(call, raw, edit=False)))
+    add("POST", "/v1/images/edits",
+        route(openai_dialect.IMAGES, lambda call, raw: media_routes.images(call, raw, edit=True)))
+    add("POST", "/v1/audio/transcriptions", route(openai_dialect.TRANSCRIPTIONS, media_routes.transcriptions))
+    add("POST", "/v1/audio/speech", route(openai_dialect.SPEECH, media_routes.speech))
     add("POST", "/v1/messages/batches", more_routes.message_batches)
     # Azure OpenAI: the same formats under /openai/deployments/{deployment}/... (?api-version=, api-key header)
     add("POST", "/openai/deployments/{deployment}/chat/completions",
@@ -193,6 +230,9 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
         route(openai_dialect.COMPLETIONS, more_routes.completions))
     add("POST", "/openai/deployments/{deployment}/embeddings",
         route(openai_dialect.EMBEDDINGS, openai_dialect.embeddings))
+    azure_images = route(openai_dialect.IMAGES, lambda call, raw: media_routes.images(call, raw, edit=False))
+    add("POST", "/openai/deployments/{deployment}/images/generations", azure_images)
+    add("POST", "/openai/images/generations", azure_images)  # the SDK's path when the call names no model
     add("GET", "/_upstream/served", _served)
     add("DELETE", "/_upstream/served", _clear)
     add("*", "/{tail:.*}", more_routes.not_found)  # last: any other path, as the providers answer it

@@ -58,8 +58,8 @@ def body_model(_request: web.Request, body: Any) -> str:
 
 
 def body_stream(_request: web.Request, body: Any) -> bool:
-    """``stream: true`` in a JSON body."""
-    return isinstance(body, dict) and body.get("stream") is True
+    """``stream: true`` in a JSON body (``stream=true`` in a multipart form)."""
+    return isinstance(body, dict) and body.get("stream") in (True, "true")
 
 
 def require_object(body: Any) -> dict[str, Any]:

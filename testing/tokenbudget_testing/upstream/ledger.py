@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Dialect = Literal["openai-chat", "openai-completions", "openai-responses", "openai-embeddings", "anthropic",
-                  "gemini"]
+Dialect = Literal["openai-chat", "openai-completions", "openai-responses", "openai-embeddings", "openai-images",
+                  "openai-transcriptions", "openai-speech", "anthropic", "gemini"]
 
 
 class ServedRecord(BaseModel):
@@ -55,6 +55,9 @@ class ServedRecord(BaseModel):
     cache_creation_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    input_image_tokens: int = Field(0, description="Part of input_tokens: uploaded images (image edits).")
+    input_audio_tokens: int = Field(0, description="Part of input_tokens: audio (gpt-4o-*transcribe).")
+    audio_seconds: float = Field(0.0, description="Seconds of audio billed (whisper-1), which reports no tokens.")
     emitted_output_tokens: int = Field(0, description="Output tokens generated before the response ended.")
     truncated: bool = Field(False, description="The output cap cut thinking or answer.")
     finish_reason: str | None = Field(None, description="Dialect-native stop signal that was planned.")

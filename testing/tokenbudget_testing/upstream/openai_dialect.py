@@ -124,6 +124,9 @@ CHAT = _spec("openai-chat", "chatcmpl-")
 RESPONSES = _spec("openai-responses", "resp_")
 EMBEDDINGS = _spec("openai-embeddings", "emb_")
 COMPLETIONS = _spec("openai-completions", "cmpl-")
+IMAGES = _spec("openai-images", "img_")
+TRANSCRIPTIONS = _spec("openai-transcriptions", "tr_")
+SPEECH = _spec("openai-speech", "sp_")
 
 
 def hidden_reasoning(plan: Plan, per_chunk: int, copies: int = 1) -> list[Frame]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import sse
+from . import responses_background, sse
 from .behaviour import Plan, effort_budget, make_plan
 from .call import Call, Frame, UpstreamError
 from .dialect import optional_int, require_object
@@ -148,6 +148,15 @@ async def responses(call: Call, raw: Any) -> web.StreamResponse:
             "metadata": body.get("metadata") or {},
         }
 
+    background = body.get("background") is True
+    polls = int(call.request.headers.get(responses_background.POLLS_HEADER, "2"))
+    final = response_object(status, output, True)
+    final["background"] = background
+    if body.get("store", True) is not False:  # kept for retrieve (background responses always are)
+        responses_background.keep(call.request.app, call.ledger, final, call.record, background, polls)
+    if background and not stream:  # answered at once; generated "afterwards", its usage shown by a retrieve
+        queued = {**response_object("queued", [], False), "background": True}
+        return await call.send_json(queued, usage_sent=False, indent=2)
     if not stream:
         paced = plan.chunk_count(ctl.chunk_tokens)
         return await call.send_json(
