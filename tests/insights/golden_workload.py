@@ -8,6 +8,8 @@ per message, as the sidecar counts prompts), never read back from the sidecar.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ U2 = msg("user", "A follow-up question, a little longer than the first one was."
 A2 = msg("assistant", "Sure here is the answer you asked for and it should be quite clear now.")
 U3 = msg("user", "And one more.")
 V1 = msg("user", f"Another topic: {SECRET_WORDS[1]}.")
+W1 = msg("user", "A third topic nobody accepts.")
 CALL = {"role": "assistant", "content": None,
         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]}
 TOOL = msg("tool", f"lookup result: {SECRET_WORDS[2]} " + "row " * 300, tool_call_id="call_1")
@@ -72,36 +75,49 @@ class Expected:
     retry: list[int]
     prompt: list[int]
     conversation: list[str]  # a letter per conversation: equal letters, equal ids
+    accepted: list[list[int]]  # per acceptance report, the calls (indexes) whose spend it closes
 
 
-def run(base_url: str) -> Expected:
+def run(base_url: str, sidecar_url: str) -> Expected:
+    """Seven metered calls (the retried one twice) in three conversations; A and B accepted, C never."""
     client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=2)
     a1, a2, a3 = [SYSTEM, U1], [SYSTEM, U1, A1, U2], [SYSTEM, U1, A1, U2, A2, U3]
-    b1, b2 = [SYSTEM, V1], [SYSTEM, V1, CALL, TOOL]
+    b1, b2, c1 = [SYSTEM, V1], [SYSTEM, V1, CALL, TOOL], [SYSTEM, W1]
     hit3 = tokens(SYSTEM, U1, A1, U2)
     plan: list[tuple[list[dict[str, Any]], dict[str, str]]] = [
         (a1, {}),
         (a2, {"x-upstream-cached-tokens": "0"}),  # a cacheable prefix the provider missed
         (a3, {"x-upstream-cached-tokens": str(hit3)}),  # served from cache
-        (b1, {}),  # same system prompt, new conversation: missed
+        (b1, {}),  # same system prompt, new conversation: missed; reports A's last answer accepted
         (b2, {"x-upstream-fail": "429", "x-upstream-fail-attempts": "1", "x-upstream-retry-after": "0",
               "x-upstream-cached-tokens": str(tokens(SYSTEM, V1))}),  # a 429, the SDK retries, a hit
+        (c1, {}),  # never accepted
     ]
+    ids: list[str] = []
     for messages, headers in plan:
-        client.chat.completions.create(model="gpt-4o", messages=messages,  # type: ignore[arg-type]
-                                       extra_headers={"x-upstream-output-tokens": "5", **headers})
+        if messages is b1:
+            headers = {**headers, "x-tokenbudget-accepted": ids[-1]}
+        out = client.chat.completions.create(model="gpt-4o", messages=messages,  # type: ignore[arg-type]
+                                             extra_headers={"x-upstream-output-tokens": "5", **headers})
+        ids.append(out.id)
+        if messages is b2:  # B's answer accepted out of band, on the data port
+            req = urllib.request.Request(f"{sidecar_url}/outcomes", data=json.dumps({"responseId": out.id}).encode(),
+                                         headers={"content-type": "application/json"}, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:  # loopback only
+                assert resp.status == 202
     s, s_u1, s_v1 = tokens(SYSTEM), tokens(SYSTEM, U1), tokens(SYSTEM, V1)
     whole_b2 = tokens(*b2)
-    repeated = [0, s_u1, hit3, s, s_v1, whole_b2]
-    cached = [0, 0, hit3, 0, 0, s_v1]  # the 429 attempt reports nothing
-    cacheable = [0, s_u1, hit3, s, 0, whole_b2]  # the failed attempt was never billed
+    repeated = [0, s_u1, hit3, s, s_v1, whole_b2, s]
+    cached = [0, 0, hit3, 0, 0, s_v1, 0]  # the 429 attempt reports nothing
+    cacheable = [0, s_u1, hit3, s, 0, whole_b2, s]  # the failed attempt was never billed
     return Expected(
         repeated=repeated, cached=cached, cacheable=cacheable,
         miss=[max(c - h, 0) for c, h in zip(cacheable, cached, strict=True)],
-        tool=[0, 0, 0, 0, tokens(TOOL) - PER_MESSAGE, tokens(TOOL) - PER_MESSAGE],  # the result, not its framing
+        tool=[0, 0, 0, 0, tokens(TOOL) - PER_MESSAGE, tokens(TOOL) - PER_MESSAGE, 0],  # results, not framing
         growth=[None, estimate(*a2) - estimate(*a1), estimate(*a3) - estimate(*a2), None,
-                estimate(*b2) - estimate(*b1), None],
-        retry=[0, 0, 0, 0, 0, 1],
-        prompt=[estimate(*m) for m in (a1, a2, a3, b1, b2, b2)],
-        conversation=["A", "A", "A", "B", "B", "B"],
+                estimate(*b2) - estimate(*b1), None, None],
+        retry=[0, 0, 0, 0, 0, 1, 0],
+        prompt=[estimate(*m) for m in (a1, a2, a3, b1, b2, b2, c1)],
+        conversation=["A", "A", "A", "B", "B", "B", "C"],
+        accepted=[[0, 1, 2], [3, 4, 5]],
     )
