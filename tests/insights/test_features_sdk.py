@@ -120,7 +120,7 @@ def test_golden_workload_insights_equal_their_known_values(golden: tuple[Stack, 
     growths = sorted(g for g in e.growth if g is not None)
     growth = status["inputGrowth"]
     assert growth["turns"] == 3  # type: ignore[index]
-    # Quantiles come from the log histogram (api/sketch.py): within its 1% relative accuracy by construction.
+    # Quantiles come from the log histogram (api/tokenbudget_api/sketch.py): within its 1% relative accuracy by construction.
     assert abs(growth["p50Tokens"] - growths[1]) <= growths[1] / 100  # type: ignore[index]
     assert abs(growth["p95Tokens"] - growths[2]) <= growths[2] / 100  # type: ignore[index]
     accepted_cost = sum((calls[i].cost_usd or Decimal(0) for ix in e.accepted for i in ix), Decimal(0))
