@@ -76,7 +76,6 @@ class Pending:
     """Features of a call in flight, finished at settlement when the provider's usage is known."""
 
     features: CallFeatures
-    chain: list[bytes]
 
 
 def _retry_count(headers: Mapping[str, str]) -> int:
@@ -148,7 +147,7 @@ class FeatureMemory:
         features = CallFeatures(context_hashes=hashes, segments=len(parts), repeated_tokens=repeated,
                                 tool_output_tokens=min(tool_tokens, prompt_estimate), conversation=conv_id,
                                 turn=conv.turn, growth_tokens=growth, retry=retry)
-        return Pending(features, chain)
+        return Pending(features)
 
     def _conversation(self, body: dict[str, Any], headers: Mapping[str, str], chain: list[bytes],
                       own_header: str | None) -> tuple[str, bool]:

@@ -120,9 +120,9 @@ def test_golden_workload_insights_equal_their_known_values(golden: tuple[Stack, 
     growths = sorted(g for g in e.growth if g is not None)
     growth = status["inputGrowth"]
     assert growth["turns"] == 3  # type: ignore[index]
-    # Quantiles come from the log histogram (api/tokenbudget_api/sketch.py): within its 1% relative accuracy by construction.
-    assert abs(growth["p50Tokens"] - growths[1]) <= growths[1] / 100  # type: ignore[index]
-    assert abs(growth["p95Tokens"] - growths[2]) <= growths[2] / 100  # type: ignore[index]
+    # Quantiles come from a log histogram (api/tokenbudget_api/sketch.py) of 2% relative accuracy.
+    assert abs(growth["p50Tokens"] - growths[1]) <= growths[1] * 2 / 100  # type: ignore[index]
+    assert abs(growth["p95Tokens"] - growths[2]) <= growths[2] * 2 / 100  # type: ignore[index]
     accepted_cost = sum((calls[i].cost_usd or Decimal(0) for ix in e.accepted for i in ix), Decimal(0))
     outcomes = status["outcomes"]
     assert outcomes["accepted"] == 2  # type: ignore[index]
@@ -174,3 +174,18 @@ def test_no_record_log_line_status_or_metric_holds_prompt_text(
         for word in SECRET_WORDS:
             assert word not in text
         assert SYSTEM_TEXT[:40] not in text
+
+
+def test_insight_sums_survive_the_usage_state_round_trip(golden: tuple[Stack, Expected, list[UsageRecord]]) -> None:
+    from tokenbudget_operator.reconciler.aggregate import Aggregator
+
+    records = golden[2]
+    agg = Aggregator()
+    agg.add("pod-uid", records, pod_name="p")
+    state = json.loads(json.dumps(agg.state()))
+    again = Aggregator()
+    again.restore(state)
+    now = max(r.time for r in records)
+    assert again.insights.status(BUDGET, now) == agg.insights.status(BUDGET, now) == insights_of(records)
+    assert again.add("pod-uid", records, pod_name="p") == 0  # the cursor came back with them: nothing twice
+    assert again.insights.status(BUDGET, now) == insights_of(records)

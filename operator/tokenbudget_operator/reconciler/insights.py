@@ -31,6 +31,7 @@ from tokenbudget_operator.reconciler.conditions import k8s_time
 
 ZERO = Decimal(0)
 HOUR = dt.timedelta(hours=1)
+GROWTH_ACCURACY = 0.02  # growth quantiles within 2%: half the buckets of the thinking sketch's 1%
 
 
 def _fmt(amount: Decimal) -> str:
@@ -70,7 +71,7 @@ class HourSums:
     accepted_calls: int = 0
     accepted_tokens: int = 0
     accepted_cost: Decimal = ZERO
-    growth: LogHistogram = field(default_factory=LogHistogram)
+    growth: LogHistogram = field(default_factory=lambda: LogHistogram(GROWTH_ACCURACY))
 
     def merge(self, other: HourSums) -> None:
         for f in fields(self):
@@ -79,25 +80,21 @@ class HourSums:
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-    def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.wire() if f.name == "growth" else str(value) if isinstance(value, Decimal) else value
-        return out
+    def wire(self) -> list[Any]:
+        """Values in field order (no names: 24 of these per budget share the ConfigMap), growth last."""
+        return [getattr(self, f.name).wire() if f.name == "growth" else _num(getattr(self, f.name))
+                for f in fields(self)]
 
     @classmethod
-    def from_wire(cls, raw: Mapping[str, Any]) -> HourSums:
+    def from_wire(cls, raw: list[Any]) -> HourSums:
         sums = cls()
-        for f in fields(sums):
-            if f.name not in raw:
-                continue
+        for f, value in zip(fields(sums), raw, strict=True):
             if f.name == "growth":
-                sums.growth = LogHistogram.from_wire(dict(raw[f.name]))
+                sums.growth = LogHistogram.from_wire(dict(value))
             elif isinstance(getattr(sums, f.name), Decimal):
-                setattr(sums, f.name, Decimal(str(raw[f.name])))
+                setattr(sums, f.name, Decimal(str(value)))
             else:
-                setattr(sums, f.name, int(raw[f.name]))
+                setattr(sums, f.name, int(value))
         return sums
 
     def add_call(self, record: UsageRecord) -> None:
@@ -214,6 +211,10 @@ class InsightBook:
         items.sort(key=lambda i: (-Decimal(i.get("costUSD", "0")), i["name"]))
         out["items"] = items
         return out
+
+
+def _num(value: int | Decimal) -> int | str:
+    return str(value) if isinstance(value, Decimal) else value
 
 
 def _cents(amount: Decimal) -> Decimal:
