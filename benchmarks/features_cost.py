@@ -65,7 +65,8 @@ async def measure(bodies: list[dict[str, Any]]) -> tuple[list[float], list[float
     base, extra, size = [], [], 0
     for i, body in enumerate(bodies):
         t0 = time.perf_counter()
-        estimate, _ = await counter.count("gpt-4o", OPENAI.prompt_texts(body), OPENAI.prompt_messages(body))
+        prompt = OPENAI.prompt(body)
+        estimate, _ = await counter.count("gpt-4o", prompt.texts, prompt.messages)
         t1 = time.perf_counter()
         pending = memory.observe("chat", "gpt-4o", body, {}, estimate)
         record = UsageRecord(request_id=str(i), time=dt.datetime.now(dt.UTC), upstream="openai", dialect="openai",

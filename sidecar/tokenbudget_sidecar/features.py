@@ -4,7 +4,8 @@ cacheable prefix missed, whether it was an SDK retry, and how much of it was too
 How: the prompt is cut into a head and messages (segments.py); each segment is hashed with a key drawn per
 process (blake2b, 8 bytes), the hashes are chained, and a bounded memory of recent chains tells how long
 a leading prefix an earlier call already sent. Segment token counts are remembered by hash, so only new
-segments are tokenized: a growing conversation costs one message's count per turn, not its whole history.
+segments are tokenized: a growing conversation costs one message's count per turn, not its whole history
+(media parts, billed by size not text, are hashed but not counted).
 The memory holds hashes, counts and a few ids; nothing in it or in a record can give the text back.
 
 Conversations: the `x-tokenbudget-conversation` header, the budget's own header, the Responses
@@ -26,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from tokenbudget_api.insights import CACHE_MIN_TOKENS, CONVERSATION_HEADER, RETRY_HEADER
 from tokenbudget_api.usage import Acceptance, CallFeatures, Usage, UsageRecord, UsageSource
 from tokenbudget_sidecar import tokens
-from tokenbudget_sidecar.dialects.base import texts_of
+from tokenbudget_sidecar.dialects.base import prompt_parts
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.segments import segments
 
@@ -115,8 +116,8 @@ class FeatureMemory:
             counted = self.counts.get(digest)
             if counted is None:
                 framing = tokens.PER_MESSAGE if seg.message else 0
-                counted = (tokens.count_sync(model, texts_of(seg.value)) + framing,
-                           tokens.count_sync(model, texts_of(list(seg.tool))) if seg.tool else 0)
+                counted = (tokens.count_sync(model, prompt_parts(seg.value)[0]) + framing,
+                           tokens.count_sync(model, prompt_parts(list(seg.tool))[0]) if seg.tool else 0)
                 self.counts.put(digest, counted)
             previous = self._hash(previous + digest)
             chain.append(previous)
