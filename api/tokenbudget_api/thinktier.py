@@ -97,8 +97,8 @@ class Calibration(ApiModel):
     ]}}
 
     percentile: int = Field(default=98, ge=50, le=99, description="Percentile of observed use to size for (98: "
-                            "with the 20% headroom, truncation stays under 2% for spread-out classes, where P95 "
-                            "reaches 2.2%; benchmarks/thinktier_savings.py).")
+                            "with 20% headroom it truncated 0.4-1% of spread-out classes where P95 truncated "
+                            "2.7%; benchmarks/thinktier_savings.py).")
     headroom_percent: int = Field(default=20, ge=0, le=200, description="Added on top of the percentile.")
     min_samples: int = Field(default=100, ge=1, le=1_000_000, description="Samples before recommending.")
     truncation_alert_percent: Percent = Field(default=2, description="Alert when a class truncates more often.")
