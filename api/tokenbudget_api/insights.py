@@ -87,6 +87,19 @@ class Outcomes(ApiModel):
         description="Share of dollars spent on conversations none of whose answers was accepted.")
 
 
+class ConsumerWaste(ApiModel):
+    """One pod or user of the budget: what it re-sent and retried over the last day."""
+
+    kind: str = Field(description="Pod or User.")
+    name: str = Field(description="Pod name or user id ((other): those past the per-hour cap, pooled).")
+    calls: Quantity = Field(description="Calls measured.")
+    repeated_percent: Percent | None = Field(default=None, description="Share of its prompt tokens re-sent.")
+    repeated_usd: Money = Field(alias="repeatedUSD", description="Dollars of that repeated context.")
+    retry_calls: Quantity = Field(description="SDK retries among its calls.")
+    retry_usd: Money = Field(alias="retryUSD", description="Dollars of those retries.")
+    cost_usd: Money = Field(alias="costUSD", description="Dollars of all its calls.")
+
+
 class InsightsStatus(ApiModel):
     """Waste over the last day of the budget's pods, worst (in dollars) first."""
 
@@ -97,8 +110,11 @@ class InsightsStatus(ApiModel):
     items: list[Insight] = Field(default_factory=list, max_length=8, description="One entry per insight.")
     input_growth: InputGrowth | None = Field(default=None, description="Absent without follow-up turns.")
     outcomes: Outcomes | None = Field(default=None, description="Absent without acceptance reports.")
+    consumers: list[ConsumerWaste] | None = Field(
+        default=None, max_length=10, description="The pods and users (5 each) with the most repeated-context and "
+        "retry dollars.")
 
 
 __all__ = ["ACCEPTED_HEADER", "CACHE_MIN_TOKENS", "CONVERSATION_HEADER", "RETRY_HEADER", "WINDOW_HOURS",
-           "InputGrowth", "Insight", "InsightName", "InsightThresholds", "InsightsSpec", "InsightsStatus",
-           "Outcomes"]
+           "ConsumerWaste", "InputGrowth", "Insight", "InsightName", "InsightThresholds", "InsightsSpec",
+           "InsightsStatus", "Outcomes"]

@@ -14,7 +14,7 @@ from pydantic import Field
 from rich.console import Console
 
 from tokenbudget_api.common import ApiModel
-from tokenbudget_api.insights import InputGrowth, InsightName, Outcomes
+from tokenbudget_api.insights import ConsumerWaste, InputGrowth, InsightName, Outcomes
 from tokenbudget_api.tokenbudget import TokenBudget
 from tokenbudget_cli import console
 from tokenbudget_cli.kube import name_of, namespace_of
@@ -47,6 +47,7 @@ class BudgetSummary(ApiModel):
     cost_usd: Decimal = Field(alias="costUSD")
     input_growth: InputGrowth | None = None
     outcomes: Outcomes | None = None
+    consumers: list[ConsumerWaste] = Field(default_factory=list)
 
 
 class InsightsDocument(ApiModel):
@@ -64,7 +65,8 @@ def document(budgets: list[TokenBudget]) -> InsightsDocument:
             doc.without_insights.append(f"{ns}/{name}")
             continue
         doc.budgets.append(BudgetSummary(namespace=ns, budget=name, calls=insights.calls, cost_usd=insights.cost_usd,
-                                         input_growth=insights.input_growth, outcomes=insights.outcomes))
+                                         input_growth=insights.input_growth, outcomes=insights.outcomes,
+                                         consumers=insights.consumers or []))
         doc.rows.extend(Row(namespace=ns, budget=name, insight=i.name, percent=i.percent,
                             cost_percent=i.cost_percent, tokens=i.tokens, calls=i.calls, cost_usd=i.cost_usd)
                         for i in insights.items)
@@ -103,6 +105,15 @@ def render(doc: InsightsDocument, out: Console) -> None:
         else:
             line += "; per accepted outcome: no acceptance reported (optional, see README)"
         out.print(line, highlight=False)
+    consumers = [(s, c) for s in doc.budgets for c in s.consumers]
+    if consumers:
+        table = console.table("BUDGET", "KIND", "NAME", "CALLS", "REPEATED", "REPEATED USD", "RETRIES", "RETRY USD",
+                              "USD", title="by pod and user")
+        for s, c in consumers:
+            repeated = "-" if c.repeated_percent is None else f"{c.repeated_percent}%"
+            table.add_row(f"{s.namespace}/{s.budget}", c.kind, c.name, f"{c.calls:,}", repeated,
+                          f"${c.repeated_usd:,.4f}", str(c.retry_calls), f"${c.retry_usd:,.4f}", f"${c.cost_usd:,.4f}")
+        out.print(table)
     for key in doc.without_insights:
         out.print(f"{key}: no call measured in the last day", highlight=False)
 

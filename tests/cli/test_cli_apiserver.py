@@ -60,7 +60,9 @@ SUPPORT_BOT = {
                            {"name": "InputGrowth", "tokens": 410, "calls": 700}],
                  "inputGrowth": {"turns": 700, "p50Tokens": 120, "p95Tokens": 410},
                  "outcomes": {"accepted": 150, "costPerAcceptedUSD": "0.208", "tokensPerAccepted": 21000,
-                              "unacceptedSpendPercent": 35}},
+                              "unacceptedSpendPercent": 35},
+                 "consumers": [{"kind": "Pod", "name": "support-bot-7d9f", "calls": 700, "repeatedPercent": 71,
+                                "repeatedUSD": "3.10", "retryCalls": 30, "retryUSD": "0.50", "costUSD": "18.90"}]},
     "conditions": [cond("Ready", "True", "Enforcing", "enforcing on 2 of 3 pods"),
                    cond("Synced", "False", "PodsPending", "2 of 3 selected pods enforce generation 1"),
                    cond("LadderStage", "True", "Alert", "monthly-tokens at 78%")],
@@ -175,7 +177,7 @@ def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: C
     out = plugin(cluster, "insights", "-A")
     print(out)  # the sample in the report
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("tb-cli/", "tb-cli-b/"))
-            and len(line.split()) > 4 and not line.split()[0].endswith(":")]
+            and len(line.split()) > 4 and line.split()[1] in ("CacheMiss", "RepeatedContext", "Retry", "InputGrowth")]
     assert [(r[0], r[1]) for r in rows] == [("tb-cli/research-dryrun", "CacheMiss"),
                                            ("tb-cli/support-bot", "RepeatedContext"),
                                            ("tb-cli/support-bot", "Retry"), ("tb-cli/support-bot", "InputGrowth")]
@@ -183,6 +185,8 @@ def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: C
     assert "$0.2080 and 21,000 tokens per accepted outcome (150 accepted, 35% of spend never accepted)" in out
     assert "tb-cli/research-dryrun: 90 calls, $262.5000; per accepted outcome: no acceptance reported" in out
     assert "tb-cli-b/chat-per-user: no call measured in the last day" in out
+    pod = next(line.split() for line in out.splitlines() if " support-bot-7d9f " in line)
+    assert pod[1:] == ["Pod", "support-bot-7d9f", "700", "71%", "$3.1000", "30", "$0.5000", "$18.9000"]
     one = json.loads(plugin(cluster, "insights", "-n", NS, "support-bot", "-o", "json"))
     assert [r["insight"] for r in one["rows"]] == ["RepeatedContext", "Retry", "InputGrowth"]
     assert one["budgets"][0]["outcomes"]["costPerAcceptedUSD"] == "0.208"

@@ -186,6 +186,30 @@ def test_insight_sums_survive_the_usage_state_round_trip(golden: tuple[Stack, Ex
     again = Aggregator()
     again.restore(state)
     now = max(r.time for r in records)
-    assert again.insights.status(BUDGET, now) == agg.insights.status(BUDGET, now) == insights_of(records)
+    status = agg.insights.status(BUDGET, now)
+    assert status is not None
+    assert again.insights.status(BUDGET, now) == status
+    assert {k: v for k, v in status.items() if k != "consumers"} == insights_of(records)
     assert again.add("pod-uid", records, pod_name="p") == 0  # the cursor came back with them: nothing twice
-    assert again.insights.status(BUDGET, now) == insights_of(records)
+    assert again.insights.status(BUDGET, now) == status
+
+
+def test_waste_is_broken_down_per_pod_and_user(golden: tuple[Stack, Expected, list[UsageRecord]]) -> None:
+    from tokenbudget_operator.reconciler.aggregate import Aggregator
+
+    _, e, records = golden
+    calls = metered(records)
+    agg = Aggregator()
+    agg.add("uid-a", [r.model_copy(update={"user": "alice" if i < 3 else None}) for i, r in enumerate(records)],
+            pod_name="chat-a")
+    status = agg.insights.status(BUDGET, max(r.time for r in records))
+    assert status is not None
+    InsightsStatus.model_validate(status)
+    pod, user = status["consumers"]
+    billed = [i for i, r in enumerate(calls) if r.usage.total_tokens > 0]
+    assert (pod["kind"], pod["name"], pod["calls"], pod["retryCalls"]) == ("Pod", "chat-a", 7, 1)
+    assert pod["repeatedPercent"] == sum(e.repeated[i] for i in billed) * 100 // sum(e.prompt[i] for i in billed)
+    assert Decimal(pod["repeatedUSD"]) == sum((calls[i].features.repeated_usd for i in billed  # type: ignore[union-attr,misc]
+                                               ), Decimal(0))
+    assert (user["kind"], user["name"], user["calls"], user["retryCalls"]) == ("User", "alice", 3, 0)
+    assert user["repeatedPercent"] == sum(e.repeated[:3]) * 100 // sum(e.prompt[:3])

@@ -111,6 +111,8 @@ def test_golden_workload_insights_reach_status_with_a_waste_condition_and_no_pro
     assert items["ToolOutput"]["tokens"] == expected.tool[5]
     assert insights["outcomes"]["accepted"] == 2
     assert insights["inputGrowth"]["turns"] == 3
+    (pod,) = insights["consumers"]
+    assert (pod["kind"], pod["name"], pod["calls"], pod["retryCalls"]) == ("Pod", "chat", 7, 1)
     print("\ngolden workload insights:", json.dumps(insights, indent=1))
 
     tb = get_tb(kube, "waste")

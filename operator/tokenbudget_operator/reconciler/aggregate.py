@@ -111,7 +111,7 @@ class Aggregator:
             if seq <= cursor:
                 continue
             cursor = seq
-            self.insights.add(record)
+            self.insights.add(record, self._pod_names.get(pod_uid, pod_uid))
             entry = Entry.from_record(pod_uid, record)
             self.spend.add(record, per_user)
             for budget in dict.fromkeys([*entry.budgets, *(b for b, _ in entry.dry_run)]):

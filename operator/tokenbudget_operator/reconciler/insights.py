@@ -27,6 +27,7 @@ from tokenbudget_api.insights import WINDOW_HOURS, InsightName
 from tokenbudget_api.sketch import LogHistogram
 from tokenbudget_api.usage import Outcome, UsageRecord
 from tokenbudget_api.windows import as_utc
+from tokenbudget_operator.reconciler import insight_consumers as consumer_waste
 from tokenbudget_operator.reconciler.conditions import k8s_time
 
 ZERO = Decimal(0)
@@ -72,18 +73,21 @@ class HourSums:
     accepted_tokens: int = 0
     accepted_cost: Decimal = ZERO
     growth: LogHistogram = field(default_factory=lambda: LogHistogram(GROWTH_ACCURACY))
+    consumers: dict[str, consumer_waste.Waste] = field(default_factory=dict)  # "Pod:name" / "User:name"
 
     def merge(self, other: HourSums) -> None:
         for f in fields(self):
             if f.name == "growth":
                 self.growth.merge(other.growth)
+            elif f.name == "consumers":
+                consumer_waste.merge(self.consumers, other.consumers)
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def wire(self) -> list[Any]:
-        """Values in field order (no names: 24 of these per budget share the ConfigMap), growth last."""
-        return [getattr(self, f.name).wire() if f.name == "growth" else _num(getattr(self, f.name))
-                for f in fields(self)]
+        """Values in field order (no names: 24 of these per budget share the ConfigMap), growth and consumers last."""
+        out = [_num(getattr(self, f.name)) for f in fields(self) if f.name not in ("growth", "consumers")]
+        return [*out, self.growth.wire(), {k: w.wire() for k, w in self.consumers.items()}]
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> HourSums:
@@ -91,16 +95,19 @@ class HourSums:
         for f, value in zip(fields(sums), raw, strict=True):
             if f.name == "growth":
                 sums.growth = LogHistogram.from_wire(dict(value))
+            elif f.name == "consumers":
+                sums.consumers = {str(k): consumer_waste.Waste.from_wire(v) for k, v in dict(value).items()}
             elif isinstance(getattr(sums, f.name), Decimal):
                 setattr(sums, f.name, Decimal(str(value)))
             else:
                 setattr(sums, f.name, int(value))
         return sums
 
-    def add_call(self, record: UsageRecord) -> None:
+    def add_call(self, record: UsageRecord, pod: str | None = None) -> None:
         feats = record.features
         if feats is None:
             return
+        consumer_waste.add(self.consumers, record, pod)
         cost = record.cost_usd or ZERO
         self.calls += 1
         self.cost += cost
@@ -132,12 +139,12 @@ class InsightBook:
     def __init__(self) -> None:
         self.budgets: dict[str, dict[dt.datetime, HourSums]] = {}
 
-    def add(self, record: UsageRecord) -> None:
-        """Fold one new record (each record once: the aggregator's cursor guarantees it)."""
+    def add(self, record: UsageRecord, pod: str | None = None) -> None:
+        """Fold one new record of pod `pod` (each record once: the aggregator's cursor guarantees it)."""
         hour = as_utc(record.time).replace(minute=0, second=0, microsecond=0)
         if record.features is not None and record.outcome is not Outcome.REFUSED:
             for budget in dict.fromkeys(record.budgets):
-                self._hour(budget, hour).add_call(record)
+                self._hour(budget, hour).add_call(record, pod)
         if record.accepted is not None:
             acc = record.accepted
             for budget in dict.fromkeys(acc.budgets):
@@ -210,6 +217,8 @@ class InsightBook:
                                max(t.calls - t.accepted_calls, 0), unaccepted))
         items.sort(key=lambda i: (-Decimal(i.get("costUSD", "0")), i["name"]))
         out["items"] = items
+        if t.consumers:
+            out["consumers"] = consumer_waste.top(t.consumers)
         return out
 
 
