@@ -68,7 +68,7 @@ async def measure(bodies: list[dict[str, Any]]) -> tuple[list[float], list[float
         prompt = OPENAI.prompt(body)
         estimate, _ = await counter.count("gpt-4o", prompt.texts, prompt.messages)
         t1 = time.perf_counter()
-        pending = memory.observe("chat", "gpt-4o", body, {}, estimate)
+        pending = memory.observe("chat", "gpt-4o", body, {})
         record = UsageRecord(request_id=str(i), time=dt.datetime.now(dt.UTC), upstream="openai", dialect="openai",
                              operation="chat", model="gpt-4o", usage=Usage(input_tokens=estimate, output_tokens=10),
                              response_id=f"resp-{i}")

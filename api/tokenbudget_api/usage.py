@@ -77,13 +77,15 @@ class Disconnect(StrEnum):
 class CallFeatures(BaseModel):
     """What a call's prompt looked like, never what it said: the inputs of a budget's waste insights.
 
-    Token figures are the sidecar's tiktoken counts (the same rule as `prompt_estimate`), so shares add up
-    within one call whatever the provider's tokenizer; dollars are priced at the call's model and prices.
+    Token figures are the sidecar's tiktoken counts of the prompt's segments (each new segment counted once,
+    whatever `prompt_estimate` says: admission may have kept its byte bound), so shares add up within one
+    call whatever the provider's tokenizer; dollars are priced at the call's model and prices.
     Hashes are keyed and truncated (features.py): a reused prefix is recognizable, its text is not.
     """
 
     context_hashes: list[str] = []  # chained hash of the head (system, tools) and each leading message
     segments: int = 0  # head plus messages the prompt has
+    prompt_tokens: int = 0  # the prompt's length: its segments' tokens (each message with 4 of framing)
     repeated_tokens: int = 0  # tokens of the longest leading prefix an earlier call already sent
     cacheable_tokens: int = 0  # repeated_tokens when long enough for a provider to cache, else 0
     cache_miss_tokens: int = 0  # cacheable tokens the provider did not report as read from its cache

@@ -12,9 +12,8 @@ import sys
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tokenbudget_cli import export as export_mod
-from tokenbudget_cli import insights_cmd, status_cmd, status_view, trace
+from tokenbudget_cli import insights_cmd, prom_report, status_cmd, status_view, trace
 from tokenbudget_cli import kube as kube_mod
-from tokenbudget_cli import prom_report, status_cmd, status_view, trace
 from tokenbudget_cli import report as report_mod
 from tokenbudget_cli.console import console
 from tokenbudget_cli.kube import Kube, KubeError, Target

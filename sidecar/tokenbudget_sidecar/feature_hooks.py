@@ -41,15 +41,14 @@ class FeatureHooks:
     def budget_names(self) -> list[str]:
         return [b.key for b in self.state.policy.budgets]
 
-    def begin(self, record: UsageRecord, call: Call, body: dict[str, Any], headers: Mapping[str, str],
-              prompt_estimate: int) -> None:
+    def begin(self, record: UsageRecord, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> None:
         """Read the call's features (before any rewrite: what the app sent) and any acceptance it reports."""
         try:
             accepted = headers.get(ACCEPTED_HEADER)
             if accepted:
                 record.accepted = self.memory.accept(accepted, self.budget_names())
             self.pending.put(record.request_id, self.memory.observe(
-                call.operation, call.model, body, headers, prompt_estimate, self.conversation_header()))
+                call.operation, call.model, body, headers, self.conversation_header()))
         except Exception:
             log.exception("features of a call could not be read", extra={"record": {"request_id": record.request_id}})
 

@@ -103,7 +103,7 @@ class FeatureMemory:
         return self._hash(f"{kind}:{value}".encode()).hex()
 
     def observe(self, operation: str, model: str, body: dict[str, Any], headers: Mapping[str, str],
-                prompt_estimate: int, conversation_header: str | None = None) -> Pending:
+                conversation_header: str | None = None) -> Pending:
         """Features of a call about to be forwarded; remembers its prefixes for the calls after it."""
         parts = segments(operation, body)
         chain: list[bytes] = []
@@ -123,13 +123,14 @@ class FeatureMemory:
             chain.append(previous)
             sizes.append(counted[0])
             tool_tokens += counted[1]
+        prompt_tokens = sum(sizes)
         repeated, matched = 0, -1
         for i in range(len(chain) - 1, -1, -1):
             if chain[i] in self.prefixes:
                 matched = i
                 break
         if matched >= 0:
-            repeated = min(sum(sizes[: matched + 1]), prompt_estimate)
+            repeated = sum(sizes[: matched + 1])
         for link in chain:
             self.prefixes.put(link, True)
         retry = _retry_count(headers)
@@ -137,16 +138,16 @@ class FeatureMemory:
         conv = self.conversations.get(conv_id) or Conversation()
         growth: int | None = None
         if continues and not (retry and conv.turn):
-            growth = prompt_estimate - conv.last_prompt
+            growth = prompt_tokens - conv.last_prompt
         if not (retry and conv.turn):  # a retry re-sends a turn; it does not add one
             conv.turn += 1
-            conv.last_prompt = prompt_estimate
+            conv.last_prompt = prompt_tokens
         self.conversations.put(conv_id, conv)
         if chain:
             self.prompts.put(chain[-1], conv_id)
         hashes = [c.hex() for c in chain[: MAX_HASHES - 1]] + ([chain[-1].hex()] if len(chain) >= MAX_HASHES else [])
-        features = CallFeatures(context_hashes=hashes, segments=len(parts), repeated_tokens=repeated,
-                                tool_output_tokens=min(tool_tokens, prompt_estimate), conversation=conv_id,
+        features = CallFeatures(context_hashes=hashes, segments=len(parts), prompt_tokens=prompt_tokens,
+                                repeated_tokens=repeated, tool_output_tokens=tool_tokens, conversation=conv_id,
                                 turn=conv.turn, growth_tokens=growth, retry=retry)
         return Pending(features)
 

@@ -56,12 +56,6 @@ def tokens(*messages: dict[str, Any]) -> int:
     return total
 
 
-def estimate(*messages: dict[str, Any]) -> int:
-    """The sidecar's prompt estimate of a chat call: the messages, one more message's framing (OpenAI's
-    rule counts an extra one) and 3 tokens of reply priming."""
-    return tokens(*messages) + PER_MESSAGE + 3
-
-
 @dataclass(frozen=True)
 class Expected:
     """What each metered call's features must be, in call order (the retried call twice)."""
@@ -114,10 +108,10 @@ def run(base_url: str, sidecar_url: str) -> Expected:
         repeated=repeated, cached=cached, cacheable=cacheable,
         miss=[max(c - h, 0) for c, h in zip(cacheable, cached, strict=True)],
         tool=[0, 0, 0, 0, tokens(TOOL) - PER_MESSAGE, tokens(TOOL) - PER_MESSAGE, 0],  # results, not framing
-        growth=[None, estimate(*a2) - estimate(*a1), estimate(*a3) - estimate(*a2), None,
-                estimate(*b2) - estimate(*b1), None, None],
+        growth=[None, tokens(*a2) - tokens(*a1), tokens(*a3) - tokens(*a2), None,
+                tokens(*b2) - tokens(*b1), None, None],
         retry=[0, 0, 0, 0, 0, 1, 0],
-        prompt=[estimate(*m) for m in (a1, a2, a3, b1, b2, b2, c1)],
+        prompt=[tokens(*m) for m in (a1, a2, a3, b1, b2, b2, c1)],
         conversation=["A", "A", "A", "B", "B", "B", "C"],
         accepted=[[0, 1, 2], [3, 4, 5]],
     )

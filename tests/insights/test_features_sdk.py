@@ -48,7 +48,7 @@ def test_golden_workload_features_equal_their_known_values(golden: tuple[Stack, 
     calls = metered(records)
     f = [r.features for r in calls if r.features is not None]
     assert len(f) == len(calls) == 8 - 1  # the 429 attempt and its retry are two calls; the report is none
-    assert [r.prompt_estimate for r in calls] == expected.prompt
+    assert [x.prompt_tokens for x in f] == expected.prompt
     assert [x.repeated_tokens for x in f] == expected.repeated
     assert [r.usage.cached_input_tokens for r in calls] == expected.cached
     assert [x.cacheable_tokens for x in f] == expected.cacheable

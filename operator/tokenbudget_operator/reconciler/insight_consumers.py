@@ -35,7 +35,7 @@ class Waste:
         self.calls += 1
         self.cost += cost
         if record.usage.total_tokens > 0:
-            self.input_tokens += record.prompt_estimate
+            self.input_tokens += f.prompt_tokens
             self.repeated_tokens += f.repeated_tokens
             self.repeated_cost += f.repeated_usd or ZERO
         if f.retry > 0:

@@ -114,7 +114,7 @@ class HourSums:
         self.tokens += record.usage.total_tokens
         if record.usage.total_tokens > 0:
             self.billed_calls += 1
-            self.input_tokens += record.prompt_estimate
+            self.input_tokens += feats.prompt_tokens
             self.repeated_tokens += feats.repeated_tokens
             self.repeated_calls += 1 if feats.repeated_tokens else 0
             self.repeated_cost += feats.repeated_usd or ZERO
