@@ -5,6 +5,7 @@ Run on demand (it prints tables and asserts nothing)::
 
     .venv/bin/python benchmarks/thinktier_savings.py            # about two minutes
     .venv/bin/python benchmarks/thinktier_savings.py --quick    # fewer calls, under a minute
+    .venv/bin/python benchmarks/thinktier_savings.py --closed-loop   # + autoApply's closed loop over days
 
 The real sidecar and the test upstream run in this process on one event loop; the load is plain HTTP in
 each provider's wire format (no SDK: its overhead would only slow the replay). A seeded mixed workload
@@ -38,6 +39,10 @@ read against whatever rho one believes.
 OpenAI's effort levels are opaque budgets; the ThinkTier here maps budgets onto them with thresholds
 that match the test upstream's table (low 1024, medium 8192, high 32768): `openAIEffort: {lowUpTo: 1024,
 mediumUpTo: 8192}`, i.e. the smallest effort whose budget covers the tier.
+
+`--closed-loop` adds the loop the operator runs with `autoApply: Enabled` (benchmarks/thinktier_closed_loop.py):
+bounded, stepped moves from the declared tiers over simulated days, against a fixed maximum and the declared
+tiers, reporting the saving at <= 2 % truncation.
 """
 
 from __future__ import annotations
@@ -283,6 +288,7 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=20261)
     parser.add_argument("--percentiles", type=int, nargs="*", default=[PERCENTILE, 98],
                         help="calibration.percentile values to learn with (95 is the spec's default)")
+    parser.add_argument("--closed-loop", action="store_true", help="also run autoApply's closed loop over days")
     args = parser.parse_args()
     n_eval = 1000 if args.quick else 3000
     rounds, per_class = (3, MIN_SAMPLES) if args.quick else (4, 2 * MIN_SAMPLES)
@@ -336,6 +342,10 @@ async def main() -> int:
         await side_runner.cleanup()
         await up_runner.cleanup()
     print("\nverdict by rho: " + ", ".join(f"{rho:g}: {'met' if met else 'not met'}" for rho, met in verdicts.items()))
+    if args.closed_loop:
+        import thinktier_closed_loop  # a sibling script; imports this module's workload and Bench
+
+        await thinktier_closed_loop.run(args.quick, args.rho, args.seed + 1, args.percentiles)
     return 0
 
 

@@ -116,6 +116,9 @@ class ThinkTierPolicy(ApiModel):
     authorized_tiers: list[str] = Field(
         default_factory=list, description="Required tiers the pod's annotation authorizes."
     )
+    applied_budgets: dict[str, int] | None = Field(
+        default=None, description="autoApply: class name -> the thinking budget to use instead of its tier's "
+        "(spec untouched); none: the declared tiers.")
 
 
 class SidecarPolicy(ApiModel):

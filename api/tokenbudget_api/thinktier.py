@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from tokenbudget_api import names
 from tokenbudget_api.common import CEL, ApiModel, Condition, LabelSelector, Name, Percent, cel
-from tokenbudget_api.tokenbudget import HEADER_NAME_PATTERN
+from tokenbudget_api.tokenbudget import DURATION_PATTERN, HEADER_NAME_PATTERN
 
 ANTHROPIC_MIN_THINKING = 1024
 # The largest thinking budgets providers take as a number (published limits): Claude's largest max_tokens
@@ -91,13 +91,46 @@ class EffortThresholds(ApiModel):
 class Calibration(ApiModel):
     """How recommendations are learned from observed thinking tokens."""
 
-    percentile: int = Field(default=95, ge=50, le=99, description="Percentile of observed use to size for.")
+    model_config = {"json_schema_extra": {CEL: [
+        cel("!has(self.minBudgetTokens) || !has(self.maxBudgetTokens) || self.minBudgetTokens <= "
+            "self.maxBudgetTokens", "minBudgetTokens must not exceed maxBudgetTokens", ".minBudgetTokens"),
+    ]}}
+
+    percentile: int = Field(default=98, ge=50, le=99, description="Percentile of observed use to size for (98: "
+                            "with 20% headroom it truncated 0.4-1% of spread-out classes where P95 truncated "
+                            "2.7%; benchmarks/thinktier_savings.py).")
     headroom_percent: int = Field(default=20, ge=0, le=200, description="Added on top of the percentile.")
     min_samples: int = Field(default=100, ge=1, le=1_000_000, description="Samples before recommending.")
     truncation_alert_percent: Percent = Field(default=2, description="Alert when a class truncates more often.")
     under_use_alert_percent: Percent = Field(default=50, description="Alert when median under-use exceeds this.")
-    auto_apply: AutoApply = Field(default=AutoApply.DISABLED, description="Apply recommendations to the spec "
-                                  "(Disabled: only report them).")
+    auto_apply: AutoApply = Field(
+        default=AutoApply.DISABLED, description="Enabled: the operator applies each class's recommendation to the "
+        "sidecars' policy (never to this spec), within minBudgetTokens..maxBudgetTokens, at most maxStepPercent "
+        "per stepInterval and only with minSamples; status shows declared and applied budgets. Disabled (the "
+        "default, and the rollback): the declared tiers apply and recommendations are only reported.")
+    min_budget_tokens: int | None = Field(
+        default=None, ge=ANTHROPIC_MIN_THINKING, le=200_000,
+        description="autoApply never goes below this (default 1024, Anthropic's minimum).")
+    max_budget_tokens: int | None = Field(
+        default=None, ge=ANTHROPIC_MIN_THINKING, le=200_000,
+        description="autoApply never goes above this (default: the budget the class's tier declares, so "
+        "applying only ever saves; raise it to let a truncating class grow past its tier).")
+    max_step_percent: int = Field(default=25, ge=1, le=100, description="autoApply moves a class's budget by "
+                                  "at most this share of its current value per stepInterval.")
+    step_interval: str = Field(default="1h", pattern=DURATION_PATTERN, max_length=8,
+                               description="autoApply moves a class at most once per this duration, e.g. 1h, 30m.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Calibration:
+        if (self.min_budget_tokens is not None and self.max_budget_tokens is not None
+                and self.min_budget_tokens > self.max_budget_tokens):
+            raise ValueError("minBudgetTokens must not exceed maxBudgetTokens")
+        return self
+
+    @property
+    def step_seconds(self) -> int:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.step_interval[-1]]
+        return int(self.step_interval[:-1]) * unit
 
 
 class ThinkTierSpec(ApiModel):
@@ -166,6 +199,14 @@ class ClassStatus(ApiModel):
     recommended_budget_tokens: int | None = Field(
         default=None, ge=0, description="Percentile x (1 + headroom), rounded to a provider-valid value."
     )
+    declared_budget_tokens: int | None = Field(
+        default=None, ge=0, description="The budget the spec's tier gives the class (autoApply only).")
+    applied_budget_tokens: int | None = Field(
+        default=None, ge=0, description="The budget autoApply pushed to the sidecars (budgetTokens is in force).")
+    applied_reason: str | None = Field(
+        default=None, description="Why the applied budget is what it is: Applied, StepLimited, BoundedByMinBudget, "
+        "BoundedByMaxBudget, NotEnoughSamples, WaitingForStepInterval.")
+    applied_at: dt.datetime | None = Field(default=None, description="When autoApply last moved the budget.")
 
 
 class ThinkTierStatus(ApiModel):

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tokenbudget_api import names
 from tokenbudget_api.common import CEL, ApiModel, Condition, LabelSelector, Money, Name, Percent, cel
+from tokenbudget_api.insights import InsightsSpec, InsightsStatus
 
 TIME_ZONE_PATTERN = r"^(UTC|[A-Z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){1,2})$"
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}(s|m|h|d)$"
@@ -334,6 +335,9 @@ class TokenBudgetSpec(ApiModel):
         "reads are always allowed): Allow forwards and records them as unmetered, Deny answers 403 in the "
         "provider's shape naming the route.",
     )
+    insights: InsightsSpec | None = Field(
+        default=None, description="Waste insights: an app's conversation header and the thresholds above "
+        "which the Waste condition turns True.")
 
     @field_validator("time_zone")
     @classmethod
@@ -432,6 +436,7 @@ class TokenBudgetStatus(ApiModel):
     top_consumers: list[Consumer] | None = Field(default=None, max_length=20, description="Largest consumers.")
     dry_run: list[WouldHave] | None = Field(default=None, max_length=16, description="DryRun decisions.")
     pods: PodCounts | None = Field(default=None, description="Selected and synced pods.")
+    insights: InsightsStatus | None = Field(default=None, description="Waste over the last day, with dollars.")
     last_updated: dt.datetime | None = Field(default=None, description="When status was last written.")
 
 

@@ -74,6 +74,42 @@ class Disconnect(StrEnum):
     CUT = "Cut"
 
 
+class CallFeatures(BaseModel):
+    """What a call's prompt looked like, never what it said: the inputs of a budget's waste insights.
+
+    Token figures are the sidecar's tiktoken counts of the prompt's segments (each new segment counted once,
+    whatever `prompt_estimate` says: admission may have kept its byte bound), so shares add up within one
+    call whatever the provider's tokenizer; dollars are priced at the call's model and prices.
+    Hashes are keyed and truncated (features.py): a reused prefix is recognizable, its text is not.
+    """
+
+    context_hashes: list[str] = []  # chained hash of the head (system, tools) and each leading message
+    segments: int = 0  # head plus messages the prompt has
+    prompt_tokens: int = 0  # the prompt's length: its segments' tokens (each message with 4 of framing)
+    repeated_tokens: int = 0  # tokens of the longest leading prefix an earlier call already sent
+    cacheable_tokens: int = 0  # repeated_tokens when long enough for a provider to cache, else 0
+    cache_miss_tokens: int = 0  # cacheable tokens the provider did not report as read from its cache
+    tool_output_tokens: int = 0  # tokens of tool results inside the prompt
+    conversation: str | None = None  # keyed hash of the conversation the call belongs to
+    turn: int = 0  # 1 for a conversation's first call
+    growth_tokens: int | None = None  # prompt tokens over the previous turn's; None on a first turn
+    retry: int = 0  # the SDK's retry counter (x-stainless-retry-count): 0 for a first attempt
+    repeated_usd: Decimal | None = None  # what the repeated tokens cost (cached ones at the cached price)
+    cache_miss_usd: Decimal | None = None  # what a cache hit on the missed tokens would have saved
+    tool_output_usd: Decimal | None = None  # what the tool results in the prompt cost
+
+
+class Acceptance(BaseModel):
+    """An app's report that an answer was accepted, with what its conversation spent since the last one."""
+
+    response_id: str
+    conversation: str | None = None
+    budgets: list[str] = []  # the budgets the accepted call counted against (this record counts against none)
+    calls: int = 0  # calls of the conversation since its previous acceptance (0: the answer was not seen)
+    tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
 class UsageRecord(BaseModel):
     """What one call cost: the unit the ledger stores and the operator aggregates."""
 
@@ -112,3 +148,7 @@ class UsageRecord(BaseModel):
     think_class: str | None = None  # ThinkTier class of a reasoning call ("unclassified" if none matched)
     think_tier: str | None = None  # the tier in force for it (defaultTier when a Required tier was refused)
     duration_ms: int = 0
+    features: CallFeatures | None = None  # per-call waste features (features.py); None for unmetered routes
+    # An acceptance report (features.py): carried by the call whose `x-tokenbudget-accepted` header named an
+    # earlier answer, or by a record of its own (operation "outcome", no budgets) for POST /outcomes.
+    accepted: Acceptance | None = None

@@ -1,6 +1,6 @@
 """`kubectl tokenbudget` (the console script `kubectl-tokenbudget`, which kubectl finds on PATH as a plugin).
 
-Subcommands: status, report, export, simulate. The kubeconfig flags are kubectl's own (`--kubeconfig`,
+Subcommands: status, insights, report, export, simulate. The kubeconfig flags are kubectl's own (`--kubeconfig`,
 `--context`, `-n/--namespace`, `-A/--all-namespaces`), because kubectl passes a plugin its arguments
 unparsed. Errors a person can act on are printed in one line with exit code 1, never as a traceback.
 """
@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     _kube_flags(p)
     p.add_argument("name", nargs="?", help="one TokenBudget (and ThinkTier) of that name")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+    p = sub.add_parser("insights", help="waste per budget with dollars, worst first: repeated context, cache "
+                       "misses, retries, tool output, prompt growth, dollars per accepted outcome")
+    _kube_flags(p)
+    p.add_argument("name", nargs="?", help="one TokenBudget")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     p = sub.add_parser("report", help="spend by namespace, budget, model, user or pod")
     _kube_flags(p)

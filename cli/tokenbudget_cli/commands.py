@@ -1,4 +1,4 @@
-"""The four subcommands: parse-free glue from argparse's namespace to the modules that do the work.
+"""The five subcommands: parse-free glue from argparse's namespace to the modules that do the work.
 
 The sidecar's admission code is imported inside `simulate` only, so status and report start without it.
 """
@@ -12,8 +12,8 @@ import sys
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tokenbudget_cli import export as export_mod
+from tokenbudget_cli import insights_cmd, prom_report, status_cmd, status_view, trace
 from tokenbudget_cli import kube as kube_mod
-from tokenbudget_cli import prom_report, status_cmd, status_view, trace
 from tokenbudget_cli import report as report_mod
 from tokenbudget_cli.console import console
 from tokenbudget_cli.kube import Kube, KubeError, Target
@@ -47,6 +47,19 @@ def status(args: argparse.Namespace) -> int:
         sys.stdout.write(status_cmd.as_yaml(doc))
     else:
         status_cmd.render(doc, console())
+    return 0
+
+
+def insights(args: argparse.Namespace) -> int:
+    kube = _kube(args)
+    budgets = kube.budgets(args.name)
+    if args.name and not budgets:
+        raise UsageError(f"no TokenBudget named {args.name} in namespace {kube.namespace}")
+    doc = insights_cmd.document(budgets)
+    if args.output == "json":
+        sys.stdout.write(insights_cmd.as_json(doc) + "\n")
+    else:
+        insights_cmd.render(doc, console())
     return 0
 
 

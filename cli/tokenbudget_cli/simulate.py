@@ -147,7 +147,8 @@ class Simulation:
     def run(self, records: list[UsageRecord], progress: Callable[[int], None] | None = None) -> Result:
         """Replay `records` (in time order); `progress(n)` as calls are started (every PROGRESS_EVERY, and last)."""
         result = Result()
-        calls = [r for r in records if r.outcome is not Outcome.REFUSED]  # never forwarded: nothing to replay
+        # Refused calls were never forwarded, and acceptance reports (operation "outcome") are no calls at all.
+        calls = [r for r in records if r.outcome is not Outcome.REFUSED and r.operation != "outcome"]
         if not calls:
             return result
         clock = ManualClock(calls[0].time)

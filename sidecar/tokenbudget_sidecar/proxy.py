@@ -30,6 +30,7 @@ from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.background import Background
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect, Reading
+from tokenbudget_sidecar.feature_hooks import FeatureHooks
 from tokenbudget_sidecar.headers import (
     KeyUnavailable,
     client_headers,
@@ -69,6 +70,7 @@ class Proxy:
         self.state = state
         self.transparent = Transparent(state, self.record)
         self.background = Background(state, self.record)
+        self.features = FeatureHooks(state)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
@@ -162,6 +164,7 @@ class Proxy:
                              awaiting_policy=self.state.awaiting_policy,
                              think_class=think.klass if think else None, think_tier=think.tier if think else None,
                              route=route_of(request.method, path) if call.operation in MEDIA else None)
+        self.features.begin(record, call, body, request.headers)
         try:
             admission, ticket, path = await self.admit(dialect, call, body, path, prompt, upstream, started)
         except Refused as refused:
@@ -356,6 +359,7 @@ class Proxy:
 
     def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
+        self.features.finish(record)
         self.state.usage_log.append(record)
         self.state.metrics.observe(record)
         if record.source is UsageSource.UNMETERED and record.operation != "unmetered":  # dall-e, whisper text

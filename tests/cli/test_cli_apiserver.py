@@ -52,6 +52,17 @@ SUPPORT_BOT = {
                      {"kind": "Pod", "name": "support-bot-x2k4", "tokens": 1800000, "costUSD": "12.30"},
                      {"kind": "User", "name": "alice", "tokens": 900000, "costUSD": "7.10"}],
     "pods": {"selected": 3, "synced": 2},
+    "insights": {"since": "2026-12-05T05:00:00Z", "calls": 1200, "inputTokens": 3100000, "costUSD": "31.20",
+                 "items": [{"name": "RepeatedContext", "percent": 64, "tokens": 1984000, "calls": 900,
+                            "costUSD": "4.96"},
+                           {"name": "Retry", "percent": 3, "costPercent": 2, "tokens": 51000, "calls": 36,
+                            "costUSD": "0.62"},
+                           {"name": "InputGrowth", "tokens": 410, "calls": 700}],
+                 "inputGrowth": {"turns": 700, "p50Tokens": 120, "p95Tokens": 410},
+                 "outcomes": {"accepted": 150, "costPerAcceptedUSD": "0.208", "tokensPerAccepted": 21000,
+                              "unacceptedSpendPercent": 35},
+                 "consumers": [{"kind": "Pod", "name": "support-bot-7d9f", "calls": 700, "repeatedPercent": 71,
+                                "repeatedUSD": "3.10", "retryCalls": 30, "retryUSD": "0.50", "costUSD": "18.90"}]},
     "conditions": [cond("Ready", "True", "Enforcing", "enforcing on 2 of 3 pods"),
                    cond("Synced", "False", "PodsPending", "2 of 3 selected pods enforce generation 1"),
                    cond("LadderStage", "True", "Alert", "monthly-tokens at 78%")],
@@ -72,6 +83,8 @@ DRY_RUN = {
     "stage": "Block", "usedPercent": 100, "tightestWindow": "weekly-dollars",
     "windows": [{"name": "weekly-dollars", "unit": "USD", "used": "262.50", "limit": "250.00", "percent": 100}],
     "dryRun": [{"action": "Block", "count": 41, "tokens": 380000, "costUSD": "12.50"}],
+    "insights": {"since": "2026-12-05T05:00:00Z", "calls": 90, "inputTokens": 800000, "costUSD": "262.50",
+                 "items": [{"name": "CacheMiss", "percent": 80, "tokens": 500000, "calls": 60, "costUSD": "9.10"}]},
 }
 ASSISTANT = {
     "unclassifiedPercent": "3.10",
@@ -158,6 +171,28 @@ def test_status_json_is_the_same_figures_for_scripts(cluster: ControlPlane) -> N
     one = yaml.safe_load(plugin(cluster, "status", "-n", NS_B, "chat-per-user", "-o", "yaml"))
     assert [b["name"] for b in one["budgets"]] == ["chat-per-user"]
     assert one["thinkTiers"] == []
+
+
+def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: ControlPlane) -> None:
+    out = plugin(cluster, "insights", "-A")
+    print(out)  # the sample in the report
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("tb-cli/", "tb-cli-b/"))
+            and len(line.split()) > 4 and line.split()[1] in ("CacheMiss", "RepeatedContext", "Retry", "InputGrowth")]
+    assert [(r[0], r[1]) for r in rows] == [("tb-cli/research-dryrun", "CacheMiss"),
+                                           ("tb-cli/support-bot", "RepeatedContext"),
+                                           ("tb-cli/support-bot", "Retry"), ("tb-cli/support-bot", "InputGrowth")]
+    assert rows[1][2:5] == ["64%", "$4.9600", "1,984,000"]
+    assert "$0.2080 and 21,000 tokens per accepted outcome (150 accepted, 35% of spend never accepted)" in out
+    assert "tb-cli/research-dryrun: 90 calls, $262.5000; per accepted outcome: no acceptance reported" in out
+    assert "tb-cli-b/chat-per-user: no call measured in the last day" in out
+    pod = next(line.split() for line in out.splitlines() if " support-bot-7d9f " in line)
+    assert pod[1:] == ["Pod", "support-bot-7d9f", "700", "71%", "$3.1000", "30", "$0.5000", "$18.9000"]
+    one = json.loads(plugin(cluster, "insights", "-n", NS, "support-bot", "-o", "json"))
+    assert [r["insight"] for r in one["rows"]] == ["RepeatedContext", "Retry", "InputGrowth"]
+    assert one["budgets"][0]["outcomes"]["costPerAcceptedUSD"] == "0.208"
+    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "insights", "-n", NS, "nope", "--kubeconfig",
+                           str(cluster.kubeconfig)], capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr.strip()) == (1, f"error: no TokenBudget named nope in namespace {NS}")
 
 
 def test_report_by_budget_takes_each_budgets_longest_window_and_says_where_it_comes_from(

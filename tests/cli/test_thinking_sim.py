@@ -27,7 +27,7 @@ TIER = {"apiVersion": "tokenbudget.io/v1alpha1", "kind": "ThinkTier", "metadata"
                            {"name": "deep", "budgetTokens": 32000}],
                  "classes": [{"name": "lookup", "tier": "shallow", "match": {"headerValues": ["lookup"]}},
                              {"name": "research", "tier": "deep", "match": {"headerValues": ["research"]}}],
-                 "calibration": {"minSamples": 20}}}
+                 "calibration": {"minSamples": 20, "percentile": 95}}}
 
 
 def record(i: int, klass: str | None, thinking: int) -> UsageRecord:

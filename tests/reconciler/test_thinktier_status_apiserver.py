@@ -220,7 +220,7 @@ def test_thinktier_status_merges_both_pods_figures_per_class(think_stack: ThinkS
                           "limits": [{"name": "daily", "period": "Day", "tokens": 10_000_000}],
                           "upstreams": [{"name": "openai", "baseURL": st.upstream, "dialect": "OpenAI"}]}})
     apply(kube, {"apiVersion": names.API_VERSION, "kind": names.THINKTIER_KIND,
-                 "metadata": {"name": "reasoning", "namespace": NS}, "spec": tier_spec(auto_apply="Enabled")})
+                 "metadata": {"name": "reasoning", "namespace": NS}, "spec": tier_spec()})
     wait_for("both sidecars to hold the ThinkTier", lambda: all(has_tier(ip, key) for ip in IPS), timeout=15)
     tt = wait_for("Ready with no samples yet", lambda: (t := get_tt(kube, "reasoning")).get("status", {}).get(
         "observedGeneration") == 1 and t, timeout=15)
@@ -263,7 +263,7 @@ def test_thinktier_status_merges_both_pods_figures_per_class(think_stack: ThinkS
     assert conditions["TruncationHigh"]["status"] == "True"
     assert conditions["TruncationHigh"]["message"].startswith("support: 16.67% of calls truncated")
     assert conditions["UnderUsed"]["status"] == "True"
-    assert conditions["AutoApplyUnsupported"]["reason"] == "RecommendationOnly"
+    assert "AutoApplied" not in conditions  # autoApply Disabled: recommendations are only reported
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
 
     # Recommendation only: the spec is what was applied (same generation, same budgets).

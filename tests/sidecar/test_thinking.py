@@ -524,7 +524,7 @@ def test_recommendations_are_rounded_up_to_a_provider_valid_budget() -> None:
 @pytest.mark.parametrize(("mu", "sigma"), [(8.0, 0.5), (9.0, 0.8), (8.5, 0.3), (6.5, 0.3)])
 def test_recommendations_converge_to_p95_plus_20_percent_of_the_true_distribution(mu: float, sigma: float) -> None:
     rnd = random.Random(42)
-    cal = Calibration(min_samples=100)
+    cal = Calibration(min_samples=100, percentile=95)
     stats = ClassStats("c", Tier(name="deep", budget_tokens=65536))
     for i in range(20_000):
         need = int(rnd.lognormvariate(mu, sigma))

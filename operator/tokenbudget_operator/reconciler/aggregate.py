@@ -40,6 +40,7 @@ from tokenbudget_api.tokenbudget import Limit, Stage
 from tokenbudget_api.usage import UsageRecord
 from tokenbudget_api.windows import as_utc, limit_amount, percent_used
 from tokenbudget_operator.reconciler.conditions import k8s_time
+from tokenbudget_operator.reconciler.insights import InsightBook
 from tokenbudget_operator.reconciler.spend import SpendCounters
 from tokenbudget_operator.reconciler.usage_sums import (
     ANONYMOUS,
@@ -83,6 +84,7 @@ class Aggregator:
         self._pending: dict[str, list[Entry]] = {}
         self._budgets: dict[str, BudgetSums] = {}
         self.dropped = 0  # pending records dropped over max_pending (a metric)
+        self.insights = InsightBook()  # waste features by budget and hour (insights.py), committed with the sums
 
     # ----- input -----
 
@@ -109,6 +111,7 @@ class Aggregator:
             if seq <= cursor:
                 continue
             cursor = seq
+            self.insights.add(record, self._pod_names.get(pod_uid, pod_uid))
             entry = Entry.from_record(pod_uid, record)
             self.spend.add(record, per_user)
             for budget in dict.fromkeys([*entry.budgets, *(b for b, _ in entry.dry_run)]):
@@ -131,6 +134,7 @@ class Aggregator:
         self._budgets.pop(budget, None)
         self._pending.pop(budget, None)
         self.spend.forget_budget(budget)
+        self.insights.forget(budget)
 
     # ----- folding -----
 
@@ -295,6 +299,7 @@ class Aggregator:
             "pending": {b: [e.wire() for e in entries] for b, entries in self._pending.items() if entries},
             "budgets": {name: sums.wire() for name, sums in self._budgets.items()},
             "spend": self.spend.wire(),
+            "insights": self.insights.wire(),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -314,6 +319,7 @@ class Aggregator:
         self._budgets = {name: BudgetSums.from_wire(raw) for name, raw in state.get("budgets", {}).items()}
         # A state written before the counters existed has none: they start at 0 (counting starts then).
         self.spend.restore(state.get("spend", {}))
+        self.insights = InsightBook.from_wire(state.get("insights", {}))  # absent in states written before it
 
 
 __all__ = ["ANONYMOUS", "Aggregator", "Entry", "Totals"]

@@ -24,8 +24,9 @@ ThinkTier conditions (built in thinktier_status.py with `synced_condition` and `
     TruncationHigh         a class with minSamples calls truncates more often than truncationAlertPercent.
     UnderUsed              a class with minSamples calls leaves more than underUseAlertPercent of its budget
                            unused at P50. Both Unknown (NotEnoughSamples) until some class has minSamples.
-    AutoApplyUnsupported   only while calibration.autoApply is Enabled: True, reason RecommendationOnly
-                           (the operator never writes spec).
+    AutoApplied            only while calibration.autoApply is Enabled: True (AppliedInCluster) while some
+                           class runs an applied budget other than its declared one, else False (AsDeclared);
+                           the spec is never written (thinktier_apply.py).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ConditionType(StrEnum):
     EXHAUSTED = "Exhausted"
     TRUNCATION_HIGH = "TruncationHigh"
     UNDER_USED = "UnderUsed"
-    AUTO_APPLY_UNSUPPORTED = "AutoApplyUnsupported"
+    AUTO_APPLIED = "AutoApplied"
 
 
 class Reason(StrEnum):
@@ -65,7 +66,8 @@ class Reason(StrEnum):
     TRUNCATION_ABOVE_THRESHOLD = "TruncationAboveThreshold"
     MEDIAN_FAR_BELOW_BUDGET = "MedianFarBelowBudget"
     WITHIN_THRESHOLD = "WithinThreshold"
-    RECOMMENDATION_ONLY = "RecommendationOnly"
+    APPLIED_IN_CLUSTER = "AppliedInCluster"
+    AS_DECLARED = "AsDeclared"
     STAGE_CHANGED = "StageChanged"  # the Event on a ladder stage change
     # Problems (Ready=False): misconfiguration found while resolving policy or checking a spec.
     UPSTREAM_CONFLICT = "UpstreamConflict"

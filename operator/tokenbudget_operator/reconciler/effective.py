@@ -81,7 +81,8 @@ def think_tier_policies(pod: PodView, tiers: Sequence[TierView]) -> tuple[list[T
         known.update(tier.name for tier in t.spec.tiers)
         required = {tier.name for tier in t.spec.tiers if tier.authorization is Authorization.REQUIRED}
         out.append(ThinkTierPolicy(namespace=t.namespace, name=t.name, generation=t.generation, spec=t.spec,
-                                   authorized_tiers=sorted(required.intersection(requested))))
+                                   authorized_tiers=sorted(required.intersection(requested)),
+                                   applied_budgets=dict(t.applied) or None))
     problems: list[Problem] = []
     unknown = [name for name in requested if name not in known]
     if unknown:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -19,6 +20,7 @@ import aiohttp
 
 from tokenbudget_api import names
 from tokenbudget_api.policy import Lease
+from tokenbudget_api.thinktier import AutoApply
 from tokenbudget_api.tokenbudget import Action, LimitKey
 from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.reconciler import lease_rules, metrics
@@ -32,6 +34,7 @@ from tokenbudget_operator.reconciler.leases import LeaseAllocator
 from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
 from tokenbudget_operator.reconciler.spend import SpendCounters
 from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
+from tokenbudget_operator.reconciler.thinktier_apply import AutoApplier
 from tokenbudget_operator.reconciler.thinktier_status import ThinkTierTracker
 from tokenbudget_operator.reconciler.views import BudgetView, TierView, selects
 
@@ -85,6 +88,7 @@ class Fleet:
         self.tier_status = StatusWriter(api, names.THINKTIER_PLURAL, settings.status_min_interval_s,
                                         metrics.THINKTIER_STATUS_PATCHES)
         self.tier_tracker = ThinkTierTracker()
+        self.autoapply = AutoApplier()  # ThinkTier budgets applied in the cluster (thinktier_apply.py)
         self.seen_generation: dict[tuple[str, int], float] = {}  # (budget uid, generation) → first seen, wall s
         self.propagated: set[tuple[str, str, int]] = set()  # (pod uid, budget uid, generation) measured
         self.pushes: set[asyncio.Task[None]] = set()
@@ -179,7 +183,13 @@ class Fleet:
         return [e for ns in list(self.budgets_index) for e in self.budgets_index.get(ns, ())]
 
     def tier_views(self, namespace: str) -> list[TierView]:
-        return [e.view for e in self.tiers_index.get(namespace, ())]
+        """The namespace's ThinkTiers, each with the budgets autoApply applies to its classes now."""
+        out = []
+        for e in self.tiers_index.get(namespace, ()):
+            applied = self.autoapply.budgets(e.view.key) if e.view.spec.calibration.auto_apply is AutoApply.ENABLED \
+                else {}
+            out.append(dataclasses.replace(e.view, applied=tuple(sorted(applied.items()))) if applied else e.view)
+        return out
 
     def tier_entries(self) -> list[TierEntry]:
         return [e for ns in list(self.tiers_index) for e in self.tiers_index.get(ns, ())]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import pydantic
 
 from tokenbudget_api import names
+from tokenbudget_operator.reconciler.thinktier_apply import Applied, from_status
 from tokenbudget_operator.reconciler.views import BudgetView, PodView, TierView
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class TierEntry:
 
     view: TierView
     conditions: tuple[Mapping[str, Any], ...] = ()
+    applied: Mapping[str, Applied] = field(default_factory=dict)  # autoApply's state as status last recorded it
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ async def tokenbudget_tiers(body: kopf.Body, **_: Any) -> dict[str, TierEntry]:
                        exc.error_count())
         return {}
     status = body.get("status") or {}
-    return {view.namespace: TierEntry(view, tuple(status.get("conditions") or ()))}
+    return {view.namespace: TierEntry(view, tuple(status.get("conditions") or ()), from_status(status))}
 
 
 @kopf.index("pods", id="tokenbudget_sidecar_pods", when=has_sidecar)

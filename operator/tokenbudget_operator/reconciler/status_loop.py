@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenbudget_api import names
 from tokenbudget_api.tokenbudget import Enforcement, Stage
+from tokenbudget_operator.reconciler import insight_signals
 from tokenbudget_operator.reconciler.conditions import Problem, Reason, budget_conditions
 from tokenbudget_operator.reconciler.fleet import Fleet, every
 from tokenbudget_operator.reconciler.indexes import BudgetEntry
@@ -44,8 +45,13 @@ def budget_status(fleet: Fleet, entry: BudgetEntry, now: dt.datetime) -> dict[st
     conditions = budget_conditions(slot.conditions, generation=view.generation, now=now, usage=usage,
                                    selected=selected, synced=synced, problems=problems,
                                    dry_run=view.spec.enforcement is Enforcement.DRY_RUN)
+    insights = fleet.aggregator.insights.status(view.key, now)
+    thresholds = view.spec.insights.thresholds if view.spec.insights is not None else None
+    conditions += insight_signals.waste_condition(slot.conditions, insights, thresholds,
+                                                  generation=view.generation, now=now)
+    insight_signals.export(view.namespace, view.name, insights)
     out: dict[str, Any] = {key: usage.get(key) for key in STATUS_FIELDS}
-    out.update(conditions=conditions, pods={"selected": selected, "synced": synced})
+    out.update(conditions=conditions, pods={"selected": selected, "synced": synced}, insights=insights)
     return out
 
 
@@ -57,6 +63,7 @@ async def status_round(fleet: Fleet) -> None:
         status = budget_status(fleet, entry, now)
         if writer.due(entry.view.key, status):
             await announce_stage(fleet, entry, writer.slots[entry.view.key], status)
+            await announce_waste(fleet, entry, writer.slots[entry.view.key].conditions, status)
             await writer.write(entry.view.namespace, entry.view.name, status, now)
     writer.retain({e.view.key for e in entries})
 
@@ -79,6 +86,22 @@ async def announce_stage(fleet: Fleet, entry: BudgetEntry, slot: Written, status
             now=dt.datetime.now(dt.UTC))
     except Exception as exc:
         logger.warning("could not post the stage Event for %s: %s", view.key, exc)
+
+
+async def announce_waste(fleet: Fleet, entry: BudgetEntry, before: list[Mapping[str, Any]],
+                         status: Mapping[str, Any]) -> None:
+    """A Warning Event on the TokenBudget when its Waste condition turns True (insight_signals.py)."""
+    waste = insight_signals.turned_true(before, status.get("conditions") or [])
+    if waste is None:
+        return
+    view = entry.view
+    involved = {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND, "namespace": view.namespace,
+                "name": view.name, "uid": view.uid}
+    try:
+        await asyncio.to_thread(post_event, fleet.api, involved, type_="Warning", reason=str(waste["reason"]),
+                                message=str(waste["message"]), now=dt.datetime.now(dt.UTC))
+    except Exception as exc:
+        logger.warning("could not post the Waste Event for %s: %s", view.key, exc)
 
 
 async def run(fleet: Fleet) -> None:

@@ -1,6 +1,7 @@
 """ThinkTier loop: every `usage_interval_s`, GET /thinking from every sidecar a ThinkTier selects, merged per
 class across pods (thinktier_status.py), and per ThinkTier a status merge patch under the same rate limit
-as budgets' (`StatusWriter`). Never spec: `autoApply: Enabled` only earns a condition.
+as budgets' (`StatusWriter`). Never spec: with `autoApply: Enabled` each class's next applied budget
+(thinktier_apply.py) goes into the pods' effective policy, and the push loop is woken when one changed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 from tokenbudget_operator.reconciler.conditions import Problem
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent, every
+from tokenbudget_operator.reconciler.thinktier_apply import from_status
 from tokenbudget_operator.reconciler.thinktier_status import thinktier_status
 
 logger = logging.getLogger(__name__)
@@ -46,13 +48,17 @@ async def thinktier_round(fleet: Fleet) -> None:
         for a in agents:
             assert a.desired is not None
             problems.extend(p for p in a.desired.problems if p.source == view.key and p not in problems)
+        fleet.autoapply.seed(view.key, entry.applied)
         status = thinktier_status(
             view, fleet.tier_tracker.tracks(view.key, (a.entry.view.uid for a in agents)),
             previous=slot.conditions, selected=len(agents), synced=sum(1 for a in agents if a.synced),
-            problems=problems, now=now)
+            problems=problems, now=now, applied=fleet.autoapply.tiers.get(view.key))
+        if fleet.autoapply.update(view.key, view.spec.calibration.auto_apply, from_status(status)):
+            fleet.wake.set()  # the pods' effective policies changed: push them now
         if writer.due(view.key, status):
             await writer.write(view.namespace, view.name, status, now)
     writer.retain({e.view.key for e in entries})
+    fleet.autoapply.retain({e.view.key for e in entries})
 
 
 async def run(fleet: Fleet) -> None:

@@ -33,9 +33,10 @@ Ready is False with the first misconfiguration's reason: the problems the reconc
 selected pods' resolved policies (OverlappingThinkTiers, TierAboveOutputCap) and, from the spec alone and
 so even with no pod selected, TierAboveProviderMax (`tier_checks.py`).
 
-`calibration.autoApply: Enabled` is never acted on: writing recommendations into spec would make GitOps
-tools see drift and fight the operator. Status carries `recommendedBudgetTokens` and, while Enabled, a
-condition `AutoApplyUnsupported` says so.
+`calibration.autoApply: Enabled` never writes spec (GitOps tools would see drift and fight the operator):
+the recommendation is applied to the sidecars' policy instead (thinktier_apply.py). Each class's figures
+then count under the applied budget, and status adds the declared budget, the applied one and why, with a
+condition `AutoApplied`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from tokenbudget_operator.reconciler.conditions import (
     synced_condition,
     synced_counts,
 )
+from tokenbudget_operator.reconciler.thinktier_apply import Applied, step
 from tokenbudget_operator.reconciler.tier_checks import tier_spec_problems
 from tokenbudget_operator.reconciler.views import TierView
 
@@ -226,11 +228,14 @@ def thinktier_status(
     synced: int,
     problems: Sequence[Problem],
     now: dt.datetime,
+    applied: Mapping[str, Applied] | None = None,
 ) -> dict[str, Any]:
     """The whole status to write for one ThinkTier (without lastUpdated); `problems`: those the selected pods'
-    resolved policies attribute to it (the spec's own are added here)."""
+    resolved policies attribute to it (the spec's own are added here); `applied`: autoApply's budgets in
+    force per class (the figures count under them), whose next step this status records."""
     spec = view.spec
     cal = spec.calibration
+    auto = cal.auto_apply is AutoApply.ENABLED
     tiers = {t.name: t for t in spec.tiers}
     plan = [(c.name, tiers[c.tier]) for c in spec.classes or [] if c.tier in tiers]
     if UNCLASSIFIED not in {name for name, _ in plan}:
@@ -238,9 +243,14 @@ def thinktier_status(
     classes: list[dict[str, Any]] = []
     truncated: list[tuple[str, int, int]] = []
     unused: list[tuple[str, int, int]] = []
-    for name, tier in plan:
+    for name, declared in plan:
+        before = (applied or {}).get(name) if auto else None
+        tier = declared.model_copy(update={"budget_tokens": before.budget}) if before is not None else declared
         series = merge_class(tracks, name, tier)
         status = class_status(name, tier, series, cal)
+        if auto:
+            moved = step(cal, declared.budget_tokens, before, status["recommendedBudgetTokens"], series.samples, now)
+            status.update(declaredBudgetTokens=declared.budget_tokens, **moved.wire())
         classes.append(status)
         if series.samples >= cal.min_samples:
             truncated.append((name, series.truncations, series.samples))
@@ -265,11 +275,14 @@ def thinktier_status(
         _alert(ConditionType.UNDER_USED, Reason.MEDIAN_FAR_BELOW_BUDGET, "of the budget unused at P50",
                cal.under_use_alert_percent, cal, unused),
     ]
-    if cal.auto_apply is AutoApply.ENABLED:
+    if auto:
+        moved_classes = [f"{c['name']} {c['declaredBudgetTokens']}->{c['appliedBudgetTokens']}" for c in classes
+                         if c["appliedBudgetTokens"] != c["declaredBudgetTokens"]]
         desired.append(DesiredCondition(
-            ConditionType.AUTO_APPLY_UNSUPPORTED, ConditionStatus.TRUE, Reason.RECOMMENDATION_ONLY,
-            "autoApply: Enabled is not acted on: the operator never writes spec (GitOps tools would see "
-            "drift); copy status.classes[].recommendedBudgetTokens into spec.tiers yourself"))
+            ConditionType.AUTO_APPLIED, ConditionStatus.TRUE if moved_classes else ConditionStatus.FALSE,
+            Reason.APPLIED_IN_CLUSTER if moved_classes else Reason.AS_DECLARED,
+            ("applied to the sidecars' policy, spec unchanged: " + ", ".join(moved_classes)) if moved_classes
+            else "every class runs its declared budget; spec is never written, remove autoApply to roll back"))
     calls = sum(t.total_calls for t in tracks)
     return {
         "observedGeneration": view.generation,

@@ -83,6 +83,8 @@ class TierView(_Keyed):
     spec: ThinkTierSpec
     uid: str = ""
     generation: int = 0
+    # autoApply's budgets per class (thinktier_apply.py), attached by the Fleet; never part of the spec.
+    applied: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TierView:

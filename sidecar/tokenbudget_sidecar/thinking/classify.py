@@ -87,6 +87,14 @@ class CompiledThinkTier:
         self.default = self.tiers[policy.spec.default_tier]
         self.classes = [CompiledClass.of(c) for c in policy.spec.classes or []]
         self.authorized = frozenset(policy.authorized_tiers)
+        self.applied = dict(policy.applied_budgets or {})  # autoApply: class -> budget instead of its tier's
+
+    def in_force(self, klass: str, tier: Tier) -> Tier:
+        """The tier a class's calls run under: with an applied budget (autoApply), that budget in place of the
+        tier's own; the tier's name and authorization stay, so reports still name the declared tier."""
+        budget = self.applied.get(klass)
+        return tier if budget is None or budget == tier.budget_tokens else tier.model_copy(
+            update={"budget_tokens": budget})
 
     def match(self, inputs: Inputs) -> Classification | None:
         """The first class that matches, with its tier (or defaultTier if not authorized); None: no class."""
@@ -98,17 +106,17 @@ class CompiledThinkTier:
 
     def _grant(self, klass: str, tier: Tier) -> Classification:
         if tier.authorization is not Authorization.REQUIRED:
-            return Classification(self.key, klass, tier, classified=True)
+            return Classification(self.key, klass, self.in_force(klass, tier), classified=True)
         if tier.name in self.authorized:
             log.info("thinktier %s: class %s uses authorized tier %s (%d tokens)", self.key, klass, tier.name,
                      tier.budget_tokens)
-            return Classification(self.key, klass, tier, classified=True, authorized=True)
+            return Classification(self.key, klass, self.in_force(klass, tier), classified=True, authorized=True)
         log.warning("thinktier %s: class %s asks for tier %s, which this pod is not authorized for; "
                     "using default tier %s", self.key, klass, tier.name, self.default.name)
-        return Classification(self.key, klass, self.default, classified=True, denied=tier.name)
+        return Classification(self.key, klass, self.default, classified=True, denied=tier.name)  # never applied
 
     def unclassified(self) -> Classification:
-        return Classification(self.key, UNCLASSIFIED, self.default, classified=False)
+        return Classification(self.key, UNCLASSIFIED, self.in_force(UNCLASSIFIED, self.default), classified=False)
 
 
 def classify(thinktiers: list[CompiledThinkTier], inputs: Inputs) -> Classification | None:

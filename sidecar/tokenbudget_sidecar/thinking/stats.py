@@ -32,8 +32,10 @@ class ThinkTierStats:
             tier = tt.tiers[c.tier]
             if tier.authorization is Authorization.REQUIRED and tier.name not in tt.authorized:
                 tier = tt.default  # what this pod's calls of the class will get
+            else:
+                tier = tt.in_force(c.name, tier)  # autoApply's budget, when the operator applies one
             self.classes[c.name] = ClassStats(c.name, tier)
-        self.classes.setdefault(UNCLASSIFIED, ClassStats(UNCLASSIFIED, tt.default))
+        self.classes.setdefault(UNCLASSIFIED, ClassStats(UNCLASSIFIED, tt.in_force(UNCLASSIFIED, tt.default)))
 
     @property
     def calibration(self) -> Calibration:

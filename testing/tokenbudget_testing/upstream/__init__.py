@@ -38,6 +38,9 @@ stall-mid-stream``
     dialect's in-stream error event at that point (a non-streamed call gets HTTP 500 / 529 / 503 for
     OpenAI / Anthropic / Gemini instead); or silence at that point for ``settings.stall_s`` and then a
     reset (a client's read timeout strikes first).
+``x-upstream-fail-attempts: N``
+    Apply ``x-upstream-fail`` only to the first N attempts, as the SDK numbers them in
+    ``x-stainless-retry-count`` (openai and anthropic SDKs): the SDK's own retry then succeeds.
 ``x-upstream-retry-after: seconds``
     ``Retry-After`` header on OpenAI/Anthropic errors; ``RetryInfo.retryDelay`` in a Gemini 429 body.
 ``x-upstream-chunk-delay-ms: N`` / ``x-upstream-chunk-tokens: N``
@@ -71,6 +74,7 @@ from .behaviour import (
     H_CHUNK_DELAY,
     H_CHUNK_TOKENS,
     H_FAIL,
+    H_FAIL_ATTEMPTS,
     H_OMIT_USAGE,
     H_OUTPUT,
     H_REASONING,
@@ -87,6 +91,7 @@ __all__ = [
     "H_CHUNK_DELAY",
     "H_CHUNK_TOKENS",
     "H_FAIL",
+    "H_FAIL_ATTEMPTS",
     "H_OMIT_USAGE",
     "H_OUTPUT",
     "H_REASONING",

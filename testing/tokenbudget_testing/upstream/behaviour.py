@@ -26,6 +26,8 @@ H_REASONING = "x-upstream-reasoning-tokens"
 H_CACHED = "x-upstream-cached-tokens"
 H_CACHE_CREATION = "x-upstream-cache-creation-tokens"
 H_FAIL = "x-upstream-fail"
+H_FAIL_ATTEMPTS = "x-upstream-fail-attempts"
+H_SDK_RETRY = "x-stainless-retry-count"  # the openai and anthropic SDKs number their attempts with it
 H_RETRY_AFTER = "x-upstream-retry-after"
 H_CHUNK_DELAY = "x-upstream-chunk-delay-ms"
 H_CHUNK_TOKENS = "x-upstream-chunk-tokens"
@@ -95,6 +97,9 @@ def parse_controls(headers: Mapping[str, str], settings: UpstreamSettings) -> Co
         if value not in _FAILURES:
             raise ControlError(f"{H_FAIL} must be one of {sorted(_FAILURES)}, got {fail_raw!r}")
         fail = cast(Failure, value)  # checked against the Literal's members just above
+        attempts = _int(headers, H_FAIL_ATTEMPTS, -1)
+        if attempts >= 0 and _int(headers, H_SDK_RETRY, 0) >= attempts:
+            fail = None  # the SDK's retry past the failing attempts succeeds
     omit_raw = (headers.get(H_OMIT_USAGE) or "").strip().lower()
     if omit_raw not in _TRUE | _FALSE:
         raise ControlError(f"{H_OMIT_USAGE} must be true or false, got {omit_raw!r}")
