@@ -7,6 +7,7 @@ never the call itself: every hook logs and carries on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from tokenbudget_api.insights import ACCEPTED_HEADER
 from tokenbudget_api.usage import Acceptance, UsageRecord, UsageSource
+from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.dialects import Call
 from tokenbudget_sidecar.features import LRU, FeatureMemory, Pending
 from tokenbudget_sidecar.state import State
@@ -41,8 +43,18 @@ class FeatureHooks:
     def budget_names(self) -> list[str]:
         return [b.key for b in self.state.policy.budgets]
 
-    def begin(self, record: UsageRecord, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> None:
+    def enabled(self) -> bool:
+        """Features are read only for pods a budget with `spec.insights` selects: they count every new
+        message with tiktoken, which loads an encoding (~74 MiB per pod) that lazy counting otherwise spares."""
+        return any(b.spec.insights is not None for b in self.state.policy.budgets)
+
+    async def begin(self, record: UsageRecord, call: Call, body: dict[str, Any], headers: Mapping[str, str]) -> None:
         """Read the call's features (before any rewrite: what the app sent) and any acceptance it reports."""
+        if not self.enabled():
+            return
+        name = tokens.encoding_name(call.model)
+        if name not in tokens.TOKENIZER.encodings and name not in tokens.TOKENIZER.failures:
+            await asyncio.to_thread(tokens.TOKENIZER.get, name)  # a first load takes ~1 s: not on the loop
         try:
             accepted = headers.get(ACCEPTED_HEADER)
             if accepted:

@@ -164,7 +164,7 @@ class Proxy:
                              awaiting_policy=self.state.awaiting_policy,
                              think_class=think.klass if think else None, think_tier=think.tier if think else None,
                              route=route_of(request.method, path) if call.operation in MEDIA else None)
-        self.features.begin(record, call, body, request.headers)
+        await self.features.begin(record, call, body, request.headers)
         try:
             admission, ticket, path = await self.admit(dialect, call, body, path, prompt, upstream, started)
         except Refused as refused:

@@ -34,7 +34,8 @@ INPUT, CACHED, OUTPUT = Decimal("2"), Decimal("0.5"), Decimal("8")  # the overri
 def golden() -> Iterator[tuple[Stack, Expected, list[UsageRecord]]]:
     prices = [{"model": "gpt-4o", "inputPerMillion": str(INPUT), "outputPerMillion": str(OUTPUT),
                "cachedInputPerMillion": str(CACHED)}]
-    with stack(budgets=[{"namespace": "default", "name": "team", "spec": {"selector": {}}}], prices=prices) as s:
+    with stack(budgets=[{"namespace": "default", "name": "team", "spec": {"selector": {}, "insights": {}}}],
+               prices=prices) as s:
         expected = run(s.openai_url, s.sidecar)
         yield s, expected, s.records(8)
 
