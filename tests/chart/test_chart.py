@@ -262,8 +262,13 @@ def test_the_deployment_passes_only_settings_the_operator_reads_and_they_parse(
         assert container["image"] == settings.sidecar_image == "registry.example/tb:1.2.3"
         assert settings.sidecar_image_pull_policy == "Always"
         assert settings.sidecar_mode.value == "Classic"
-        assert settings.sidecar_resources == {"requests": {"cpu": "5m"}}
+        resources = {"requests": {"cpu": "5m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+        assert settings.sidecar_resources == resources
         assert settings.log_level == "DEBUG"
+    elif variant == "defaults":  # the chart's sidecar resources are the operator's own defaults, shown in values
+        assert settings.sidecar_resources == OperatorSettings.model_fields["sidecar_resources"].get_default(
+            call_default_factory=True
+        )
 
 
 @pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager", "image-and-sidecar"])

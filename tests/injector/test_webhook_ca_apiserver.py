@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +30,12 @@ from test_webhook_apiserver import create_pod, served_certificate, sidecar_of
 
 from tokenbudget_api import names
 from tokenbudget_operator.config import OperatorSettings
+from tokenbudget_operator.injector.certs import new_ca
 from tokenbudget_operator.injector.webhookconfig import mutating_webhook_configuration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
+CHECK_SCRIPT = REPO_ROOT / "charts" / "tokenbudget" / "files" / "webhook_check.py"  # the helm test hook's
 CA_NS = "tb-webhook-ca"
 CONFIG = names.WEBHOOK_CONFIGURATION  # the chart's name: the RBAC allows this one only
 SECRET = names.WEBHOOK_CA_SECRET
@@ -77,6 +83,18 @@ def configuration(kube: ControlPlane) -> dict[str, Any]:
 
 def ca_bundles(kube: ControlPlane) -> list[bytes]:
     return [base64.b64decode(h["clientConfig"].get("caBundle", "")) for h in configuration(kube)["webhooks"]]
+
+
+def helm_test_script(port: int, ca_file: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "WEBHOOK_URL": f"https://127.0.0.1:{port}/{names.WEBHOOK_ID}",
+        "CA_FILE": str(ca_file),
+        "NAMESPACE": OPERATOR_NAMESPACE,
+    }
+    return subprocess.run(
+        [sys.executable, str(CHECK_SCRIPT)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def leaf_fields(fields: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -160,6 +178,17 @@ def test_a_second_replica_and_a_restart_reuse_the_ca(kube: ControlPlane, setup: 
     pod, _ = create_pod(kube, "after-restart", CA_NS)
     assert sidecar_of(pod) is not None
     assert restarted.webhook_calls() == 1
+
+    # The chart's `helm test` script, against this operator: verified against the Secret's CA it passes,
+    # against another CA it fails.
+    ca_file, other = setup["workdir"] / "ca.crt", setup["workdir"] / "other-ca.crt"
+    ca_file.write_bytes(pem(STATE["ca"]))
+    other.write_bytes(new_ca(valid_for=dt.timedelta(days=1)).cert_pem)
+    assert "allowed, unchanged" in helm_test_script(setup["port"], ca_file).stdout
+    assert restarted.admissions("Skip", "ExcludedNamespace", dry_run=True) == 1
+    failed = helm_test_script(setup["port"], other)
+    assert failed.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in failed.stderr
     for proc in setup["running"]:
         proc.stop()
     setup["running"].clear()
