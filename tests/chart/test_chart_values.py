@@ -78,7 +78,9 @@ def test_the_helm_test_hook_checks_the_webhook_through_its_service_with_the_ca_t
     script = (test_chart.CHART / "files" / "webhook_check.py").read_text()
     assert container["command"] == ["python3", "-c", script]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["WEBHOOK_URL"] == f"https://tokenbudget-webhook.{test_chart.NS}.svc:443/inject-sidecar"
+    assert env["WEBHOOK_HOST"] == f"tokenbudget-webhook.{test_chart.NS}.svc"  # the name the apiserver checks
+    assert (env["WEBHOOK_PORT"], env["WEBHOOK_PATH"]) == ("443", "/inject-sidecar")
+    assert env["WEBHOOK_ADDRESS"] == "$(TOKENBUDGET_WEBHOOK_SERVICE_HOST)"  # service links of the Service below
     assert pod["spec"]["volumes"][0]["secret"]["secretName"] == secret
     assert env["CA_FILE"] == pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] + "/ca.crt"
     service_selector = docs["Service", "tokenbudget-webhook"]["spec"]["selector"]

@@ -88,7 +88,10 @@ def ca_bundles(kube: ControlPlane) -> list[bytes]:
 def helm_test_script(port: int, ca_file: Path) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "WEBHOOK_URL": f"https://127.0.0.1:{port}/{names.WEBHOOK_ID}",
+        "WEBHOOK_HOST": f"{names.WEBHOOK_SERVICE}.{OPERATOR_NAMESPACE}.svc",  # verified while connecting to:
+        "WEBHOOK_ADDRESS": "127.0.0.1",
+        "WEBHOOK_PORT": str(port),
+        "WEBHOOK_PATH": f"/{names.WEBHOOK_ID}",
         "CA_FILE": str(ca_file),
         "NAMESPACE": OPERATOR_NAMESPACE,
     }
