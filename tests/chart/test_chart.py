@@ -262,7 +262,7 @@ def test_the_deployment_passes_only_settings_the_operator_reads_and_they_parse(
         assert container["image"] == settings.sidecar_image == "registry.example/tb:1.2.3"
         assert settings.sidecar_image_pull_policy == "Always"
         assert settings.sidecar_mode.value == "Classic"
-        resources = {"requests": {"cpu": "5m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+        resources = {"requests": {"cpu": "5m", "memory": "160Mi"}, "limits": {"memory": "256Mi"}}
         assert settings.sidecar_resources == resources
         assert settings.log_level == "DEBUG"
     elif variant == "defaults":  # the chart's sidecar resources are the operator's own defaults, shown in values

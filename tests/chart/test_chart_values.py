@@ -88,3 +88,10 @@ def test_the_helm_test_hook_checks_the_webhook_through_its_service_with_the_ca_t
     assert container["image"] == docs["Deployment", "tokenbudget-operator"]["spec"]["template"]["spec"][
         "containers"
     ][0]["image"]
+
+
+def test_the_sidecar_image_can_be_pinned_by_digest_too(helm: Path) -> None:
+    ref = f"registry.example/tokenbudget-sidecar@{DIGEST}"
+    docs = by_key(documents(render(helm, f"sidecar.image={ref}")))
+    container = docs["Deployment", "tokenbudget-operator"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in container["env"]}["TOKENBUDGET_OPERATOR_SIDECAR_IMAGE"] == ref

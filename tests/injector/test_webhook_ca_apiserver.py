@@ -198,13 +198,14 @@ def test_a_second_replica_and_a_restart_reuse_the_ca(kube: ControlPlane, setup: 
 
 
 def test_ca_and_certificate_rotation_swap_without_a_failed_admission(kube: ControlPlane, setup: dict[str, Any]) -> None:
-    """A CA living 24 s (a new one joins 14 s before its end), certificates living 8 s: over 45 s, three CAs
-    and several certificates take turns while pods are created without pause against failurePolicy Fail."""
+    """A CA living 30 s (a new one joins 18 s before its end), certificates living 10 s: over 45 s, four CAs
+    and several certificates take turns while pods are created without pause against failurePolicy Fail.
+    (Margins of seconds, not less: a round of the operator may wait on two shared cores.)"""
     kube.kubectl("delete", "secret", SECRET, "-n", OPERATOR_NAMESPACE)
     kube.kubectl("create", "secret", "generic", SECRET, "-n", OPERATOR_NAMESPACE)
     rotating = operator(
         kube, setup["workdir"], "ca-rotating", setup["port"], setup["kubeconfig"],
-        ca_validity_s="24", ca_renew_before_s="14", cert_validity_s="8", cert_renew_before_s="3",
+        ca_validity_s="30", ca_renew_before_s="18", cert_validity_s="10", cert_renew_before_s="5",
         ca_propagation_s="2",
     )  # fmt: skip
     setup["running"].append(rotating)
