@@ -38,7 +38,7 @@ class FailurePolicy(enum.StrEnum):
 class WebhookConfigOwner(enum.StrEnum):
     """Who writes the MutatingWebhookConfiguration."""
 
-    INSTALL = "Install"  # the chart (with cert-manager's CA injector): the operator never writes it
+    INSTALL = "Install"  # the chart: the operator writes only its caBundle (TLS source CASecret), or nothing
     OPERATOR = "Operator"  # the operator creates and updates it, caBundle included (dev, tests, no chart)
 
 
