@@ -58,7 +58,7 @@ _DAY = 86400.0
 
 def _default_resources() -> dict[str, dict[str, str]]:
     # No CPU limit: CFS throttling would add latency to every proxied call; memory is bounded.
-    # Memory: an idle sidecar with the tiktoken encodings loaded was 134 MiB RSS on the real node (tests/realnode).
+    # Memory: an idle sidecar with a tiktoken encoding loaded was 134 MiB RSS on the real node (tests/realnode).
     return {"requests": {"cpu": "20m", "memory": "160Mi"}, "limits": {"memory": "256Mi"}}
 
 
