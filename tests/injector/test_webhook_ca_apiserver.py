@@ -232,3 +232,31 @@ def test_ca_and_certificate_rotation_swap_without_a_failed_admission(kube: Contr
     assert len(leaves) >= 4, len(leaves)
     assert rotating.samples("tokenbudget_webhook_tls_reloads_total")[()] >= 4
     print(f"\nrotation: {admitted} admissions, 0 failed; {len(seen_cas)} CAs and {len(leaves)} certificates served")
+
+
+def test_an_operator_that_owns_the_configuration_writes_it_with_the_secrets_ca(
+    kube: ControlPlane, setup: dict[str, Any]
+) -> None:
+    """Chart-less (WEBHOOK_CONFIG_OWNER=Operator): the whole configuration is the operator's, its caBundle the
+    Secret's CA set. As the admin: creating webhook configurations is beyond deploy/rbac.yaml on purpose."""
+    for proc in setup["running"]:
+        proc.stop()
+    setup["running"].clear()
+    kube.kubectl("delete", "mutatingwebhookconfiguration", CONFIG)
+    kube.kubectl("delete", "secret", SECRET, "-n", OPERATOR_NAMESPACE)
+    kube.kubectl("create", "secret", "generic", SECRET, "-n", OPERATOR_NAMESPACE)
+    port = free_port()
+    owner = OperatorProcess(
+        kube, setup["workdir"], "ca-owner", webhook_port=str(port), webhook_url=f"https://127.0.0.1:{port}",
+        webhook_configuration_name=CONFIG, webhook_config_owner="Operator", tls_source="CASecret",
+        tls_reload_interval_s="0.5",
+    ).start()  # fmt: skip
+    setup["running"].append(owner)
+    cas, _ = secret_cas(kube)
+    assert len(cas) == 1
+    deadline = time.monotonic() + 10
+    while ca_bundles(kube) != [pem(cas)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ca_bundles(kube) == [pem(cas)]
+    pod, _ = create_pod(kube, "owner-written", CA_NS)
+    assert sidecar_of(pod) is not None
