@@ -7,7 +7,7 @@ comment dialect; values.yaml's plain comments already say what each value does, 
 Python the project already runs. tests/chart/test_chart_readme.py fails when the README drifts from it.
 
 A comment documents the key right below it (no blank line between) or the key on its line. A block mapping
-whose keys carry comments is listed key by key; one without (affinity) is a single value with its default.
+with comments on keys inside it is listed key by key; one without (affinity) is a single value with its default.
 Every listed value must be documented: an undocumented one is an error, not an empty cell.
 
     scripts/chart_readme.py            # rewrite the README
@@ -102,11 +102,15 @@ def _join(lines: list[str]) -> str:
     return " ".join(f"<br>{line}" if line.startswith("- ") else line for line in lines)
 
 
+def _documented_below(node: Node) -> bool:
+    return any(child.doc or _documented_below(child) for child in node.children)
+
+
 def rows(nodes: list[Node], values: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(key, default, description) per documented mapping and per value; raises on an undocumented value."""
     out: list[tuple[str, str, str]] = []
     for node in nodes:
-        described = any(child.doc for child in node.children)
+        described = _documented_below(node)
         key = ".".join(node.path)
         doc = _join(node.doc)
         if node.children and described:
