@@ -9,7 +9,7 @@ CACHE ?= $(or $(TOKENBUDGET_CACHE),$(HOME)/.cache/tokenbudget)
 export TOKENBUDGET_CACHE := $(CACHE)
 export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 
-.PHONY: setup tiktoken envtest helm images lint test test-fast test-realnode demo crds deploy benchmarks clean
+.PHONY: setup tiktoken envtest helm images lint test test-fast test-realnode demo crds deploy chart-readme benchmarks clean
 
 $(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ crds: $(VENV)/.installed
 deploy: helm
 	"$$(scripts/helm.sh)" template tokenbudget charts/tokenbudget --namespace tokenbudget-system \
 		--show-only templates/rbac.yaml > deploy/rbac.yaml
+
+# charts/tokenbudget/README.md from values.yaml's comments (tests/chart/test_chart_readme.py checks they agree).
+chart-readme: $(VENV)/.installed
+	$(PY) scripts/chart_readme.py
 
 test: setup envtest helm lint
 	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" HELM_BIN="$$(scripts/helm.sh)" $(PY) -m pytest

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
 from controlplane import ControlPlane, _die_with_parent, free_port, terminate
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -116,3 +117,16 @@ def namespace(kube: ControlPlane, name: str, *, enabled: bool, secret: bool) -> 
             "create", "secret", "generic", names.ADMIN_TOKEN_SECRET, "-n", name,
             f"--from-literal={names.ADMIN_TOKEN_SECRET_KEY}=test-token",
         )  # fmt: skip
+
+
+def service_account_kubeconfig(kube: ControlPlane, workdir: Path, rbac: Path) -> Path:
+    """A kubeconfig for the operator's ServiceAccount bound to `rbac` (deploy/rbac.yaml): least privilege, tested."""
+    kube.kubectl("apply", "-f", str(rbac))
+    token = kube.kubectl(
+        "create", "token", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--duration=1h"
+    ).stdout.strip()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path = workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -52,6 +52,7 @@ WEBHOOK_CONFIGURATION: Final = "tokenbudget-sidecar-injector"  # the MutatingWeb
 WEBHOOK_NAME_BY_NAMESPACE: Final = f"namespace.sidecar-injector.{GROUP}"  # namespaces labelled enabled
 WEBHOOK_NAME_BY_OBJECT: Final = f"object.sidecar-injector.{GROUP}"  # pods labelled enabled, where allowed
 WEBHOOK_SERVICE: Final = "tokenbudget-webhook"  # the operator's Service the apiserver calls in a cluster
+WEBHOOK_CA_SECRET: Final = "tokenbudget-webhook-ca"  # the webhook CA the operator keeps (TLS source CASecret)
 WEBHOOK_PORT: Final = 9443  # the operator's HTTPS listener for admission reviews
 OPERATOR_NAMESPACE: Final = "tokenbudget-system"  # the default install namespace (never injected)
 FINALIZER: Final = f"{GROUP}/finalizer"  # kopf's finalizer, under our group rather than kopf.zalando.org

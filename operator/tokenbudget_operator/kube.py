@@ -6,6 +6,7 @@ are blocking (the official client); callers run them with asyncio.to_thread.
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from typing import Any
@@ -100,3 +101,70 @@ def apply_mutating_webhook_configuration(api: Any, body: dict[str, Any], attempt
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
     labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
     return labels
+
+
+FIELD_MANAGER = "tokenbudget-operator"  # names the operator's writes in managedFields (what GitOps diffs show)
+
+
+def read_secret_data(api: Any, namespace: str, name: str) -> tuple[dict[str, bytes], str] | None:
+    """(decoded data, resourceVersion) of a Secret; None when it does not exist."""
+    core: Any = client.CoreV1Api(api)
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+    return data, str(secret.metadata.resource_version)
+
+
+def write_secret_data(api: Any, namespace: str, name: str, data: dict[str, bytes], resource_version: str) -> bool:
+    """Set the Secret's data if it is still at resource_version (merge patch); False when someone wrote first."""
+    core: Any = client.CoreV1Api(api)
+    body = {
+        "metadata": {"resourceVersion": resource_version},
+        "data": {key: base64.b64encode(value).decode("ascii") for key, value in data.items()},
+    }
+    try:
+        core.patch_namespaced_secret(name, namespace, body, field_manager=FIELD_MANAGER,
+                                     _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def webhook_ca_bundles(api: Any, name: str) -> dict[str, bytes] | None:
+    """Each webhook's caBundle (decoded PEM, b"" when unset) in a MutatingWebhookConfiguration; None if absent."""
+    admission: Any = client.AdmissionregistrationV1Api(api)
+    try:
+        stored = admission.read_mutating_webhook_configuration(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return {hook.name: base64.b64decode(hook.client_config.ca_bundle or "") for hook in stored.webhooks or []}
+
+
+def set_webhook_ca_bundle(api: Any, name: str, bundle: bytes) -> dict[str, bytes]:
+    """Make every webhook of the configuration carry `bundle`; only the caBundle fields are written.
+
+    A strategic merge patch keyed by webhook name: the rest of the object stays the install's (helm, Argo CD),
+    so their diffs show this one field as the operator's. Returns the bundles as stored afterwards.
+    """
+    current = webhook_ca_bundles(api, name)
+    if current is None:
+        raise LookupError(f"MutatingWebhookConfiguration {name} does not exist (the chart makes it)")
+    stale = sorted(hook for hook, pem in current.items() if pem != bundle)
+    if not stale:
+        return current
+    encoded = base64.b64encode(bundle).decode("ascii")
+    patch = {"webhooks": [{"name": hook, "clientConfig": {"caBundle": encoded}} for hook in stale]}
+    admission: Any = client.AdmissionregistrationV1Api(api)
+    stored = admission.patch_mutating_webhook_configuration(
+        name, patch, field_manager=FIELD_MANAGER, _content_type="application/strategic-merge-patch+json"
+    )
+    logger.info("caBundle of MutatingWebhookConfiguration %s set for %s", name, ", ".join(stale))
+    return {hook.name: base64.b64decode(hook.client_config.ca_bundle or "") for hook in stored.webhooks or []}

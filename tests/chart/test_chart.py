@@ -43,11 +43,15 @@ CA_BUNDLE = base64.b64encode(CA.ca_pem).decode()
 VARIANTS: dict[str, tuple[str, ...]] = {
     "defaults": (),
     "own-tls": (
-        "webhook.certManager.enabled=false",
         f"webhook.caBundle={CA_BUNDLE}",
         "webhook.tlsSecretName=my-webhook-tls",
     ),
-    "issuer": ("webhook.certManager.issuerRef.name=corp-ca", "webhook.certManager.issuerRef.kind=ClusterIssuer"),
+    "cert-manager": ("webhook.certManager.enabled=true",),
+    "issuer": (
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=corp-ca",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    ),
     "webhook-options": (
         "webhook.allowPodOptIn=true",
         "webhook.excludedNamespaces={batch,ci}",
@@ -151,7 +155,7 @@ def operator_settings(monkeypatch: pytest.MonkeyPatch) -> ReadSettings:
 # ----- helm itself ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["defaults", "own-tls", "admin-tokens", "existing-secrets"])
+@pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager", "admin-tokens", "existing-secrets"])
 def test_the_chart_lints_clean_in_strict_mode(helm: Path, variant: str) -> None:
     """helm lint renders every template, NOTES.txt included, and --strict fails on warnings too."""
     args = ["lint", str(CHART), "--strict", "--namespace", NS]
@@ -174,11 +178,10 @@ def test_rendering_twice_gives_the_same_bytes_so_gitops_sees_no_drift(helm: Path
     ("sets", "message"),
     [
         (("sidecarAdminToken.namespaces={team-a}",), r"sidecarAdminToken\.value is required"),
-        (("webhook.certManager.enabled=false",), r"webhook\.caBundle is required"),
         (("webhook.failurePolicy=Never",), r"webhook\.failurePolicy must be Ignore or Fail"),
         (("sidecar.mode=Sometimes",), r"sidecar\.mode must be Auto, Native or Classic"),
     ],
-    ids=["admin-token-without-value", "own-tls-without-ca", "bad-failure-policy", "bad-sidecar-mode"],
+    ids=["admin-token-without-value", "bad-failure-policy", "bad-sidecar-mode"],
 )
 def test_incomplete_values_are_refused_with_a_message_naming_the_value(
     helm: Path, sets: tuple[str, ...], message: str
@@ -215,12 +218,13 @@ def test_the_charts_rbac_is_exactly_deploy_rbac_yaml(helm: Path, release: str, n
         assert got.get("subjects", []) == want_subjects, key
 
 
-@pytest.mark.parametrize("variant", ["defaults", "own-tls", "webhook-options"])
+@pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager", "webhook-options"])
 def test_the_webhook_configuration_is_the_one_the_operator_would_write(
     helm: Path, variant: str, operator_settings: ReadSettings
 ) -> None:
     """webhookconfig.py builds it for the Deployment's settings; the chart must render exactly that, the CA
-    aside: cert-manager injects it (annotation), or it is the caBundle given."""
+    aside: the operator patches it in (default: never rendered, so helm and GitOps leave the operator's value
+    alone), cert-manager injects it (annotation), or it is the caBundle given."""
     docs = by_key(documents(render(helm, *VARIANTS[variant])))
     settings = operator_settings(operator_container(docs))
     assert settings.namespace == NS
@@ -232,7 +236,11 @@ def test_the_webhook_configuration_is_the_one_the_operator_would_write(
         client = client_config(settings, b"")
         del client["caBundle"]
         expected = mutating_webhook_configuration(settings, client)
-        assert got["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{NS}/tokenbudget-webhook"}
+        if variant == "cert-manager":
+            assert got["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{NS}/tokenbudget-webhook"}
+        else:
+            assert "annotations" not in got["metadata"]
+            assert settings.tls_source.value == "CASecret"
     assert got["webhooks"] == expected["webhooks"]
     assert len(got["webhooks"]) == (2 if variant == "webhook-options" else 1)
 
@@ -248,16 +256,22 @@ def test_the_deployment_passes_only_settings_the_operator_reads_and_they_parse(
     assert not unknown, f"the operator ignores {unknown}"
     settings = operator_settings(container)  # raises if a value does not validate
     assert settings.webhook_config_owner.value == "Install"
-    assert settings.tls_source.value == "SecretDir"
+    own_ca = variant not in ("own-tls", "cert-manager", "issuer")
+    assert settings.tls_source.value == ("CASecret" if own_ca else "SecretDir")
     if variant == "image-and-sidecar":
         assert container["image"] == settings.sidecar_image == "registry.example/tb:1.2.3"
         assert settings.sidecar_image_pull_policy == "Always"
         assert settings.sidecar_mode.value == "Classic"
-        assert settings.sidecar_resources == {"requests": {"cpu": "5m"}}
+        resources = {"requests": {"cpu": "5m", "memory": "160Mi"}, "limits": {"memory": "256Mi"}}
+        assert settings.sidecar_resources == resources
         assert settings.log_level == "DEBUG"
+    elif variant == "defaults":  # the chart's sidecar resources are the operator's own defaults, shown in values
+        assert settings.sidecar_resources == OperatorSettings.model_fields["sidecar_resources"].get_default(
+            call_default_factory=True
+        )
 
 
-@pytest.mark.parametrize("variant", ["defaults", "own-tls", "image-and-sidecar"])
+@pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager", "image-and-sidecar"])
 def test_ports_probes_tls_mount_and_service_match_the_operators_settings(
     helm: Path, variant: str, operator_settings: ReadSettings
 ) -> None:
@@ -278,9 +292,19 @@ def test_ports_probes_tls_mount_and_service_match_the_operators_settings(
     pod_labels = docs["Deployment", "tokenbudget-operator"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert docs["Deployment", "tokenbudget-operator"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    # The TLS Secret is mounted where the operator reads it, and it is the one cert-manager writes.
+    # The TLS Secret is mounted where the operator reads it, and it is the one cert-manager writes; by default
+    # nothing is mounted: the operator reads its CA Secret through the API, the one this chart makes empty.
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
+    if variant in ("defaults", "image-and-sidecar"):
+        assert "webhook-tls" not in mounts
+        assert "webhook-tls" not in volumes
+        ca_secret = docs["Secret", f"{NS}/{settings.ca_secret}"]
+        assert "data" not in ca_secret
+        assert "stringData" not in ca_secret
+        assert not {kind for kind, _ in docs} & CERT_MANAGER_KINDS
+        return
+    assert ("Secret", f"{NS}/{settings.ca_secret}") not in docs
     assert Path(mounts["webhook-tls"]["mountPath"]) == settings.tls_dir
     secret_name = volumes["webhook-tls"]["secret"]["secretName"]
     if variant == "own-tls":
@@ -293,7 +317,7 @@ def test_ports_probes_tls_mount_and_service_match_the_operators_settings(
         assert host in certificate["spec"]["dnsNames"]
 
 
-@pytest.mark.parametrize("variant", ["defaults", "issuer"])
+@pytest.mark.parametrize("variant", ["cert-manager", "issuer"])
 def test_cert_manager_issues_the_webhook_certificate_from_the_chosen_issuer(helm: Path, variant: str) -> None:
     docs = by_key(documents(render(helm, *VARIANTS[variant])))
     issuer_ref = docs["Certificate", "tokenbudget-webhook"]["spec"]["issuerRef"]
@@ -305,6 +329,30 @@ def test_cert_manager_issues_the_webhook_certificate_from_the_chosen_issuer(helm
         assert issuer_ref["kind"] == "Issuer"
         assert issuer["metadata"]["namespace"] == NS
         assert issuer["spec"] == {"selfSigned": {}}
+
+
+@pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager"])
+def test_the_tls_rights_are_granted_only_to_the_operator_that_manages_its_ca(
+    helm: Path, variant: str, operator_settings: ReadSettings
+) -> None:
+    """get/patch of the one CA Secret and the one webhook configuration the settings name, and only when the
+    operator keeps its own CA: with cert-manager or your own Secret it never writes either."""
+    docs = by_key(documents(render(helm, *VARIANTS[variant])))
+    settings = operator_settings(operator_container(docs))
+    cluster_rules = docs["ClusterRole", "tokenbudget-operator"]["rules"]
+    role_rules = docs["Role", "tokenbudget-operator"]["rules"]
+    webhook_rules = [r for r in cluster_rules if "mutatingwebhookconfigurations" in r["resources"]]
+    secret_rules = [r for r in role_rules if "secrets" in r["resources"]]
+    if variant != "defaults":
+        assert webhook_rules == secret_rules == []
+        return
+    assert webhook_rules == [{
+        "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": [settings.webhook_configuration_name], "verbs": ["get", "patch"],
+    }]  # fmt: skip
+    assert secret_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [settings.ca_secret], "verbs": ["get", "patch"]}
+    ]
 
 
 def test_the_operator_pod_is_locked_down_and_can_still_write_its_temporary_files(helm: Path) -> None:
@@ -333,13 +381,14 @@ def test_the_operator_pod_is_locked_down_and_can_still_write_its_temporary_files
 
 def test_admin_token_secrets_are_made_per_namespace_from_the_value_or_not_at_all(helm: Path) -> None:
     docs = documents(render(helm, *VARIANTS["admin-tokens"]))
-    secrets = [o for o in docs if o["kind"] == "Secret"]
+    secrets = [o for o in docs if o["kind"] == "Secret" and o["metadata"]["name"] != names.WEBHOOK_CA_SECRET]
     assert sorted(s["metadata"]["namespace"] for s in secrets) == ["team-a", "team-b"]
     for s in secrets:
         assert s["metadata"]["name"] == names.ADMIN_TOKEN_SECRET
         assert base64.b64decode(s["data"][names.ADMIN_TOKEN_SECRET_KEY]).decode() == TOKEN
     for variant in ("defaults", "existing-secrets"):
-        assert not [o for o in documents(render(helm, *VARIANTS[variant])) if o["kind"] == "Secret"], variant
+        rendered = documents(render(helm, *VARIANTS[variant]))
+        assert [o["metadata"]["name"] for o in rendered if o["kind"] == "Secret"] == [names.WEBHOOK_CA_SECRET], variant
 
 
 # ----- against the real kube-apiserver -------------------------------------------------------------------

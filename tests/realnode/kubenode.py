@@ -39,6 +39,7 @@ GATEWAY = "10.244.77.1"
 SERVICE_RANGE = "10.0.0.0/24"  # the control plane's --service-cluster-ip-range
 CNI_NETWORK = "tokenbudget-realnode"
 IPTABLES_CHAIN = "TOKENBUDGET-NODE"
+IPTABLES_MASQ_CHAIN = "TOKENBUDGET-NODE-MASQ"  # hairpin: a pod reaching another pod through a Service ClusterIP
 LOCK_FILE = Path("/run/lock/tokenbudget-realnode.lock")  # the standard place; the file itself stays
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # A kubelet changes these and never puts them back (shared/realnode.md).
@@ -105,7 +106,8 @@ def _clear_leftovers() -> bool:
         return not Path(f"/sys/class/net/{BRIDGE}").exists()
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     for args in (["-D", "PREROUTING", "-i", BRIDGE, "-j", IPTABLES_CHAIN], ["-F", IPTABLES_CHAIN],
-                 ["-X", IPTABLES_CHAIN]):
+                 ["-X", IPTABLES_CHAIN], ["-D", "POSTROUTING", "-o", BRIDGE, "-j", IPTABLES_MASQ_CHAIN],
+                 ["-F", IPTABLES_MASQ_CHAIN], ["-X", IPTABLES_MASQ_CHAIN]):
         subprocess.run(["iptables", "-t", "nat", *args], capture_output=True, check=False)
     return not Path(f"/sys/class/net/{BRIDGE}").exists()
 
@@ -149,6 +151,7 @@ class RealNode:
         self._preexisting_paths = {p for p in HOST_PATHS_KUBELET_MAKES if p.exists()}
         self._preexisting_netns = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
         self._dnat: list[str] = []
+        self._masq: list[str] = []
         self.startup_seconds: dict[str, float] = {}
         self._started_at = time.time()
 
@@ -185,6 +188,19 @@ class RealNode:
         self._run("iptables", "-t", "nat", "-A", *self._dnat)
         self._run("iptables", "-t", "nat", "-A", IPTABLES_CHAIN, "-d", "10.0.0.1/32", "-p", "tcp", "--dport", "443",
                   "-j", "DNAT", "--to-destination", f"{GATEWAY}:{self.plane.secure_port}")
+        # A pod sent to another pod by route_service() must see the answer come from where it sent: masquerade
+        # it (as kube-proxy does), else the reply goes pod to pod over the bridge and is dropped.
+        self._run("iptables", "-t", "nat", "-N", IPTABLES_MASQ_CHAIN)
+        self._masq = ["POSTROUTING", "-o", BRIDGE, "-j", IPTABLES_MASQ_CHAIN]
+        self._run("iptables", "-t", "nat", "-A", *self._masq)
+        self._run("iptables", "-t", "nat", "-A", IPTABLES_MASQ_CHAIN, "-s", POD_SUBNET, "-d", POD_SUBNET,
+                  "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE")
+
+    def route_service(self, cluster_ip: str, port: int, endpoint_ip: str, target_port: int) -> None:
+        """Send a Service's ClusterIP:port to one endpoint, for pods on this node (the kube-proxy stand-in's one
+        rule per Service); removed with the chain at stop()."""
+        self._run("iptables", "-t", "nat", "-A", IPTABLES_CHAIN, "-d", f"{cluster_ip}/32", "-p", "tcp", "--dport",
+                  str(port), "-j", "DNAT", "--to-destination", f"{endpoint_ip}:{target_port}")
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = self._logs[name] = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop
@@ -433,6 +449,10 @@ state = "{base / 'state'}"
             self._run("iptables", "-t", "nat", "-D", *self._dnat, check=False)
         self._run("iptables", "-t", "nat", "-F", IPTABLES_CHAIN, check=False)
         self._run("iptables", "-t", "nat", "-X", IPTABLES_CHAIN, check=False)
+        if self._masq:
+            self._run("iptables", "-t", "nat", "-D", *self._masq, check=False)
+        self._run("iptables", "-t", "nat", "-F", IPTABLES_MASQ_CHAIN, check=False)
+        self._run("iptables", "-t", "nat", "-X", IPTABLES_MASQ_CHAIN, check=False)
         for path in (Path("/var/lib/cni/networks") / CNI_NETWORK,):
             shutil.rmtree(path, ignore_errors=True)
         results = Path("/var/lib/cni/results")

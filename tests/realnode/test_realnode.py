@@ -1,11 +1,13 @@
 """The way a user works, on a real node: helm install, opt a namespace in, apply a budget, run an app.
 
-One scenario in order (the tests share the module's cluster and build on each other): the chart's operator
-becomes Ready and its webhook injects a native sidecar into a Deployment's pod; the app's official-SDK calls
-go through it to the test upstream (a pod too); the budget's status shows exactly what the upstream served;
-the ladder blocks at the limit and the SDK raises RateLimitError; a deleted pod's last usage arrives through
-the preStop drain a real kubelet runs; helm upgrade rolls the operator without losing usage; helm uninstall
-removes what the chart made, and the pods keep running.
+One scenario in order (the tests share the module's cluster and build on each other): the chart, installed
+with its default TLS (the operator's own CA: no cert-manager, no Secret made by hand), makes an operator that
+becomes Ready, sets the webhook's caBundle, passes `helm test`, and injects a native sidecar into a pod; the
+app's official-SDK calls go through it to the test upstream (a pod too); the budget's status shows exactly
+what the upstream served; the ladder blocks at the limit and the SDK raises RateLimitError; a deleted pod's
+last usage arrives through the preStop drain a real kubelet runs; after a minute of the operator, a
+server-side diff of the release shows only the fields examples/gitops documents; helm upgrade rolls the
+operator without losing usage or its CA; helm uninstall removes what the chart made, and the pods keep running.
 
 Figures (apply → enforcing, status lag) are printed, never asserted on.
 """
@@ -13,7 +15,6 @@ Figures (apply → enforcing, status lag) are printed, never asserted on.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import secrets
 import time
@@ -24,10 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from gitops_examples import documented_ignores, drift
 from kubenode import REPO_ROOT, Cluster, image_ref
 
 pytestmark = [pytest.mark.kube, pytest.mark.realnode, pytest.mark.timeout(600)]
@@ -41,33 +39,6 @@ STATE: dict[str, Any] = {}  # shared between the ordered tests of this module
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
-
-
-def webhook_tls(namespace: str) -> tuple[bytes, bytes, bytes]:
-    """(ca.crt, tls.crt, tls.key) for the webhook Service, as a user without cert-manager makes them."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokenbudget-test-ca")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    dns = f"tokenbudget-webhook.{namespace}.svc"
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns), x509.DNSName(dns + ".cluster.local")]),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
 
 
 def kubectl_json(cluster: Cluster, *args: str) -> Any:
@@ -141,7 +112,8 @@ def app_lines(cluster: Cluster, pod: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
 
 
-def helm_values(*, replicas: int, ca: bytes, usage_interval: int = 2) -> list[str]:
+def helm_values(*, replicas: int, usage_interval: int = 2) -> list[str]:
+    """Local images, and what the scenario needs; TLS as the chart's default (the operator's own CA)."""
     return [
         "--set", f"image.repository={image_ref('operator').rsplit(':', 1)[0]}",
         "--set", f"image.tag={image_ref('operator').rsplit(':', 1)[1]}",
@@ -149,8 +121,6 @@ def helm_values(*, replicas: int, ca: bytes, usage_interval: int = 2) -> list[st
         "--set", f"sidecar.image={image_ref('sidecar')}",
         "--set", "sidecar.pullPolicy=Never",
         "--set", f"replicas={replicas}",
-        "--set", "webhook.certManager.enabled=false",
-        "--set", f"webhook.caBundle={base64.b64encode(ca).decode()}",
         "--set", "webhook.failurePolicy=Fail",
         "--set", f"sidecarAdminToken.namespaces={{{TEAM_NS}}}",
         "--set", f"sidecarAdminToken.value={ADMIN_TOKEN}",
@@ -163,25 +133,25 @@ def helm_values(*, replicas: int, ca: bytes, usage_interval: int = 2) -> list[st
 
 def test_helm_install_makes_the_operator_ready_and_its_webhook_answers(cluster: Cluster) -> None:
     plane = cluster.plane
-    ca, crt, key = webhook_tls(SYSTEM_NS)
-    STATE["ca"] = ca
     create_namespace(cluster, SYSTEM_NS)
     create_namespace(cluster, TEAM_NS)
-    # The Secret a user makes without cert-manager (values.yaml: webhook.certManager.enabled=false).
-    tls = plane.workdir / "webhook-tls"
-    tls.mkdir(exist_ok=True)
-    for name, data in (("ca.crt", ca), ("tls.crt", crt), ("tls.key", key)):
-        (tls / name).write_bytes(data)
-    plane.kubectl("create", "secret", "generic", "tokenbudget-webhook-tls", "-n", SYSTEM_NS,
-                  "--type", "kubernetes.io/tls", f"--from-file={tls}")
 
     began = time.monotonic()
+    STATE["installed_at"] = began
     cluster.helm_run("install", "tokenbudget", str(REPO_ROOT / "charts" / "tokenbudget"), "-n", SYSTEM_NS,
-                     *helm_values(replicas=1, ca=ca))
+                     *helm_values(replicas=1))
     plane.kubectl("-n", SYSTEM_NS, "rollout", "status", "deployment/tokenbudget-operator", "--timeout=240s",
                   timeout=250)
     STATE["install_to_ready_s"] = time.monotonic() - began
     print(f"\nhelm install → operator Ready: {STATE['install_to_ready_s']:.1f} s")
+    # No cert-manager, no Secret made by hand: the operator filled the chart's empty CA Secret and set the
+    # webhook's caBundle to it.
+    secret = kubectl_json(cluster, "get", "secret", "tokenbudget-webhook-ca", "-n", SYSTEM_NS)
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    STATE["ca"] = ca
+    assert ca.startswith(b"-----BEGIN CERTIFICATE-----")
+    hooks = kubectl_json(cluster, "get", "mutatingwebhookconfiguration", "tokenbudget-sidecar-injector")["webhooks"]
+    assert [base64.b64decode(h["clientConfig"]["caBundle"]) for h in hooks] == [ca]
 
     # The webhook answers: a pod in the opted-in namespace is injected (failurePolicy Fail: no silent skip).
     plane.kubectl("label", "namespace", TEAM_NS, "tokenbudget.io/injection=enabled")
@@ -205,6 +175,16 @@ def test_helm_install_makes_the_operator_ready_and_its_webhook_answers(cluster: 
     assert sidecars[0]["image"] == image_ref("sidecar")
     env = {e["name"]: e.get("value") for e in created["spec"]["containers"][0].get("env", [])}
     assert env.get("OPENAI_BASE_URL") == "http://127.0.0.1:8787/openai/v1"
+
+    # helm test: the chart's hook pod reaches the webhook through its Service, TLS verified against the CA.
+    # No kube-proxy here: the node's stand-in gets the Service's one rule (ClusterIP → the operator pod).
+    service = kubectl_json(cluster, "get", "service", "tokenbudget-webhook", "-n", SYSTEM_NS)
+    operator_pod = running_pod(cluster, SYSTEM_NS, "app.kubernetes.io/component=operator")
+    assert operator_pod is not None
+    cluster.node.route_service(service["spec"]["clusterIP"], 443, operator_pod["status"]["podIP"], 9443)
+    tested = cluster.helm_run("test", "tokenbudget", "-n", SYSTEM_NS, "--timeout", "120s", timeout=150)
+    assert "tokenbudget-webhook-test" in tested.stdout
+    assert "Succeeded" in tested.stdout, tested.stdout
 
 
 def test_an_apps_sdk_calls_are_metered_exactly_and_blocked_at_the_limit(cluster: Cluster) -> None:
@@ -351,12 +331,33 @@ def test_apply_to_enforcing_and_a_deleted_pods_last_usage_arrives_through_the_pr
     STATE["served_after_drain"] = total
 
 
+def test_after_a_minute_of_the_operator_a_server_side_diff_shows_only_the_documented_fields(
+    cluster: Cluster,
+) -> None:
+    """What Argo CD or Flux would see on this install: nothing the chart renders changed, and the fields anyone
+    but helm wrote are exactly examples/gitops' ignoreDifferences (the operator's CA and caBundle)."""
+    time.sleep(max(0.0, 60 - (time.monotonic() - STATE["installed_at"])))
+    manifest = cluster.helm_run("get", "manifest", "tokenbudget", "-n", SYSTEM_NS).stdout
+    found = drift(manifest, cluster.plane.kubectl)
+    assert not found.diffs, json.dumps(found.diffs, indent=1)
+    ignores = documented_ignores()
+    undocumented = [f for f in found.foreign if not any(i.covers(f[0], f[1], f[3]) for i in ignores)]
+    # The controller manager's own bookkeeping on fields the chart never renders (a Deployment's revision
+    # annotation) is no drift either: shown, not failed on, as long as no diff above says otherwise.
+    kubernetes = [f for f in undocumented if f[2] == "kube-controller-manager" and f[3][0] == "f:metadata"]
+    assert [f for f in undocumented if f not in kubernetes] == []
+    for ignore in ignores:
+        assert any(ignore.covers(kind, name, path) for kind, name, _, path in found.foreign), ignore
+    print(f"\nafter {time.monotonic() - STATE['installed_at']:.0f} s: no server-side diff; fields written by others: "
+          f"{sorted({(f[0], f[2], '.'.join(f[3])) for f in found.foreign})}")
+
+
 def test_helm_upgrade_rolls_the_operator_without_losing_usage(cluster: Cluster) -> None:
     plane = cluster.plane
     before = STATE["served_after_drain"]
     old_pods = {p["metadata"]["name"] for p in kubectl_json(cluster, "get", "pods", "-n", SYSTEM_NS)["items"]}
     cluster.helm_run("upgrade", "tokenbudget", str(REPO_ROOT / "charts" / "tokenbudget"), "-n", SYSTEM_NS,
-                     *helm_values(replicas=2, ca=STATE["ca"], usage_interval=3),
+                     *helm_values(replicas=2, usage_interval=3),
                      "--set", "operator.logLevel=DEBUG")
     plane.kubectl("-n", SYSTEM_NS, "rollout", "status", "deployment/tokenbudget-operator", "--timeout=240s",
                   timeout=250)
@@ -366,6 +367,11 @@ def test_helm_upgrade_rolls_the_operator_without_losing_usage(cluster: Cluster) 
     assert not old_pods & {p["metadata"]["name"] for p in live}, "the operator did not roll"
     env = {e["name"]: e.get("value") for e in live[0]["spec"]["containers"][0]["env"]}
     assert env["TOKENBUDGET_OPERATOR_LOG_LEVEL"] == "DEBUG"
+    # Both new replicas serve with the CA the first one made: the Secret and the caBundle are unchanged.
+    secret = kubectl_json(cluster, "get", "secret", "tokenbudget-webhook-ca", "-n", SYSTEM_NS)
+    assert base64.b64decode(secret["data"]["ca.crt"]) == STATE["ca"]
+    hooks = kubectl_json(cluster, "get", "mutatingwebhookconfiguration", "tokenbudget-sidecar-injector")["webhooks"]
+    assert [base64.b64decode(h["clientConfig"]["caBundle"]) for h in hooks] == [STATE["ca"]]
     # The usage state survived the roll; the new leader keeps counting.
     assert window_used(cluster) == before
     plane.kubectl("scale", "deployment/chat", "-n", TEAM_NS, "--replicas=1")

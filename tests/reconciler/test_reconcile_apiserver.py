@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 from controlplane import ControlPlane, _die_with_parent, pod_address, terminate
 from openai import AsyncOpenAI, OpenAI
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace, service_account_kubeconfig
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
@@ -179,18 +178,6 @@ def set_pod_ip(kube: ControlPlane, name: str, ip: str) -> None:
     kube.kubectl("patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
 
 
-def service_account_kubeconfig(kube: ControlPlane, workdir: Path) -> Path:
-    """A kubeconfig for the operator's ServiceAccount bound to deploy/rbac.yaml: least privilege, tested."""
-    kube.kubectl("apply", "-f", str(RBAC))
-    token = kube.kubectl("create", "token", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
-                         "--duration=1h").stdout.strip()
-    config = yaml.safe_load(kube.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    path = workdir / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("reconcile")
@@ -229,7 +216,7 @@ def operator_running(kube: ControlPlane, workdir: Path) -> Iterator[OperatorProc
     # A Lease left by another module's operator would make this one wait for it to expire.
     kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
     operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
-    operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir))
+    operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir, RBAC))
     try:
         operator.start()
         yield operator

@@ -21,3 +21,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 {{- end -}}
+
+
+{{- /* Who makes the webhook's certificate (values.yaml: webhook): Operator (default), CertManager or Secret (yours). */ -}}
+{{- define "tokenbudget.tlsMode" -}}
+{{- if .Values.webhook.certManager.enabled -}}CertManager
+{{- else if .Values.webhook.caBundle -}}Secret
+{{- else -}}Operator
+{{- end -}}
+{{- end -}}

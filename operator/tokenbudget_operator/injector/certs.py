@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 CERT_FILE = "tls.crt"  # kubernetes.io/tls Secret keys, as cert-manager writes them
 KEY_FILE = "tls.key"
 CA_FILE = "ca.crt"  # optional: without it the caBundle is tls.crt itself
+CLOCK_SKEW = datetime.timedelta(minutes=5)  # certificates start this much in the past: the apiserver's clock may lag
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,61 @@ def generate(hosts: Sequence[str], *, valid_for: datetime.timedelta = datetime.t
     Two certificates rather than one self-signed leaf: the apiserver (Go) wants a CA in caBundle, and the
     leaf could then be renewed under the same CA. EC P-256 keys: fast to make, accepted everywhere.
     """
-    if not hosts:
-        raise ValueError("a certificate needs at least one host name or IP address")
-    now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(minutes=5)  # tolerate small clock skew with the apiserver
-    not_after = now + valid_for
+    ca = new_ca(valid_for=valid_for)
+    return issue(ca, hosts, not_after=ca.cert.not_valid_after_utc)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokenbudget-webhook-ca")])
-    ca_cert = (
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate and its private key (the key signs the webhook server's certificates)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+def new_ca(*, valid_for: datetime.timedelta, now: datetime.datetime | None = None) -> CertificateAuthority:
+    """A self-signed CA certificate valid for `valid_for` from now (and 5 minutes before, for clock skew)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tokenbudget-webhook-ca")])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + valid_for)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return CertificateAuthority(cert=cert, key=key)
 
+
+def issue(
+    ca: CertificateAuthority,
+    hosts: Sequence[str],
+    *,
+    not_after: datetime.datetime,
+    now: datetime.datetime | None = None,
+) -> CertMaterial:
+    """A server certificate for `hosts` signed by `ca`, valid until `not_after` (never past the CA's own end)."""
+    if not hosts:
+        raise ValueError("a certificate needs at least one host name or IP address")
+    now = now or datetime.datetime.now(datetime.UTC)
+    not_after = min(not_after, ca.cert.not_valid_after_utc)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for host in dict.fromkeys(hosts):  # de-duplicated, order kept
@@ -92,24 +126,24 @@ def generate(hosts: Sequence[str], *, valid_for: datetime.timedelta = datetime.t
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
+        .not_valid_before(max(now - CLOCK_SKEW, ca.cert.not_valid_before_utc))
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .sign(ca.key, hashes.SHA256())
     )
     return CertMaterial(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         key_pem=key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
+        ca_pem=ca.cert_pem,
         not_after=not_after,
     )
 

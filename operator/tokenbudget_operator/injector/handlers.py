@@ -8,6 +8,7 @@ with a warning; the handler never raises, because kopf turns a raising handler i
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import logging
 import time
@@ -22,6 +23,7 @@ from tokenbudget_api import names
 from tokenbudget_operator import kube
 from tokenbudget_operator.config import OperatorSettings, TLSSource, WebhookConfigOwner
 from tokenbudget_operator.injector import metrics
+from tokenbudget_operator.injector.ca_secret import CASecretSource, CATiming
 from tokenbudget_operator.injector.certs import CertSource, SecretDirSource, SelfSignedSource
 from tokenbudget_operator.injector.injection import Action, Decision, JSONPatchOp, Reason, decide
 from tokenbudget_operator.injector.server import AdmissionServer
@@ -150,9 +152,13 @@ async def start_webhook(
         git_version, "native sidecar" if native else "classic", own.sidecar_mode.value,
     )  # fmt: skip
 
+    certs = _cert_source(own, api)
+
     async def before_serving() -> None:
         await _wait_for_indexes(api, own, tokenbudget_namespaces, tokenbudget_admin_token_secrets,
                                 tokenbudget_upstream_keys)
+        if isinstance(certs, CASecretSource):
+            await certs.start()  # the CA from its Secret, the caBundle published: then the listener
 
     async def write_configuration(client: dict[str, Any]) -> None:
         body = mutating_webhook_configuration(own, client)
@@ -168,7 +174,7 @@ async def start_webhook(
     settings.admission.server = AdmissionServer(
         host=own.webhook_listen_host,
         port=own.webhook_port,
-        certs=_cert_source(own),
+        certs=certs,
         client_config=lambda material: client_config(own, material.ca_pem),
         before_serving=before_serving,
         on_client_config=write_configuration if own.webhook_config_owner is WebhookConfigOwner.OPERATOR else None,
@@ -176,10 +182,39 @@ async def start_webhook(
     )
 
 
-def _cert_source(own: OperatorSettings) -> CertSource:
+def _cert_source(own: OperatorSettings, api: Any) -> CertSource:
     if own.tls_source is TLSSource.SECRET_DIR:
         return SecretDirSource(own.tls_dir, interval=own.tls_reload_interval_s)
-    return SelfSignedSource(self_signed_hosts(own))
+    if own.tls_source is TLSSource.SELF_SIGNED:
+        return SelfSignedSource(self_signed_hosts(own))
+    return ca_secret_source(own, api)
+
+
+def ca_secret_source(own: OperatorSettings, api: Any) -> CASecretSource:
+    """The CASecret source over the API: the Secret by name, and the caBundle patched when the install owns
+    the configuration (else the server writes the whole configuration and the bundle is only read back)."""
+    name = own.webhook_configuration_name
+
+    async def bundles(bundle: bytes) -> dict[str, bytes] | None:
+        if own.webhook_config_owner is WebhookConfigOwner.INSTALL:
+            return await asyncio.to_thread(kube.set_webhook_ca_bundle, api, name, bundle)
+        return await asyncio.to_thread(kube.webhook_ca_bundles, api, name)
+
+    async def read_secret() -> tuple[dict[str, bytes], str] | None:
+        return await asyncio.to_thread(kube.read_secret_data, api, own.namespace, own.ca_secret)
+
+    async def write_secret(data: dict[str, bytes], version: str) -> bool:
+        return await asyncio.to_thread(kube.write_secret_data, api, own.namespace, own.ca_secret, data, version)
+
+    second = datetime.timedelta(seconds=1)
+    timing = CATiming(
+        ca_valid_for=own.ca_validity_s * second, ca_renew_before=own.ca_renew_before_s * second,
+        cert_valid_for=own.cert_validity_s * second, cert_renew_before=own.cert_renew_before_s * second,
+        propagation=own.ca_propagation_s * second,
+    )  # fmt: skip
+    return CASecretSource(self_signed_hosts(own), read_secret=read_secret, write_secret=write_secret,
+                          bundles=bundles, timing=timing, interval=own.tls_reload_interval_s,
+                          secret_name=own.ca_secret)
 
 
 def self_signed_hosts(own: OperatorSettings) -> list[str]:

@@ -35,6 +35,10 @@ TLS_RELOADS = Counter(
     "tokenbudget_webhook_tls_reloads",
     "Times the webhook server swapped in a new certificate without restarting.",
 )
+CA_ROTATIONS = Counter(
+    "tokenbudget_webhook_ca_writes",
+    "Writes of the webhook CA Secret by this replica (a first CA, a renewal, an expired CA dropped).",
+)
 CONFIGURATION_WRITES = Counter(
     "tokenbudget_webhook_configuration_writes",
     "Writes of the MutatingWebhookConfiguration by the operator, by result.",

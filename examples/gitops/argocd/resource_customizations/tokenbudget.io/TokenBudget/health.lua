@@ -1,0 +1,68 @@
+-- Argo CD health of a tokenbudget.io TokenBudget, from the conditions its operator writes
+-- (operator/tokenbudget_operator/reconciler/conditions.py). Lua 5.1, as Argo CD runs it (gopher-lua).
+--   Progressing  no status yet, an older generation observed, or sidecars still taking the new policy
+--   Degraded     Ready=False for a misconfiguration (its reason), or an enforcing budget exhausted
+--   Healthy      enforcing (or recording, in DryRun); also with no pod selected yet, so a budget applied
+--                before its app does not hold up a sync
+local hs = {}
+
+local function condition(kind)
+  if obj.status == nil or obj.status.conditions == nil then
+    return nil
+  end
+  for _, c in ipairs(obj.status.conditions) do
+    if c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+
+local function text(c)
+  if c.message ~= nil and c.message ~= "" then
+    return c.reason .. ": " .. c.message
+  end
+  return c.reason
+end
+
+local generation = obj.metadata.generation
+local observed = obj.status ~= nil and obj.status.observedGeneration or nil
+if observed == nil or (generation ~= nil and observed < generation) then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+local ready = condition("Ready")
+if ready == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator's Ready condition"
+  return hs
+end
+if ready.status ~= "True" then
+  if ready.reason == "SyncInProgress" then
+    hs.status = "Progressing"
+  elseif ready.reason == "NoPodsSelected" then
+    hs.status = "Healthy"
+  else
+    hs.status = "Degraded"
+  end
+  hs.message = text(ready)
+  return hs
+end
+
+local exhausted = condition("Exhausted")
+local dry_run = obj.spec ~= nil and obj.spec.enforcement == "DryRun"
+if exhausted ~= nil and exhausted.status == "True" and not dry_run then
+  hs.status = "Degraded"
+  hs.message = text(exhausted) .. " (calls are refused until the window resets)"
+  return hs
+end
+
+hs.status = "Healthy"
+hs.message = text(ready)
+local stage = condition("LadderStage")
+if stage ~= nil and stage.status == "True" then
+  hs.message = hs.message .. "; ladder stage " .. text(stage)
+end
+return hs
