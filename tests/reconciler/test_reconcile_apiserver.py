@@ -209,13 +209,15 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @contextlib.contextmanager
-def operator_running(kube: ControlPlane, workdir: Path) -> Iterator[OperatorProcess]:
-    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left."""
+def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iterator[OperatorProcess]:
+    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left.
+
+    `settings`: TOKENBUDGET_OPERATOR_* values on top of OPERATOR_SETTINGS."""
     tls_dir = workdir / "tls"
     certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
     # A Lease left by another module's operator would make this one wait for it to expire.
     kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **{**OPERATOR_SETTINGS, **settings})
     operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir, RBAC))
     try:
         operator.start()
