@@ -12,7 +12,7 @@ from tokenbudget_cli import console
 from tokenbudget_cli.console import percent_style, stage_text
 from tokenbudget_cli.status_view import BudgetLine, StatusDocument, TierLine, amount
 
-GOOD_WHEN_TRUE = {"Ready", "Synced"}
+GOOD_WHEN_TRUE = {"Ready", "Synced", "Notifications"}
 
 
 def as_json(doc: StatusDocument) -> str:
