@@ -5,6 +5,7 @@ aiohttp receiver on loopback."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from decimal import Decimal
 from typing import Any
@@ -211,3 +212,13 @@ def test_the_notifications_condition_names_the_target_in_trouble() -> None:
     assert bad.message.startswith("slack: Secret default/tokenbudget-notifications does not exist")
     assert notifier.condition(view({"timeZone": "UTC"})) is None  # no targets, no condition
     assert Observed("Normal", None, None).stage == "Normal"
+
+
+def test_a_budget_re_created_under_the_same_name_starts_a_new_record() -> None:
+    notifier, agg = Notifier(), Aggregator()
+    now = DAY_START + dt.timedelta(hours=3)
+    notifier.observe(entry().view.key, {"stage": "Alert", "tightestWindow": "daily", "usedPercent": 62})
+    deliver_all(notifier, "slack", owed(notifier, 0, agg, now))
+    assert notifier.states(entry(), now)["slack"].stage == "Alert"
+    again = BudgetEntry(dataclasses.replace(view(SPEC), uid="uid-new"))
+    assert notifier.states(again, now)["slack"].stage is None  # its first Alert is news again

@@ -80,17 +80,21 @@ class Notifier:
     def __init__(self) -> None:
         self.targets: dict[str, dict[str, TargetState]] = {}
         self.observed: dict[str, Observed] = {}
+        self.uids: dict[str, str] = {}  # the uid each record belongs to
         self.secrets: dict[str, tuple[dict[str, str] | Exception | None, float]] = {}
 
     def clear(self) -> None:
         """On taking leadership: re-seed everything from the budgets' stored status."""
         self.targets.clear()
         self.observed.clear()
+        self.uids.clear()
 
     def states(self, entry: BudgetEntry, now: dt.datetime) -> dict[str, TargetState]:
         """The records of `entry`'s targets; a target without one starts at Normal, summaries from `now` on."""
         view = entry.view
         known = self.targets.get(view.key)
+        if self.uids.get(view.key) != view.uid:  # new, or deleted and re-created under the same name
+            known, self.uids[view.key] = None, view.uid
         if known is None:
             known = {}
             for raw in entry.notifications:
@@ -116,7 +120,7 @@ class Notifier:
                                       status.get("usedPercent"))
 
     def retain(self, keys: set[str]) -> None:
-        for table in (self.targets, self.observed):
+        for table in (self.targets, self.observed, self.uids):
             for key in set(table) - keys:
                 del table[key]
 
