@@ -277,7 +277,7 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     wait_for("both sidecars to enforce generation 1", lambda: all_enforce(sidecars, key, 1), timeout=10)
     first = time.monotonic() - began
     tb = wait_for("status pods 2/2 synced", lambda: (t := get_tb(kube, "team")).get("status", {}).get("pods") == {
-        "selected": 2, "synced": 2} and t)
+        "selected": 2, "synced": 2, "withoutSidecar": 0} and t)
     assert condition(tb, "Synced")["status"] == "True"
     assert condition(tb, "Synced")["reason"] == "AllPodsSynced"
     assert tb["status"]["observedGeneration"] == 1
@@ -295,7 +295,8 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     kube.kubectl("label", "pod", b.pod, "-n", NS, "app=other", "--overwrite")
     wait_for("the relabelled pod to drop the budget", lambda: key not in b.budgets(), timeout=10)
     assert a.budgets()[key] == 2
-    wait_for("status pods 1/1", lambda: get_tb(kube, "team")["status"]["pods"] == {"selected": 1, "synced": 1})
+    wait_for("status pods 1/1",
+             lambda: get_tb(kube, "team")["status"]["pods"] == {"selected": 1, "synced": 1, "withoutSidecar": 0})
     kube.kubectl("label", "pod", b.pod, "-n", NS, "app=chat", "--overwrite")
     wait_for("it to come back", lambda: all_enforce(sidecars, key, 2), timeout=10)
 
@@ -406,7 +407,7 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     tb = wait_for("Ready False", lambda: condition(t := get_tb(kube, "nobody"), "Ready").get("status") == "False" and t)
     assert condition(tb, "Ready")["reason"] == "NoPodsSelected"
     assert condition(tb, "Synced")["reason"] == "NoPodsSelected"
-    assert tb["status"]["pods"] == {"selected": 0, "synced": 0}
+    assert tb["status"]["pods"] == {"selected": 0, "synced": 0, "withoutSidecar": 0}
 
     # Two budgets on the same pods declaring the same upstream differently: the later by name is told so.
     apply(kube, budget("aa-first", stack.upstream))
