@@ -106,6 +106,17 @@ class NotifyStack:
     operator: OperatorProcess
     upstream: str
     receiver: Receiver
+    workdir: Path
+
+    def replica(self, name: str) -> OperatorProcess:
+        """Another replica of the running operator: same settings and ServiceAccount, its own ports."""
+        other = OperatorProcess(self.kube, self.workdir, name)
+        env = dict(self.operator.env)
+        env["TOKENBUDGET_OPERATOR_WEBHOOK_PORT"] = str(other.webhook_port)
+        env["TOKENBUDGET_OPERATOR_WEBHOOK_URL"] = f"https://127.0.0.1:{other.webhook_port}"
+        env["TOKENBUDGET_OPERATOR_METRICS_PORT"] = str(other.metrics_port)
+        other.env = env
+        return other
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +140,7 @@ def nstack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
         status = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
         kube.kubectl("patch", "pod", POD, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
         with receiver_running() as receiver, operator_running(kube, workdir, **NOTIFY_SETTINGS) as operator:
-            yield NotifyStack(kube, operator, upstream, receiver)
+            yield NotifyStack(kube, operator, upstream, receiver, workdir)
     finally:
         for proc in procs:
             _kill(proc)
@@ -276,6 +287,35 @@ def test_a_stage_change_sends_one_message_and_an_operator_restart_does_not_resen
     time.sleep(1)
     assert len(receiver.posts("slack")) == 2
     kube.kubectl("delete", "tb", "support", "-n", NS)
+
+
+def test_only_the_leader_sends_and_a_new_leader_does_not_resend(nstack: NotifyStack) -> None:
+    kube, receiver = nstack.kube, nstack.receiver
+    secret(kube, receiver, "team", "slack", "replicated")
+    standby = nstack.replica("operator-standby").start()
+    try:
+        targets = [{"name": "ops", "urlSecretKey": "replicated", "format": "Json"}]
+        to_alert(nstack, "replicated", targets)
+        wait_for("one message", lambda: receiver.posts("replicated"), timeout=15)
+        wait_for("the delivery recorded in status", lambda: get_tb(kube, "replicated")["status"].get(
+            "notifications", [{}])[0].get("stage") == "Alert", timeout=15)
+        time.sleep(2)  # four notify rounds: the standby sends nothing
+        assert len(receiver.posts("replicated")) == 1
+
+        nstack.operator.stop()  # the leader goes: the standby takes the Lease
+        wait_for("the standby to lead", lambda: "took leadership" in standby.log_tail(200), timeout=30)
+        time.sleep(3)
+        assert len(receiver.posts("replicated")) == 1  # the new leader read what was delivered from status
+
+        apply(kube, budget("replicated", nstack.upstream, 1_000_000, targets))
+        posts = wait_for("the new leader's message", lambda: len(p := receiver.posts("replicated")) == 2 and p,
+                         timeout=20)
+        uid = get_tb(kube, "replicated")["metadata"]["uid"]
+        assert [key for key, _ in posts] == [f"{uid}/ops/stage/1/Normal-Alert", f"{uid}/ops/stage/2/Alert-Normal"]
+    finally:
+        standby.stop()
+        nstack.operator.start()  # the module's operator again, for the tests after this one
+    kube.kubectl("delete", "tb", "replicated", "-n", NS)
 
 
 def test_a_receiver_that_fails_twice_gets_the_message_on_retry(nstack: NotifyStack) -> None:
