@@ -371,6 +371,14 @@ class TokenBudgetSpec(ApiModel):
             raise ValueError("limit names must be unique")
         return value
 
+    @field_validator("notifications")
+    @classmethod
+    def _unique_targets(cls, value: list[NotificationTarget] | None) -> list[NotificationTarget] | None:
+        seen = [t.name for t in value or []]
+        if len(seen) != len(set(seen)):
+            raise ValueError("notification target names must be unique")
+        return value
+
 
 # ----- status -----------------------------------------------------------------------------------------
 
