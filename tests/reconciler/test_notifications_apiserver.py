@@ -151,11 +151,11 @@ def nstack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def budget(name: str, upstream: str, tokens: int, targets: list[dict[str, Any]],
-           window: dict[str, Any] | None = None) -> dict[str, Any]:
+           window: dict[str, Any] | None = None, window_name: str = "daily-tokens") -> dict[str, Any]:
     return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
             "metadata": {"name": name, "namespace": NS},
             "spec": {"selector": {"matchLabels": {"app": "assistant"}}, "timeZone": "UTC",
-                     "limits": [{"name": "daily-tokens", "tokens": tokens, **(window or {"period": "Day"})}],
+                     "limits": [{"name": window_name, "tokens": tokens, **(window or {"period": "Day"})}],
                      "ladder": [{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}],
                      "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
                      "notifications": targets}}
@@ -256,8 +256,11 @@ def test_a_stage_change_sends_one_message_and_an_operator_restart_does_not_resen
     secret(kube, receiver, "team", "slack")
     targets = [{"name": "slack", "urlSecretKey": "slack", "format": "Slack"}]
     used = to_alert(nstack, "support", targets)
+    alerted = time.monotonic()
     posts = wait_for("one Slack message", lambda: receiver.posts("slack"), timeout=15)
     key, body = posts[0]
+    print(f"\nSlack message {time.monotonic() - alerted:.2f} s after status showed Alert (polled): "
+          f"{json.dumps(body)}")
     assert set(body) == {"text", "blocks"}
     percent = used * 100 // (used * 3 // 2)
     assert body["text"] == (f":warning: TokenBudget tb-notify/support: ladder stage Normal -> Alert "
@@ -380,6 +383,7 @@ def test_status_counts_selected_pods_without_the_sidecar_and_shows_remaining(nst
     missing = condition(tb, "SidecarMissing")
     assert (missing["status"], missing["reason"]) == ("True", "PodsWithoutSidecar")
     assert missing["message"].startswith("1 selected pod(s) run without the sidecar, unmetered: assistant-legacy")
+    print("\n" + plugin(kube, "status", "-n", NS, "bypass"))  # the sample in the report
     doc = json.loads(plugin(kube, "status", "-n", NS, "bypass", "-o", "json"))["budgets"][0]
     assert (doc["withoutSidecar"], doc["withoutSidecarCount"]) == (["assistant-legacy"], 1)
     assert doc["windows"][0]["remaining"] == str(1_000_000 - used)
@@ -399,15 +403,17 @@ def test_a_minute_that_ended_is_summarized_with_what_it_spent(nstack: NotifyStac
     wait_for("a minute with room for the calls", lambda: 2 <= dt.datetime.now(dt.UTC).second <= 35, timeout=60,
              interval=0.5)
     targets = [{"name": "finops", "urlSecretKey": "finops", "format": "Json", "events": ["PeriodEnded"]}]
-    apply(kube, budget("minutely", nstack.upstream, 100_000, targets, window={"period": "Minute"}))
+    apply(kube, budget("minutely", nstack.upstream, 100_000, targets, window={"period": "Minute"},
+                       window_name="minute-tokens"))
     used = spend_and_count(nstack, "minutely", 2)
     posts = wait_for("the minute's summary", lambda: receiver.posts("finops"), timeout=80, interval=0.5)
     payload = NotificationPayload.model_validate(posts[0][1])
+    print(f"\nJson summary: {json.dumps(posts[0][1])}")
     summary = payload.summary
     assert summary is not None
-    assert (payload.event.value, summary.window, summary.unit) == ("PeriodEnded", "daily-tokens", "Tokens")
+    assert (payload.event.value, summary.window, summary.unit) == ("PeriodEnded", "minute-tokens", "Tokens")
     assert (summary.used, summary.limit, summary.tokens, summary.requests) == (str(used), "100000", used, 2)
     assert summary.period_end - summary.period_start == dt.timedelta(minutes=1)
     assert posts[0][0] == payload.idempotency_key
-    assert payload.idempotency_key.endswith(f"/finops/period/daily-tokens/{summary.period_start.isoformat()}")
+    assert payload.idempotency_key.endswith(f"/finops/period/minute-tokens/{summary.period_start.isoformat()}")
     kube.kubectl("delete", "tb", "minutely", "-n", NS)

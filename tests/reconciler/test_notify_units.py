@@ -102,6 +102,8 @@ def test_a_day_that_ended_is_summarized_once_after_the_delay_with_its_own_figure
     assert (summary.used, summary.limit, summary.percent, summary.unit) == ("700", "1000", 70, "Tokens")
     assert (summary.tokens, summary.cost_usd, summary.requests) == (700, Decimal("0.75"), 2)
     assert items[0].payload.idempotency_key == "uid-b/finops/period/daily/2026-12-05T00:00:00+00:00"
+    assert items[0].payload.text == ("TokenBudget default/b: daily period 2026-12-05 00:00 - 2026-12-06 00:00 UTC "
+                                     "ended at 700 tokens of 1,000 tokens (70%); 700 tokens, $0.7500 in 2 calls")
     deliver_all(notifier, "finops", items)
     assert owed(notifier, 1, agg, next_day + dt.timedelta(hours=5)) == []
 

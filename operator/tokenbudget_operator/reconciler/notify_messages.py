@@ -47,7 +47,12 @@ def stage_payload(view: BudgetView, target: str, *, sequence: int, previous: str
 
 
 def amount(value: Decimal, unit: Unit) -> str:
-    return f"${value:,.2f}" if unit is Unit.USD else f"{value:,.0f} {unit.value.lower()}"
+    return dollars(value) if unit is Unit.USD else f"{value:,.0f} {unit.value.lower()}"
+
+
+def dollars(value: Decimal) -> str:
+    """Cents, or four places below a dollar, so a small test or a quiet day does not read $0.00."""
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
 def summary_payload(view: BudgetView, target: str, *, limit: Limit, start: dt.datetime, end: dt.datetime,
@@ -59,7 +64,7 @@ def summary_payload(view: BudgetView, target: str, *, limit: Limit, start: dt.da
     of_key = f" ({key}, the fullest key)" if key is not None else ""
     text = (f"TokenBudget {view.key}: {limit.name} period {start:%Y-%m-%d %H:%M} - {end:%Y-%m-%d %H:%M} UTC ended "
             f"at {amount(used, unit)} of {amount(cap, unit)} ({percent}%){of_key}; "
-            f"{total.tokens:,} tokens, ${total.cost:,.2f} in {total.requests:,} calls")
+            f"{total.tokens:,} tokens, {dollars(total.cost)} in {total.requests:,} calls")
     return NotificationPayload(
         idempotency_key=f"{view.uid}/{target}/period/{limit.name}/{start.isoformat()}",
         event=NotificationEvent.PERIOD_ENDED, budget=_ref(view), target=target,
@@ -90,4 +95,4 @@ def body(payload: NotificationPayload, format_: NotificationFormat) -> dict[str,
     }
 
 
-__all__ = ["amount", "body", "stage_payload", "summary_payload"]
+__all__ = ["amount", "body", "dollars", "stage_payload", "summary_payload"]
