@@ -116,6 +116,7 @@ class Fleet:
         self._tokens: dict[str, tuple[str | None, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._webhooks: aiohttp.ClientSession | None = None
         self._client: SidecarClient | None = None
 
     # ----- lifecycle -----
@@ -145,6 +146,8 @@ class Fleet:
         """Open the sidecar client and start each loop (and the leader election) as a task."""
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self._client = SidecarClient(self._session, timeout_s=self.settings.sidecar_timeout_s)
+        # Notification webhooks are outside the cluster: HTTPS_PROXY/NO_PROXY apply to them (never to sidecars).
+        self._webhooks = aiohttp.ClientSession(trust_env=True)
         for loop in loops:
             self._tasks.append(asyncio.create_task(loop(self), name=f"tokenbudget-{loop.__module__}"))
         if self.elector is not None:
@@ -176,8 +179,9 @@ class Fleet:
         for task in [*self._tasks, *self.pushes]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._webhooks):
+            if session is not None:
+                await session.close()
         if self.elector is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.elector.release), timeout=2.0)
@@ -190,10 +194,10 @@ class Fleet:
         return self._client
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """The one client session (sidecars' admin APIs and notification webhooks)."""
-        assert self._session is not None, "run() first"
-        return self._session
+    def webhooks(self) -> aiohttp.ClientSession:
+        """The client session of notification webhooks (the environment's proxy settings apply)."""
+        assert self._webhooks is not None, "run() first"
+        return self._webhooks
 
     # ----- snapshots of the indexes -----
 

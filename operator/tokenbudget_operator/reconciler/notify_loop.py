@@ -77,7 +77,7 @@ async def notify_target(fleet: Fleet, entry: BudgetEntry, target: NotificationTa
     backoff = Backoff(s.notify_attempts, s.notify_backoff_s, s.notify_backoff_max_s)
     for item in owed:
         if item.payload is not None:
-            done = await deliver(fleet.session, url, notify_messages.body(item.payload, target.format),
+            done = await deliver(fleet.webhooks, url, notify_messages.body(item.payload, target.format),
                                  item.payload.idempotency_key, backoff=backoff, timeout_s=s.notify_timeout_s,
                                  go_on=lambda: fleet.active)
             if not done.ok:
