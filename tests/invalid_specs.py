@@ -56,6 +56,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 _DELETE = object()
 TB = "tokenbudget-team.yaml"
+TN = "tokenbudget-notifications.yaml"
 TT = "thinktier.yaml"
 
 
@@ -91,6 +92,14 @@ INVALID: list[Invalid] = [
     Invalid("hysteresis-too-wide", TB, _set("hysteresisPercent", 50), "spec.hysteresisPercent"),
     Invalid("upstream-not-a-url", TB, _set("upstreams.0.baseURL", "api.openai.com"), "spec.upstreams[0].baseURL"),
     Invalid("missing-selector", TB, _set("selector", _DELETE), "spec.selector"),
+    Invalid("unknown-notification-format", TN, _set("notifications.0.format", "Teams"),
+            "spec.notifications[0].format"),
+    Invalid("unknown-notification-event", TN, _set("notifications.1.events", ["Hourly"]),
+            "spec.notifications[1].events[0]"),
+    Invalid("notification-secret-key-with-slash", TN, _set("notifications.0.urlSecretKey", "hooks/slack"),
+            "spec.notifications[0].urlSecretKey"),
+    Invalid("duplicate-notification-target", TN, _set("notifications.1.name", "team-slack"), "spec.notifications[1]",
+            "Duplicate value"),
     Invalid("thinking-below-1024", TT, _set("tiers.0.budgetTokens", 512), "spec.tiers[0].budgetTokens"),
     Invalid("default-tier-unknown", TT, _set("defaultTier", "huge"), "spec.defaultTier", "must name a tier"),
     Invalid("default-tier-needs-authorization", TT, _set("defaultTier", "max"), "spec.defaultTier",

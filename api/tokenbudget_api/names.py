@@ -65,6 +65,10 @@ SIDECAR_DRAIN_PATH: Final = "/drain"  # on the admin port: preStop hook, waits f
 SIDECAR_ADMIN_TOKEN_DIR: Final = "/var/run/secrets/tokenbudget/admin"  # mounted into the sidecar only
 ADMIN_TOKEN_SECRET: Final = "tokenbudget-sidecar-admin"  # per-namespace Secret with the admin bearer token
 ADMIN_TOKEN_SECRET_KEY: Final = "token"  # its key, also the file name under SIDECAR_ADMIN_TOKEN_DIR
+# Per-namespace Secret holding notification webhook URLs, one key per target (TokenBudget spec.notifications):
+# one fixed name, so the operator's RBAC grants `get` on it alone rather than on every Secret of the cluster.
+NOTIFICATION_SECRET: Final = "tokenbudget-notifications"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"  # on every notification POST, the payload's idempotencyKey
 SIDECAR_LEDGER_VOLUME: Final = "tokenbudget-ledger"  # emptyDir mounted at SIDECAR_LEDGER_DIR
 SIDECAR_ADMIN_TOKEN_VOLUME: Final = "tokenbudget-admin-token"  # the Secret volume
 SIDECAR_TMP_VOLUME: Final = "tokenbudget-tmp"  # emptyDir at /tmp: the root filesystem is read-only

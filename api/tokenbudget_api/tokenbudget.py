@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from tokenbudget_api import names
 from tokenbudget_api.common import CEL, ApiModel, Condition, LabelSelector, Money, Name, Percent, cel
 from tokenbudget_api.insights import InsightsSpec, InsightsStatus
+from tokenbudget_api.notifications import NotificationStatus, NotificationTarget
 
 TIME_ZONE_PATTERN = r"^(UTC|[A-Z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){1,2})$"
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}(s|m|h|d)$"
@@ -338,6 +339,12 @@ class TokenBudgetSpec(ApiModel):
     insights: InsightsSpec | None = Field(
         default=None, description="Waste insights: an app's conversation header and the thresholds above "
         "which the Waste condition turns True.")
+    notifications: list[NotificationTarget] | None = Field(
+        default=None, max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Webhooks the operator tells of stage changes and end-of-period summaries (URLs in the "
+        "Secret tokenbudget-notifications).",
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -362,6 +369,14 @@ class TokenBudgetSpec(ApiModel):
         seen = [lim.name for lim in value or []]
         if len(seen) != len(set(seen)):
             raise ValueError("limit names must be unique")
+        return value
+
+    @field_validator("notifications")
+    @classmethod
+    def _unique_targets(cls, value: list[NotificationTarget] | None) -> list[NotificationTarget] | None:
+        seen = [t.name for t in value or []]
+        if len(seen) != len(set(seen)):
+            raise ValueError("notification target names must be unique")
         return value
 
 
@@ -391,6 +406,8 @@ class WindowStatus(ApiModel):
     used: str = Field(description="Spent so far in this period, as a decimal string.")
     limit: str = Field(description="The limit, as a decimal string.")
     percent: Percent = Field(description="used / limit, rounded down, capped at 100.")
+    remaining: str | None = Field(
+        default=None, description="limit - used in this period, never below 0, as a decimal string in the unit.")
     resets_at: dt.datetime | None = Field(default=None, description="When the current period ends.")
 
 
@@ -417,6 +434,12 @@ class PodCounts(ApiModel):
 
     selected: int = Field(ge=0, description="Pods the selector matches that have a sidecar.")
     synced: int = Field(ge=0, description="Of those, pods whose sidecar applied the current policy.")
+    without_sidecar: int | None = Field(
+        default=None, ge=0,
+        description="Pods the selector matches that run without the sidecar, unmetered (created before the "
+        "namespace opted in, admitted while the webhook was down, or opted out).")
+    without_sidecar_pods: list[str] | None = Field(
+        default=None, max_length=10, description="The first of those pods by name (at most 10).")
 
 
 class TokenBudgetStatus(ApiModel):
@@ -437,6 +460,10 @@ class TokenBudgetStatus(ApiModel):
     dry_run: list[WouldHave] | None = Field(default=None, max_length=16, description="DryRun decisions.")
     pods: PodCounts | None = Field(default=None, description="Selected and synced pods.")
     insights: InsightsStatus | None = Field(default=None, description="Waste over the last day, with dollars.")
+    notifications: list[NotificationStatus] | None = Field(
+        default=None, max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Per notification target, what was delivered (so nothing is sent twice across restarts).")
     last_updated: dt.datetime | None = Field(default=None, description="When status was last written.")
 
 

@@ -37,7 +37,9 @@ def _kube(args: argparse.Namespace) -> Kube:
 def status(args: argparse.Namespace) -> int:
     kube = _kube(args)
     budgets = kube.budgets(args.name)
-    pods = {ns: kube.pods(ns) for ns in sorted({kube_mod.namespace_of(b) for b in budgets})}
+    # Pods are listed only where a budget's status (an older operator's) does not count those without sidecar.
+    pods = {ns: kube.pods(ns) for ns in sorted({kube_mod.namespace_of(b) for b in budgets
+                                                if status_view.needs_pods(b)})}
     doc = status_view.document(budgets, kube.tiers(args.name), pods)
     if args.name and not doc.budgets and not doc.think_tiers:
         raise UsageError(f"no TokenBudget or ThinkTier named {args.name} in namespace {kube.namespace}")

@@ -12,7 +12,7 @@ from tokenbudget_cli import console
 from tokenbudget_cli.console import percent_style, stage_text
 from tokenbudget_cli.status_view import BudgetLine, StatusDocument, TierLine, amount
 
-GOOD_WHEN_TRUE = {"Ready", "Synced"}
+GOOD_WHEN_TRUE = {"Ready", "Synced", "Notifications"}
 
 
 def as_json(doc: StatusDocument) -> str:
@@ -38,10 +38,12 @@ def _budget(b: BudgetLine, out: Console) -> None:
     used = f"{b.used_percent}% of {b.tightest_window}" if b.used_percent is not None else "no use reported"
     out.print(f"[bold]TokenBudget {b.namespace}/{b.name}[/]  {b.enforcement.value}  stage {stage_text(b.stage)}  "
               f"{used}  {pods}")
-    if b.without_sidecar:
-        out.print(f"  [bold red]{len(b.without_sidecar)} selected pod(s) run without the sidecar, unmetered:[/] "
-                  f"{', '.join(b.without_sidecar)} (created before the namespace opted in, admitted while the "
-                  "webhook was down, or opted out: recreate them)")
+    if b.without_sidecar_count:
+        shown = ", ".join(b.without_sidecar or [])
+        more = b.without_sidecar_count - len(b.without_sidecar or [])
+        out.print(f"  [bold red]{b.without_sidecar_count} selected pod(s) run without the sidecar, unmetered:[/] "
+                  f"{shown}{f' and {more} more' if more > 0 else ''} (created before the namespace opted in, "
+                  "admitted while the webhook was down, or opted out: recreate them)")
     elif b.without_sidecar is None:
         out.print("  (pods not listed: no permission to list pods, so pods without the sidecar are not known)")
     if b.windows:

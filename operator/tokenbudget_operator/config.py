@@ -172,6 +172,16 @@ class OperatorSettings(BaseSettings, _InjectionKnobs):
     spend_max_models_per_budget: int = Field(default=10, ge=1)
     spend_max_users_per_budget: int = Field(default=25, ge=1)  # only budgets with a per-User limit
 
+    # Notifications of stage changes and period ends to each budget's webhooks (notify_loop.py).
+    notify_interval_s: float = Field(default=1.0, gt=0)  # how often pending notifications are looked for
+    notify_attempts: int = Field(default=5, ge=1, le=20)  # POSTs per message in one round before giving up
+    notify_backoff_s: float = Field(default=0.5, gt=0)  # first retry delay; doubles per attempt
+    notify_backoff_max_s: float = Field(default=8.0, gt=0)  # cap of one retry delay (also of a Retry-After)
+    notify_timeout_s: float = Field(default=10.0, gt=0)  # one POST, connect to last byte
+    notify_retry_after_s: float = Field(default=60.0, gt=0)  # a message that failed is tried again after this
+    # Wait after a calendar period ends before summarizing it, so usage pulled late still counts.
+    notify_summary_delay_s: float = Field(default=30.0, ge=0)
+
     # Operations.
     metrics_host: str = "0.0.0.0"  # Prometheus scrapes the pod IP
     metrics_port: int = Field(default=8080, ge=0, le=65535)  # /metrics, /healthz, /readyz; 0: not served

@@ -39,19 +39,22 @@ def cond(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
     return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": NOW}
 
 
+# As the current operator writes it: remaining per window, and the selected pods without the sidecar counted
+# (two named, though only one such pod exists here: the plugin shows what status says, it does not list pods).
 SUPPORT_BOT = {
     "observedGeneration": 1, "stage": "Alert", "usedPercent": 78, "tightestWindow": "monthly-tokens",
     "windows": [
         {"name": "monthly-tokens", "unit": "Tokens", "used": "3900000", "limit": "5000000", "percent": 78,
-         "resetsAt": "2026-12-31T23:00:00Z"},
+         "remaining": "1100000", "resetsAt": "2026-12-31T23:00:00Z"},
         {"name": "daily-dollars", "unit": "USD", "used": "31.20", "limit": "40.00", "percent": 78,
-         "resetsAt": "2026-12-06T23:00:00Z"},
-        {"name": "burst", "unit": "Requests", "used": "12", "limit": "600", "percent": 2},
+         "remaining": "8.80", "resetsAt": "2026-12-06T23:00:00Z"},
+        {"name": "burst", "unit": "Requests", "used": "12", "limit": "600", "percent": 2, "remaining": "588"},
     ],
     "topConsumers": [{"kind": "Pod", "name": "support-bot-7d9f", "tokens": 2100000, "costUSD": "18.90"},
                      {"kind": "Pod", "name": "support-bot-x2k4", "tokens": 1800000, "costUSD": "12.30"},
                      {"kind": "User", "name": "alice", "tokens": 900000, "costUSD": "7.10"}],
-    "pods": {"selected": 3, "synced": 2},
+    "pods": {"selected": 3, "synced": 2, "withoutSidecar": 2, "withoutSidecarPods": ["support-bot-old",
+                                                                                     "support-bot-older"]},
     "insights": {"since": "2026-12-05T05:00:00Z", "calls": 1200, "inputTokens": 3100000, "costUSD": "31.20",
                  "items": [{"name": "RepeatedContext", "percent": 64, "tokens": 1984000, "calls": 900,
                             "costUSD": "4.96"},
@@ -79,6 +82,7 @@ PER_USER = {
     ],
     "pods": {"selected": 1, "synced": 1},
 }
+# As an operator older than `remaining` and the without-sidecar count wrote it: the plugin works them out.
 DRY_RUN = {
     "stage": "Block", "usedPercent": 100, "tightestWindow": "weekly-dollars",
     "windows": [{"name": "weekly-dollars", "unit": "USD", "used": "262.50", "limit": "250.00", "percent": 100}],
@@ -136,7 +140,7 @@ def test_status_prints_each_window_with_remaining_and_the_tiers_classes(cluster:
     out = plugin(cluster, "status", "-n", NS)
     print(out)  # the sample in the report
     assert "TokenBudget tb-cli/support-bot  Enforce  stage Alert  78% of monthly-tokens  2/3 pods synced" in out
-    assert "1 selected pod(s) run without the sidecar, unmetered: support-bot-old (created before" in out
+    assert "2 selected pod(s) run without the sidecar, unmetered: support-bot-old, support-bot-older (created" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["monthly-tokens"][1:8] == ["-", "Month", "Tokens", "3,900,000", "5,000,000", "1,100,000", "78%"]
     assert rows["daily-dollars"][4:7] == ["$31.20", "$40.00", "$8.80"]
@@ -163,9 +167,11 @@ def test_status_json_is_the_same_figures_for_scripts(cluster: ControlPlane) -> N
     assert monthly == {"name": "monthly-tokens", "unit": "Tokens", "period": "Month", "used": "3900000",
                        "limit": "5000000", "remaining": "1100000", "percent": 78, "resetsAt": "2026-12-31T23:00:00Z"}
     assert budgets["tb-cli/research-dryrun"]["windows"][0]["remaining"] == "0"  # never negative
-    assert budgets["tb-cli/support-bot"]["pods"] == {"selected": 3, "synced": 2}
-    assert budgets["tb-cli/support-bot"]["withoutSidecar"] == ["support-bot-old"]
-    assert budgets["tb-cli/research-dryrun"]["withoutSidecar"] == []
+    assert budgets["tb-cli/support-bot"]["pods"]["withoutSidecar"] == 2
+    assert budgets["tb-cli/support-bot"]["withoutSidecar"] == ["support-bot-old", "support-bot-older"]  # status's
+    assert budgets["tb-cli/support-bot"]["withoutSidecarCount"] == 2
+    assert budgets["tb-cli/research-dryrun"]["withoutSidecar"] == []  # an older status: the pods listed instead
+    assert budgets["tb-cli/research-dryrun"]["withoutSidecarCount"] == 0
     tiers = {t["name"]: t for t in doc["thinkTiers"]}
     assert tiers["assistant"]["classes"][0]["recommendedBudgetTokens"] == 1280
     one = yaml.safe_load(plugin(cluster, "status", "-n", NS_B, "chat-per-user", "-o", "yaml"))

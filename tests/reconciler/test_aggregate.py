@@ -346,13 +346,13 @@ def test_the_status_is_a_valid_token_budget_status_with_conditions() -> None:
     assert status.used_percent == 100
     assert status.tightest_window == "daily"
     assert {c.type: c.status.value for c in status.conditions or []} == {
-        "Ready": "True", "Synced": "True", "LadderStage": "True", "Exhausted": "True"}
+        "Ready": "True", "Synced": "True", "LadderStage": "True", "Exhausted": "True", "SidecarMissing": "False"}
 
 
 def test_an_empty_budget_reports_zero_and_no_dry_run() -> None:
     status = Aggregator().status(view(DAY), SYDNEY_MIDNIGHT)
     assert status["windows"] == [{"name": "daily", "unit": "Tokens", "used": "0", "limit": "1000", "percent": 0,
-                                  "resetsAt": "2026-11-23T13:00:00Z"}]
+                                  "remaining": "1000", "resetsAt": "2026-11-23T13:00:00Z"}]
     assert status["stage"] == "Normal"
     assert "dryRun" not in status
     assert status["topConsumers"] == []
@@ -407,8 +407,17 @@ def test_ready_and_synced_say_why(kw: dict[str, Any], ready: tuple[str, str], sy
     got = conds(**kw)
     assert (got["Ready"]["status"], got["Ready"]["reason"]) == ready
     assert (got["Synced"]["status"], got["Synced"]["reason"]) == synced
-    assert list(got) == ["Ready", "Synced", "LadderStage", "Exhausted"]
+    assert list(got) == ["Ready", "Synced", "LadderStage", "Exhausted", "SidecarMissing"]
     assert all(c["observedGeneration"] == 3 for c in got.values())
+
+
+def test_sidecar_missing_names_how_many_pods_bypass_it_and_the_first_few() -> None:
+    assert (conds()["SidecarMissing"]["status"], conds()["SidecarMissing"]["reason"]) == ("False",
+                                                                                          "AllPodsHaveSidecar")
+    missing = conds(without_sidecar=[f"chat-{i}" for i in range(7)])["SidecarMissing"]
+    assert (missing["status"], missing["reason"]) == ("True", "PodsWithoutSidecar")
+    assert missing["message"].startswith("7 selected pod(s) run without the sidecar, unmetered: "
+                                         "chat-0, chat-1, chat-2, chat-3, chat-4 and 2 more")
 
 
 def test_counts_and_problems_are_in_the_messages() -> None:

@@ -209,13 +209,15 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @contextlib.contextmanager
-def operator_running(kube: ControlPlane, workdir: Path) -> Iterator[OperatorProcess]:
-    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left."""
+def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iterator[OperatorProcess]:
+    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left.
+
+    `settings`: TOKENBUDGET_OPERATOR_* values on top of OPERATOR_SETTINGS."""
     tls_dir = workdir / "tls"
     certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
     # A Lease left by another module's operator would make this one wait for it to expire.
     kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
+    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **{**OPERATOR_SETTINGS, **settings})
     operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir, RBAC))
     try:
         operator.start()
@@ -275,7 +277,7 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     wait_for("both sidecars to enforce generation 1", lambda: all_enforce(sidecars, key, 1), timeout=10)
     first = time.monotonic() - began
     tb = wait_for("status pods 2/2 synced", lambda: (t := get_tb(kube, "team")).get("status", {}).get("pods") == {
-        "selected": 2, "synced": 2} and t)
+        "selected": 2, "synced": 2, "withoutSidecar": 0} and t)
     assert condition(tb, "Synced")["status"] == "True"
     assert condition(tb, "Synced")["reason"] == "AllPodsSynced"
     assert tb["status"]["observedGeneration"] == 1
@@ -293,7 +295,8 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     kube.kubectl("label", "pod", b.pod, "-n", NS, "app=other", "--overwrite")
     wait_for("the relabelled pod to drop the budget", lambda: key not in b.budgets(), timeout=10)
     assert a.budgets()[key] == 2
-    wait_for("status pods 1/1", lambda: get_tb(kube, "team")["status"]["pods"] == {"selected": 1, "synced": 1})
+    wait_for("status pods 1/1",
+             lambda: get_tb(kube, "team")["status"]["pods"] == {"selected": 1, "synced": 1, "withoutSidecar": 0})
     kube.kubectl("label", "pod", b.pod, "-n", NS, "app=chat", "--overwrite")
     wait_for("it to come back", lambda: all_enforce(sidecars, key, 2), timeout=10)
 
@@ -404,7 +407,7 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     tb = wait_for("Ready False", lambda: condition(t := get_tb(kube, "nobody"), "Ready").get("status") == "False" and t)
     assert condition(tb, "Ready")["reason"] == "NoPodsSelected"
     assert condition(tb, "Synced")["reason"] == "NoPodsSelected"
-    assert tb["status"]["pods"] == {"selected": 0, "synced": 0}
+    assert tb["status"]["pods"] == {"selected": 0, "synced": 0, "withoutSidecar": 0}
 
     # Two budgets on the same pods declaring the same upstream differently: the later by name is told so.
     apply(kube, budget("aa-first", stack.upstream))

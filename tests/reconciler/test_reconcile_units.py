@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -15,7 +15,7 @@ from tokenbudget_api.tokenbudget import TokenBudgetSpec
 from tokenbudget_operator.config import OperatorSettings
 from tokenbudget_operator.reconciler.effective import resolve
 from tokenbudget_operator.reconciler.fleet import Fleet, PodAgent
-from tokenbudget_operator.reconciler.indexes import BudgetEntry, PodEntry, has_sidecar
+from tokenbudget_operator.reconciler.indexes import BarePod, BudgetEntry, PodEntry, has_sidecar
 from tokenbudget_operator.reconciler.lease_rules import applied_leases, leased_windows, leases_for, stable
 from tokenbudget_operator.reconciler.status_loop import budget_status
 from tokenbudget_operator.reconciler.views import BudgetView, PodView
@@ -116,8 +116,13 @@ def test_status_counts_selected_and_synced_pods_and_says_why_when_none_is_select
         rec.agents[entry.view.uid] = PodAgent(entry, desired, desired.policy.version if synced else None)
     other = pod("c", {"app": "other"})
     rec.agents[other.view.uid] = PodAgent(other, resolve(other.view, [view], [], KEY_DIR))
+    rec.bare_pods_index = cast(Any, {NS: [BarePod("chat-old", {"app": "chat"}), BarePod("db", {"app": "db"})],
+                                     "elsewhere": [BarePod("chat-x", {"app": "chat"})]})
     status = budget_status(rec, BudgetEntry(view), now)
-    assert status["pods"] == {"selected": 2, "synced": 1}
+    assert status["pods"] == {"selected": 2, "synced": 1, "withoutSidecar": 1, "withoutSidecarPods": ["chat-old"]}
+    missing = next(c for c in status["conditions"] if c["type"] == "SidecarMissing")
+    assert (missing["status"], missing["reason"]) == ("True", "PodsWithoutSidecar")
+    assert "chat-old" in missing["message"]
     synced_c = next(c for c in status["conditions"] if c["type"] == "Synced")
     assert (synced_c["status"], synced_c["reason"]) == ("False", "SyncInProgress")
     assert status["observedGeneration"] == 1

@@ -251,7 +251,7 @@ class Aggregator:
             rows.sort(key=lambda r: (-r[0], -r[1], r[2] or ""))
             for pct, used, k, resets in rows[: self.keys_per_window]:
                 entry: dict[str, Any] = {"name": lim.name, "unit": unit_of(lim).value, "used": fmt(used),
-                                         "limit": fmt(cap), "percent": pct}
+                                         "limit": fmt(cap), "percent": pct, "remaining": fmt(max(cap - used, ZERO))}
                 if k is not None:
                     entry["key"] = k
                 if resets is not None:
@@ -287,6 +287,29 @@ class Aggregator:
         if dry:
             out["dryRun"] = dry
         return out
+
+    def period_totals(self, view: BudgetView, window: str, period_start: dt.datetime
+                      ) -> tuple[Limit, Totals, Totals, str | None] | None:
+        """What calendar window `window` counted in the period starting at `period_start`, if still kept.
+
+        (limit, totals of every key, totals of the fullest key, that key): the end-of-period summary. The
+        aggregator keeps the previous period of a calendar window (`Slots.keep_after`), so this answers for
+        the period that just ended; None for a rolling window, an unknown window or a pruned period.
+        """
+        _, windows, _ = self._fold(view)
+        for lim, _, ws in windows:
+            if lim.name != window or lim.period is None:
+                continue
+            rows = ws.slots.get(as_utc(period_start), {})
+            total, by_key = Totals(), dict[str | None, Totals]()
+            for (k, _pod), totals in rows.items():
+                total.merge(totals)
+                by_key.setdefault(k, Totals()).merge(totals)
+            if not by_key:
+                return lim, total, total, None
+            key, fullest = max(by_key.items(), key=lambda kv: (kv[1].amount(lim), kv[0] or ""))
+            return lim, total, fullest, key
+        return None
 
     # ----- persistence -----
 

@@ -17,6 +17,11 @@ TokenBudget conditions:
     LadderStage  True while a ladder step is in force; reason is the stage (Alert, Throttle, Downgrade,
                  Block) or Normal with status False.
     Exhausted    True when the fullest window reached 100% (reason WindowExhausted), else WithinLimits.
+    SidecarMissing  True when pods the selector matches run without the sidecar, unmetered (reason
+                 PodsWithoutSidecar, the count and the first names in the message); else AllPodsHaveSidecar.
+    Notifications   only with spec.notifications: True (Delivering) while every target can be reached; False
+                 with NotificationSecretMissing (the Secret or a key is missing) or NotificationFailed
+                 (retries exhausted), the targets named in the message (notify_loop.py).
 
 ThinkTier conditions (built in thinktier_status.py with `synced_condition` and `build_conditions`):
 
@@ -48,6 +53,8 @@ class ConditionType(StrEnum):
     TRUNCATION_HIGH = "TruncationHigh"
     UNDER_USED = "UnderUsed"
     AUTO_APPLIED = "AutoApplied"
+    SIDECAR_MISSING = "SidecarMissing"
+    NOTIFICATIONS = "Notifications"
 
 
 class Reason(StrEnum):
@@ -69,6 +76,11 @@ class Reason(StrEnum):
     APPLIED_IN_CLUSTER = "AppliedInCluster"
     AS_DECLARED = "AsDeclared"
     STAGE_CHANGED = "StageChanged"  # the Event on a ladder stage change
+    PODS_WITHOUT_SIDECAR = "PodsWithoutSidecar"
+    ALL_PODS_HAVE_SIDECAR = "AllPodsHaveSidecar"
+    DELIVERING = "Delivering"
+    NOTIFICATION_SECRET_MISSING = "NotificationSecretMissing"
+    NOTIFICATION_FAILED = "NotificationFailed"  # also the Event on each failed delivery
     # Problems (Ready=False): misconfiguration found while resolving policy or checking a spec.
     UPSTREAM_CONFLICT = "UpstreamConflict"
     PRICE_CONFLICT = "PriceConflict"
@@ -175,12 +187,15 @@ def budget_conditions(
     synced: int,
     problems: Sequence[Problem] = (),
     dry_run: bool = False,
+    without_sidecar: Sequence[str] = (),
+    notifications: DesiredCondition | None = None,
 ) -> list[dict[str, Any]]:
-    """Ready, Synced, LadderStage and Exhausted for one TokenBudget.
+    """Ready, Synced, LadderStage, Exhausted, SidecarMissing (and Notifications) for one TokenBudget.
 
     `usage` is `Aggregator.status()` (camelCase keys: stage, usedPercent, tightestWindow, windows);
     `selected`/`synced` count pods with a sidecar that the selector matches and that applied the policy
-    of this generation; `problems` are misconfigurations attributed to this budget.
+    of this generation; `problems` are misconfigurations attributed to this budget; `without_sidecar` names
+    the selected pods that run without the sidecar; `notifications` is notify_loop's condition, if any.
     """
     synced_c = synced_condition(selected, synced, generation)
     counts = synced_counts(selected, synced, generation)
@@ -209,7 +224,26 @@ def budget_conditions(
     else:
         exhausted = DesiredCondition(ConditionType.EXHAUSTED, ConditionStatus.FALSE,
                                      Reason.WITHIN_LIMITS if window is not None else Reason.NO_USAGE_YET, where)
-    return build_conditions(previous, [ready, synced_c, ladder, exhausted], generation=generation, now=now)
+    desired = [ready, synced_c, ladder, exhausted, sidecar_missing_condition(without_sidecar)]
+    if notifications is not None:
+        desired.append(notifications)
+    return build_conditions(previous, desired, generation=generation, now=now)
+
+
+SIDECAR_MISSING_NAMED = 5  # pod names in the SidecarMissing message
+
+
+def sidecar_missing_condition(pods: Sequence[str]) -> DesiredCondition:
+    """SidecarMissing: True while selected pods bypass the sidecar, naming how many and the first few."""
+    if not pods:
+        return DesiredCondition(ConditionType.SIDECAR_MISSING, ConditionStatus.FALSE, Reason.ALL_PODS_HAVE_SIDECAR,
+                                "every selected pod runs the sidecar")
+    shown = ", ".join(sorted(pods)[:SIDECAR_MISSING_NAMED])
+    more = f" and {len(pods) - SIDECAR_MISSING_NAMED} more" if len(pods) > SIDECAR_MISSING_NAMED else ""
+    return DesiredCondition(
+        ConditionType.SIDECAR_MISSING, ConditionStatus.TRUE, Reason.PODS_WITHOUT_SIDECAR,
+        f"{len(pods)} selected pod(s) run without the sidecar, unmetered: {shown}{more} (created before the "
+        "namespace opted in, admitted while the webhook was down, or opted out: recreate them)")
 
 
 def _exhausted_window(usage: Mapping[str, Any]) -> tuple[str, str | None] | None:
@@ -230,6 +264,7 @@ __all__ = [
     "budget_conditions",
     "build_conditions",
     "k8s_time",
+    "sidecar_missing_condition",
     "synced_condition",
     "synced_counts",
 ]

@@ -27,10 +27,19 @@ from tokenbudget_operator.reconciler import lease_rules, metrics
 from tokenbudget_operator.reconciler.aggregate import Aggregator
 from tokenbudget_operator.reconciler.conditions import Problem
 from tokenbudget_operator.reconciler.effective import Effective, resolve
-from tokenbudget_operator.reconciler.indexes import BudgetEntry, BudgetIndex, PodEntry, PodIndex, TierEntry, TierIndex
+from tokenbudget_operator.reconciler.indexes import (
+    BarePodIndex,
+    BudgetEntry,
+    BudgetIndex,
+    PodEntry,
+    PodIndex,
+    TierEntry,
+    TierIndex,
+)
 from tokenbudget_operator.reconciler.leader_election import LeaderElector
 from tokenbudget_operator.reconciler.lease_types import LeaseConfig
 from tokenbudget_operator.reconciler.leases import LeaseAllocator
+from tokenbudget_operator.reconciler.notify_state import Notifier
 from tokenbudget_operator.reconciler.sidecar_client import SidecarClient
 from tokenbudget_operator.reconciler.spend import SpendCounters
 from tokenbudget_operator.reconciler.status_writer import StateStore, StatusWriter, read_admin_token
@@ -69,12 +78,14 @@ class Fleet:
     """Every sidecar the operator talks to, and everything the loops keep between rounds."""
 
     def __init__(self, settings: OperatorSettings, api: Any, budgets: BudgetIndex, tiers: TierIndex,
-                 pods: PodIndex) -> None:
+                 pods: PodIndex, bare_pods: BarePodIndex | None = None) -> None:
         self.settings = settings
         self.api = api
         self.budgets_index = budgets
         self.tiers_index = tiers
         self.pods_index = pods
+        self.bare_pods_index = bare_pods
+        self.notifier = Notifier()  # notifications' dedupe records (notify_state.py)
         self.wake = asyncio.Event()
         self.lease_wake = asyncio.Event()  # a pod waits for its first grants: run a lease round now
         self.indexes_ready = False
@@ -105,6 +116,7 @@ class Fleet:
         self._tokens: dict[str, tuple[str | None, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._webhooks: aiohttp.ClientSession | None = None
         self._client: SidecarClient | None = None
 
     # ----- lifecycle -----
@@ -134,6 +146,8 @@ class Fleet:
         """Open the sidecar client and start each loop (and the leader election) as a task."""
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         self._client = SidecarClient(self._session, timeout_s=self.settings.sidecar_timeout_s)
+        # Notification webhooks are outside the cluster: HTTPS_PROXY/NO_PROXY apply to them (never to sidecars).
+        self._webhooks = aiohttp.ClientSession(trust_env=True)
         for loop in loops:
             self._tasks.append(asyncio.create_task(loop(self), name=f"tokenbudget-{loop.__module__}"))
         if self.elector is not None:
@@ -155,6 +169,7 @@ class Fleet:
                 agent.applied, agent.applied_leases, agent.acked = None, {}, 0
             self.budget_status.slots.clear()
             self.tier_status.slots.clear()
+            self.notifier.clear()
         self.leader = leader
         self.wake.set()
 
@@ -164,8 +179,9 @@ class Fleet:
         for task in [*self._tasks, *self.pushes]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._webhooks):
+            if session is not None:
+                await session.close()
         if self.elector is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.elector.release), timeout=2.0)
@@ -176,6 +192,12 @@ class Fleet:
     def client(self) -> SidecarClient:
         assert self._client is not None, "run() first"
         return self._client
+
+    @property
+    def webhooks(self) -> aiohttp.ClientSession:
+        """The client session of notification webhooks (the environment's proxy settings apply)."""
+        assert self._webhooks is not None, "run() first"
+        return self._webhooks
 
     # ----- snapshots of the indexes -----
 
@@ -200,6 +222,13 @@ class Fleet:
     def view(self, key: str) -> BudgetView | None:
         namespace = key.split("/", 1)[0]
         return next((e.view for e in self.budgets_index.get(namespace, ()) if e.view.key == key), None)
+
+    def without_sidecar(self, view: BudgetView) -> list[str]:
+        """Names of live pods `view` selects that run without the sidecar (unmetered), sorted."""
+        if self.bare_pods_index is None:
+            return []
+        return sorted(p.name for p in self.bare_pods_index.get(view.namespace, ())
+                      if view.spec.selector.matches(dict(p.labels)))
 
     def selected(self, key: str, *, tiers: bool = False) -> list[PodAgent]:
         """The live agents whose desired policy holds budget (or ThinkTier) `key`."""

@@ -1,7 +1,9 @@
-"""The three kopf indexes the reconciler works from: TokenBudgets, ThinkTiers and pods that run the sidecar.
+"""The kopf indexes the reconciler works from: TokenBudgets, ThinkTiers, pods that run the sidecar, and the
+names and labels of live pods that do not (a budget selecting one reports it: SidecarMissing).
 
 Each entry is parsed once per watch event (views.py) and carries the few status fields the operator must
-carry over (conditions keep their lastTransitionTime, the stage its last announcement) across a restart.
+carry over (conditions keep their lastTransitionTime, the stage its last announcement, notifications what
+each target was sent) across a restart.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class BudgetEntry:
     view: BudgetView
     conditions: tuple[Mapping[str, Any], ...] = ()
     stage: str | None = None
+    notifications: tuple[Mapping[str, Any], ...] = ()  # status.notifications: the dedupe record
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,28 @@ class PodEntry:
     terminating: bool = False
 
 
+@dataclass(frozen=True)
+class BarePod:
+    """A live pod without the sidecar: enough to tell whether a budget selects it."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
 BudgetIndex = kopf.Index[str, BudgetEntry]  # namespace → its TokenBudgets
 TierIndex = kopf.Index[str, TierEntry]  # namespace → its ThinkTiers
 PodIndex = kopf.Index[str, PodEntry]  # namespace → its pods with a sidecar
+BarePodIndex = kopf.Index[str, BarePod]  # namespace → its live pods without the sidecar
 
 
 def has_sidecar(spec: Mapping[str, Any], **_: Any) -> bool:
     """Whether the pod runs our sidecar (as a native sidecar or a regular container)."""
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
     return any(isinstance(c, Mapping) and c.get("name") == names.SIDECAR_CONTAINER for c in containers)
+
+
+def lacks_sidecar(spec: Mapping[str, Any], **_: Any) -> bool:
+    return not has_sidecar(spec)
 
 
 @kopf.index(names.GROUP, names.VERSION, names.TOKENBUDGET_PLURAL, id="tokenbudget_budgets")
@@ -68,7 +84,8 @@ async def tokenbudget_budgets(body: kopf.Body, namespace: str | None, **_: Any) 
             "name"), exc.error_count())
         return {}
     status = body.get("status") or {}
-    return {view.namespace: BudgetEntry(view, tuple(status.get("conditions") or ()), status.get("stage"))}
+    return {view.namespace: BudgetEntry(view, tuple(status.get("conditions") or ()), status.get("stage"),
+                                        tuple(status.get("notifications") or ()))}
 
 
 @kopf.index(names.GROUP, names.VERSION, names.THINKTIER_PLURAL, id="tokenbudget_tiers")
@@ -93,4 +110,14 @@ async def tokenbudget_sidecar_pods(body: kopf.Body, **_: Any) -> dict[str, PodEn
     return {view.namespace: PodEntry(view, status.get("podIP") or None, bool(meta.get("deletionTimestamp")))}
 
 
-__all__ = ["BudgetEntry", "BudgetIndex", "PodEntry", "PodIndex", "TierEntry", "TierIndex", "has_sidecar"]
+@kopf.index("pods", id="tokenbudget_bare_pods", when=lacks_sidecar)
+async def tokenbudget_bare_pods(body: kopf.Body, **_: Any) -> dict[str, BarePod]:
+    """Pods a budget may select that bypass the sidecar; finished and terminating pods are not counted."""
+    meta = body.get("metadata") or {}
+    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+        return {}
+    return {str(meta.get("namespace", "")): BarePod(str(meta.get("name", "")), dict(meta.get("labels") or {}))}
+
+
+__all__ = ["BarePod", "BarePodIndex", "BudgetEntry", "BudgetIndex", "PodEntry", "PodIndex", "TierEntry", "TierIndex",
+           "has_sidecar", "lacks_sidecar"]

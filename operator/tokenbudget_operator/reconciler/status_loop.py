@@ -25,12 +25,13 @@ from tokenbudget_operator.reconciler.status_writer import Written, post_event
 
 logger = logging.getLogger(__name__)
 STATUS_FIELDS = ("observedGeneration", "conditions", "stage", "usedPercent", "tightestWindow", "windows",
-                 "topConsumers", "dryRun", "pods")
+                 "topConsumers", "dryRun", "pods", "notifications")
+WITHOUT_SIDECAR_NAMED = 10  # pod names in status.pods.withoutSidecarPods
 WARNING_STAGES = frozenset({Stage.THROTTLE.value, Stage.DOWNGRADE.value, Stage.BLOCK.value})
 
 
 def budget_status(fleet: Fleet, entry: BudgetEntry, now: dt.datetime) -> dict[str, Any]:
-    """The whole status to write for one budget now (usage, pods, conditions)."""
+    """The whole status to write for one budget now (usage, pods, conditions, notification records)."""
     view = entry.view
     agents = fleet.selected(view.key)
     problems: list[Problem] = []
@@ -42,16 +43,23 @@ def budget_status(fleet: Fleet, entry: BudgetEntry, now: dt.datetime) -> dict[st
     usage = fleet.aggregator.status(view, now)
     slot = fleet.budget_status.slot(view.key, entry.conditions, entry.stage)
     selected, synced = len(agents), sum(1 for a in agents if a.synced)
+    bare = fleet.without_sidecar(view)
+    fleet.notifier.observe(view.key, usage)
+    notifications = fleet.notifier.status_of(entry, now)
     conditions = budget_conditions(slot.conditions, generation=view.generation, now=now, usage=usage,
                                    selected=selected, synced=synced, problems=problems,
-                                   dry_run=view.spec.enforcement is Enforcement.DRY_RUN)
+                                   dry_run=view.spec.enforcement is Enforcement.DRY_RUN, without_sidecar=bare,
+                                   notifications=fleet.notifier.condition(view))
     insights = fleet.aggregator.insights.status(view.key, now)
     thresholds = view.spec.insights.thresholds if view.spec.insights is not None else None
     conditions += insight_signals.waste_condition(slot.conditions, insights, thresholds,
                                                   generation=view.generation, now=now)
     insight_signals.export(view.namespace, view.name, insights)
     out: dict[str, Any] = {key: usage.get(key) for key in STATUS_FIELDS}
-    out.update(conditions=conditions, pods={"selected": selected, "synced": synced}, insights=insights)
+    # None removes a stale list: a merge patch merges into status.pods rather than replacing it.
+    pods = {"selected": selected, "synced": synced, "withoutSidecar": len(bare),
+            "withoutSidecarPods": bare[:WITHOUT_SIDECAR_NAMED] or None}
+    out.update(conditions=conditions, pods=pods, insights=insights, notifications=notifications)
     return out
 
 
