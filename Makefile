@@ -9,7 +9,8 @@ CACHE ?= $(or $(TOKENBUDGET_CACHE),$(HOME)/.cache/tokenbudget)
 export TOKENBUDGET_CACHE := $(CACHE)
 export TIKTOKEN_CACHE_DIR ?= $(CACHE)/tiktoken
 
-.PHONY: setup tiktoken envtest helm images lint test test-fast test-realnode demo crds deploy chart-readme benchmarks clean
+.PHONY: setup tiktoken envtest helm images lint test test-fast test-realnode demo crds deploy chart-readme benchmarks clean \
+	fuzz soak chaos
 
 $(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,14 @@ test-fast: setup
 
 demo: setup
 	$(PY) -m tokenbudget_testing.demo
+
+# Hardening (README, "Hardening"): each prints its figures and exits non-zero on a broken invariant.
+FUZZ_SECONDS ?= 60
+fuzz: setup envtest
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+	$(PY) fuzz/admin_schema.py --examples 200
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" TOKENBUDGET_CRD_EXAMPLES=1000 $(PY) -m pytest -q \
+		"tests/fuzz/test_fuzz_short.py::test_a_spec_is_valid_by_pydantic_exactly_when_the_apiserver_accepts_it"
 
 # Benchmarks print figures and assert nothing; run them on a quiet machine.
 benchmarks: setup envtest

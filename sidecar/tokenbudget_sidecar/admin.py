@@ -91,7 +91,7 @@ async def put_policy(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         policy = SidecarPolicy.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a body that is not UTF-8
         return _error(400, f"policy is not valid JSON: {exc}")
     except pydantic.ValidationError as exc:
         return _error(422, "invalid policy", json.loads(exc.json()))

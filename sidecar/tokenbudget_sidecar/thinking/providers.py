@@ -195,7 +195,8 @@ def fit_anthropic(budget: int, room: int, limit: int) -> tuple[int, int] | None:
 
 def _tool_loop(body: JSON) -> bool:
     """History with tool_use/tool_result blocks: enabling thinking mid-loop is a 400 (§6.2)."""
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:  # not a list: the provider's 400 to give
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
             isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result", "server_tool_use") for b in content
