@@ -40,6 +40,7 @@ from tokenbudget_sidecar.headers import (
 )
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.upstream_url import forward_url
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
 RETRIEVE = re.compile(r"^(?:/openai)?/v1/responses/([A-Za-z0-9_\-]+)(/cancel)?$|^/openai/responses/([A-Za-z0-9_\-]+)"
@@ -105,7 +106,7 @@ class Background:
         started = time.perf_counter()
         rid = response_id_of(request.method, path)
         assert rid is not None
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        url = forward_url(upstream.base_url, path, request.query_string)
         try:
             headers = upstream_headers(request.headers, upstream, dialect)
         except KeyUnavailable as exc:
