@@ -67,9 +67,9 @@ def policy(upstream: str, requests_per_minute: int | None = None, tokens_per_min
     """Two upstreams on the test upstream, and a budget whose per-minute limits refuse calls past them."""
     limits = []
     if requests_per_minute:
-        limits.append({"name": "rpm", "period": "Minute", "requests": requests_per_minute})
+        limits.append({"name": "rpm", "duration": "1m", "requests": requests_per_minute})  # rolling: refuses steadily
     if tokens_per_minute:
-        limits.append({"name": "tpm", "period": "Minute", "tokens": tokens_per_minute})
+        limits.append({"name": "tpm", "duration": "1m", "tokens": tokens_per_minute})
     budgets = [{"namespace": "hardening", "name": "soak", "spec": {
         "selector": {"matchLabels": {"app": "hardening"}}, "timeZone": "UTC", "limits": limits,
         "request": {"maxOutputTokens": 64}}}] if limits else []
@@ -131,12 +131,12 @@ async def call(session: aiohttp.ClientSession, sidecar: str, n: int, tally: Tall
 
 
 class Puller:
-    """The operator's usage pull: GET /usage after the cursor, then POST /usage/ack; keeps what it read."""
+    """The operator's usage pull: GET /usage after the cursor, then POST /usage/ack; counts what it read."""
 
     def __init__(self, admin: str) -> None:
         self.admin = admin
         self.cursor = 0
-        self.records: list[dict[str, Any]] = []
+        self.records = 0
         self.headers = {"authorization": f"Bearer {TOKEN}"}
 
     async def pull(self, session: aiohttp.ClientSession) -> int:
@@ -144,7 +144,7 @@ class Puller:
                                headers=self.headers) as resp:
             resp.raise_for_status()
             page = await resp.json()
-        self.records += page["records"]
+        self.records += len(page["records"])
         if page["records"]:
             self.cursor = page["cursor"]
             async with session.post(f"{self.admin}/usage/ack", json={"cursor": self.cursor},
