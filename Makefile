@@ -78,6 +78,11 @@ SOAK_MINUTES ?= 10
 soak: setup
 	$(PY) hardening/soak.py --minutes $(SOAK_MINUTES)
 
+# A fault matrix on the apiserver test stack with traffic running; the ledger cells need root (a tmpfs),
+# the clock cell Debian's faketime (libfaketime). Prints the table; non-zero when a call was lost or doubled.
+chaos: setup envtest
+	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) hardening/chaos.py
+
 # Benchmarks print figures and assert nothing; run them on a quiet machine.
 benchmarks: setup envtest
 	$(PY) benchmarks/sidecar_latency.py

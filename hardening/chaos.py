@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +44,11 @@ from controlplane import ControlPlane, pod_address, resolve_bin_dir, terminate  
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace  # type: ignore[import-not-found]  # noqa: E402
 from rig import Tally, call  # noqa: E402
 from test_reconcile_apiserver import (  # type: ignore[import-not-found]  # noqa: E402
-    NS,
     TOKEN,
     _kill,
     http,
     operator_running,
     pod_with_sidecar,
-    set_pod_ip,
     start_sidecar,
     start_upstream,
     wait_for,
@@ -116,18 +115,19 @@ class SidecarProc:
 
 
 class Chaos:
-    def __init__(self, kube: ControlPlane, work: Path) -> None:
+    def __init__(self, kube: ControlPlane, work: Path, *, fake_clock: bool = True) -> None:
         self.kube, self.work = kube, work
+        self.ns = f"tb-chaos-{uuid.uuid4().hex[:6]}"  # never a namespace another run (or test) left Terminating
         self.token_file = work / "admin-token"
         self.token_file.write_text(TOKEN)
-        self.sidecars = [SidecarProc(pod_address(40 + i), f"chaos-{i}", work, self.token_file) for i in range(2)]
+        self.sidecars = [SidecarProc(pod_address(60 + i), f"chaos-{i}", work, self.token_file) for i in range(2)]
         self.upstream = ""
         self.operator: OperatorProcess | None = None
         self.mounted = False
         self.ro_started: bool | None = None
         self.counts: dict[str, int] = {}
         self.clock_file: Path | None = None
-        if Path(FAKETIME_LIB).exists():  # the processes started here see the offset in this file (+0 until a jump)
+        if fake_clock and Path(FAKETIME_LIB).exists():  # processes started here see this offset (+0 until a jump)
             self.clock_file = work / "faketime"
             self.clock_file.write_text("+0\n")
             os.environ.update({"LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(self.clock_file),
@@ -202,7 +202,7 @@ class Chaos:
     def running(self) -> Iterator[Chaos]:
         with contextlib.suppress(Exception):
             self.kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-        namespace(self.kube, NS, enabled=False, secret=True)
+        namespace(self.kube, self.ns, enabled=False, secret=True)
         upstream_proc, self.upstream = start_upstream(self.work)
         ledger = self.sidecars[1].ledger
         ledger.mkdir(parents=True, exist_ok=True)
@@ -211,8 +211,12 @@ class Chaos:
         try:
             for s in self.sidecars:
                 s.start()
-                self.kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(s.pod, {"app": "chaos"})))
-                set_pod_ip(self.kube, s.pod, s.ip)
+                pod = pod_with_sidecar(s.pod, {"app": "chaos"})
+                pod["metadata"]["namespace"] = self.ns
+                self.kube.kubectl("create", "-f", "-", input=json.dumps(pod))
+                status = {"status": {"phase": "Running", "podIP": s.ip, "podIPs": [{"ip": s.ip}]}}
+                self.kube.kubectl("patch", "pod", s.pod, "-n", self.ns, "--subresource=status", "--type=merge",
+                                  "-p", json.dumps(status))
             with operator_running(self.kube, self.work) as operator:
                 self.operator = operator
                 yield self
@@ -222,20 +226,20 @@ class Chaos:
             _kill(upstream_proc)
             if self.mounted:
                 subprocess.run(["umount", "-l", str(ledger)], check=False)
-            self.kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+            self.kube.kubectl("delete", "namespace", self.ns, "--ignore-not-found", "--wait=false", check=False)
 
     def budget(self, name: str) -> dict[str, Any]:
         ups = [{"name": "openai", "baseURL": self.upstream, "dialect": "OpenAI"},
                {"name": "anthropic", "baseURL": self.upstream, "dialect": "Anthropic"}]
         return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
-                "metadata": {"name": name, "namespace": NS},
+                "metadata": {"name": name, "namespace": self.ns},
                 "spec": {"selector": {"matchLabels": {"app": "chaos"}}, "timeZone": "UTC", "upstreams": ups,
                          "limits": [{"name": "calls", "period": "Hour", "requests": LIMIT},
                                     {"name": "counted", "duration": "6h", "requests": 10**9},
                                     {"name": "tokens", "duration": "6h", "tokens": 10**12}]}}
 
     def used(self, name: str) -> dict[str, int]:
-        tb = json.loads(self.kube.kubectl("get", "tb", name, "-n", NS, "-o", "json").stdout)
+        tb = json.loads(self.kube.kubectl("get", "tb", name, "-n", self.ns, "-o", "json").stdout)
         return {w["name"]: int(w["used"]) for w in (tb.get("status") or {}).get("windows") or []}
 
     def enforcing(self, key: str) -> bool:
@@ -251,10 +255,10 @@ class Chaos:
 
     def run(self, cell: Cell, fault_at: float, recover_after: float) -> Row:
         name = f"chaos-{cell.name}"
-        for old in self.kube.kubectl("get", "tb", "-n", NS, "-o", "name").stdout.split():
-            self.kube.kubectl("delete", old, "-n", NS, "--wait=true")
+        for old in self.kube.kubectl("get", "tb", "-n", self.ns, "-o", "name").stdout.split():
+            self.kube.kubectl("delete", old, "-n", self.ns, "--wait=true")
         self.kube.kubectl("apply", "-f", "-", input=json.dumps(self.budget(name)))
-        wait_for(f"{name} on both sidecars", lambda: self.enforcing(f"{NS}/{name}"), timeout=30, interval=0.2)
+        wait_for(f"{name} on both sidecars", lambda: self.enforcing(f"{self.ns}/{name}"), timeout=30, interval=0.2)
         http("DELETE", f"{self.upstream}/_upstream/served", token=None)
         tally = Tally()
         traffic = threading.Thread(target=lambda: asyncio.run(self._traffic(tally, cell.headers)))
@@ -283,6 +287,8 @@ class Chaos:
             note += f" {broken} cut streams (tokens estimated)"
         if tally.errors:
             note += f" {tally.errors} calls failed at the app"
+        if counted.get("calls", 0) != calls:  # records on both sides of an Hour boundary (the clock jump)
+            note += f" {counted.get('calls', 0)} of them in the status's current hour"
         if cell.evidence is not None:
             note += " " + cell.evidence(self)
         return Row(cell.name, len(served), tally.refused, max(0, len(served) - calls), max(0, calls - len(served)),
