@@ -93,10 +93,11 @@ def request_target(name: DialectName) -> Target:
             return
         assert isinstance(call.model, str) and call.model
         assert call.output_cap is None or 0 <= call.output_cap <= 2**31 - 1, call.output_cap
-        texts = dialect.prompt_texts(body)
+        prompt = dialect.prompt(body)
+        texts = prompt.texts
         assert all(isinstance(t, str) for t in texts)
-        messages = dialect.prompt_messages(body)
-        assert isinstance(messages, int) and messages >= 0, messages
+        assert isinstance(prompt.messages, int) and prompt.messages >= 0, prompt.messages
+        assert prompt.media_tokens >= 0, prompt.media_tokens
         if sum(len(t) for t in texts) <= COUNT_CAP:
             counted = tokens.count_sync(call.model, texts)
             assert 0 <= counted <= tokens.byte_bound(texts), (counted, tokens.byte_bound(texts))
