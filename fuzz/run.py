@@ -51,7 +51,7 @@ def _target_names() -> list[str]:
     return list(targets.targets())
 
 
-def fuzz_one(name: str, seconds: int) -> None:
+def fuzz_one(name: str, seconds: int, cache: Path) -> None:
     """In the child: instrument tokenbudget's modules, then hand the target to libFuzzer (never returns)."""
     import atheris
 
@@ -59,7 +59,7 @@ def fuzz_one(name: str, seconds: int) -> None:
         sys.path.insert(0, str(HERE))
         import targets
     target = targets.targets()[name]
-    work = CACHE / name
+    work = cache / name
     work.mkdir(parents=True, exist_ok=True)
     seeds = SEEDS / name
     args = [sys.argv[0], str(work), *([str(seeds)] if seeds.is_dir() else []),
@@ -69,13 +69,15 @@ def fuzz_one(name: str, seconds: int) -> None:
     atheris.Fuzz()
 
 
-def run(name: str, seconds: int) -> Result:
+def run(name: str, seconds: int, cache: Path | None = None) -> Result:
     """One target in a child process; its libFuzzer output goes to a log beside the working corpus."""
-    (CACHE / name).mkdir(parents=True, exist_ok=True)
-    log = CACHE / f"{name}.log"
+    cache = cache or CACHE
+    (cache / name).mkdir(parents=True, exist_ok=True)
+    log = cache / f"{name}.log"
     began = time.monotonic()
     with log.open("wb") as out:
-        done = subprocess.run([sys.executable, __file__, "--child", name, "--seconds", str(seconds)],
+        done = subprocess.run([sys.executable, __file__, "--child", name, "--seconds", str(seconds),
+                               "--cache", str(cache)],
                               stdout=out, stderr=subprocess.STDOUT, timeout=seconds + TIMEOUT_S + 120, check=False)
     text = log.read_text(errors="replace")
     runs = re.findall(r"stat::number_of_executed_units: (\d+)", text)
@@ -105,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("targets", nargs="*", help="target names (default: all)")
     parser.add_argument("--seconds", type=int, default=60, help="fuzzing time per target")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the working corpora grow")
     parser.add_argument("--reproduce", type=Path, help="run one input file through a target")
     args = parser.parse_args(argv)
     if args.child:
         sys.argv = [sys.argv[0]]
-        fuzz_one(args.child, args.seconds)
+        fuzz_one(args.child, args.seconds, args.cache)
         return 0
     if args.reproduce:
         reproduce(args.reproduce, args.targets[0])
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.targets or _target_names()
     results = []
     for name in names:
-        result = run(name, args.seconds)
+        result = run(name, args.seconds, args.cache)
         print(f"{name}: {result.executions} executions, corpus {result.corpus}, "
               f"{'ok' if result.ok else 'FAILED'}", flush=True)
         results.append(result)

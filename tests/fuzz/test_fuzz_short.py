@@ -27,10 +27,8 @@ SECONDS = 2  # per target: 13 targets ≈ 40 s with their start-up
 
 
 @pytest.mark.parametrize("target", fuzz_run._target_names())
-def test_each_fuzz_target_runs_clean_from_its_seed_corpus(target: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fuzz_run, "CACHE", tmp_path)  # a fresh working corpus: the run is the seeds' own
-    result = fuzz_run.run(target, SECONDS)
+def test_each_fuzz_target_runs_clean_from_its_seed_corpus(target: str, tmp_path: Path) -> None:
+    result = fuzz_run.run(target, SECONDS, tmp_path)  # a fresh working corpus: the run is the seeds' own
     assert result.ok, result.log.read_text(errors="replace")[-4000:]
     assert result.executions > 0, result.log.read_text(errors="replace")[-2000:]
     assert result.corpus > 0  # the seeds (and what they grew into) were loaded
