@@ -80,3 +80,20 @@ def test_a_thinking_rewrite_of_a_request_whose_messages_are_not_a_list_raises_no
     decision = thinking.apply(DIALECTS[DialectName.ANTHROPIC], call, body, "/anthropic/v1/messages", {}, 10)
     assert decision is not None
     assert body["thinking"]["type"] == "enabled"  # no tool loop in a history that is not a list
+
+
+@pytest.mark.parametrize("kind", [["image"], {"a": 1}])
+def test_a_content_part_whose_type_is_not_a_string_is_counted_not_a_500(kind: Any) -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 5,
+            "messages": [{"role": "user", "content": [{"type": kind, "text": "hello"}]}]}
+    for name in (DialectName.ANTHROPIC, DialectName.OPENAI, DialectName.AZURE_OPENAI):  # those with `messages`
+        prompt = DIALECTS[name].prompt(body)
+        assert "hello" in prompt.texts  # not a media part: its text is counted
+    with stack() as s:
+        req = urllib.request.Request(f"{s.sidecar}/anthropic/v1/messages", data=json.dumps(body).encode(),
+                                     method="POST", headers={"content-type": "application/json"})
+        try:
+            status = urllib.request.urlopen(req, timeout=10).status  # loopback only
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status < 500

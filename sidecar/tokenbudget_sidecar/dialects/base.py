@@ -175,7 +175,9 @@ def prompt_parts(value: Any) -> tuple[list[str], int]:
         if isinstance(item, str):
             out.append(item)
         elif isinstance(item, dict):
-            if (item.get("type") in MEDIA_TYPES or not MEDIA_KEYS.isdisjoint(item)) and not _text_source(item):
+            kind = item.get("type")  # any JSON value: a list or object here must not raise (unhashable)
+            if ((isinstance(kind, str) and kind in MEDIA_TYPES) or not MEDIA_KEYS.isdisjoint(item)) and (
+                    not _text_source(item)):
                 media += 1
                 continue
             stack.extend(item.values())
