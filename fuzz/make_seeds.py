@@ -34,6 +34,9 @@ REQUESTS: dict[str, list[tuple[int, object]]] = {
              "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
              "metadata": {"user_id": "u"}, "thinking": {"type": "enabled", "budget_tokens": 2048}}),
         (0, {"model": "claude-haiku-4-5", "max_tokens": 0, "stream": True, "messages": []}),
+        (0, {"model": "claude-opus-4-7", "max_tokens": 4000, "output_config": {"effort": "low"},
+             "thinking": {"type": "adaptive"}, "tools": [{"name": "t", "input_schema": {}}],
+             "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]}),
     ],
     "gemini": [
         (0, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],

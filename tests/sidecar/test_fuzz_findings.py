@@ -97,3 +97,19 @@ def test_a_content_part_whose_type_is_not_a_string_is_counted_not_a_500(kind: An
         except urllib.error.HTTPError as exc:
             status = exc.code
         assert status < 500
+
+
+def test_an_adaptive_thinking_effort_that_is_not_a_string_is_replaced_not_a_typeerror() -> None:
+    import yaml
+
+    from tokenbudget_api.policy import SidecarPolicy
+    from tokenbudget_sidecar.thinking import Thinking
+
+    doc = yaml.safe_load(open("examples/thinktier.yaml", encoding="utf-8").read())  # noqa: SIM115
+    doc["spec"]["defaultTier"] = "standard"
+    thinking = Thinking(SidecarPolicy.model_validate({"thinkTiers": [{"name": "t", "spec": doc["spec"]}]}))
+    body: dict[str, Any] = {"model": "claude-opus-4-7", "max_tokens": 4000, "output_config": {"effort": ["max"]},
+                            "messages": [{"role": "user", "content": "hi"}]}
+    call = DIALECTS[DialectName.ANTHROPIC].parse("messages", "/v1/messages", body, None)
+    thinking.apply(DIALECTS[DialectName.ANTHROPIC], call, body, "/anthropic/v1/messages", {}, 10)
+    assert isinstance(body["output_config"]["effort"], str)  # the tier's effort replaced what no API accepts

@@ -272,6 +272,7 @@ def _anthropic(fam: Family, dialect: Dialect, call: Call, body: JSON, target: Ta
         # The model decides how long to think; the effort steers it and max_tokens bounds it.
         config = body.get("output_config")
         app_effort = config.get("effort") if isinstance(config, dict) else None
+        app_effort = app_effort if isinstance(app_effort, str) else None  # a list here raised (unhashable)
         if kind is None:
             why = _anthropic_incompatible(body)
             if why is not None:
