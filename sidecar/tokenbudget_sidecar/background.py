@@ -25,6 +25,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.usage import UsageRecord
@@ -120,7 +121,7 @@ class Background:
                                   f"tokenbudget: upstream {upstream.name} failed: {type(exc).__name__}",
                                   request_id=request_id)
 
-    async def _relay(self, request: web.Request, url: str, data: bytes | None, headers: CIMultiDict[str], call: Call,
+    async def _relay(self, request: web.Request, url: URL, data: bytes | None, headers: CIMultiDict[str], call: Call,
                      upstream: PolicyUpstream, dialect: Dialect, rid: str, request_id: str,
                      started: float) -> web.StreamResponse:
         session = self.state.session
