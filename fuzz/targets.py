@@ -156,7 +156,7 @@ def stream_target(name: DialectName, operation: str, json_array: bool = False) -
 
 
 def usage_target(data: bytes) -> None:
-    """Each dialect's usage normalizer on any JSON: a Usage of integers, or None."""
+    """Each dialect's usage normalizer on any JSON: a Usage of integers (seconds for audio), or None."""
     try:
         raw = json.loads(data.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
@@ -165,8 +165,9 @@ def usage_target(data: bytes) -> None:
     results.append(anthropic_dialect.usage_of(raw, results[2] or Usage(input_tokens=5, output_tokens=1)))
     for usage in results:
         if usage is not None:
-            for value in usage.model_dump().values():
-                assert isinstance(value, int) and not isinstance(value, bool), usage
+            for name, value in usage.model_dump().items():
+                kinds = (int, float) if name.endswith("_seconds") else (int,)  # audio is billed by the second
+                assert isinstance(value, kinds) and not isinstance(value, bool), usage
 
 
 def policy_target(data: bytes) -> None:
