@@ -81,6 +81,8 @@ soak: setup
 # A fault matrix on the apiserver test stack with traffic running; the ledger cells need root (a tmpfs),
 # the clock cell Debian's faketime (libfaketime). Prints the table; non-zero when a call was lost or doubled.
 chaos: setup envtest
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -q && apt-get install -y -q faketime; }
 	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) hardening/chaos.py
 
 # Benchmarks print figures and assert nothing; run them on a quiet machine.

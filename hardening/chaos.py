@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         chosen = [c for c in chosen if not c.name.startswith("ledger-")]
         print("not root: the ledger cells (tmpfs) are left out")
+    if not Path(FAKETIME_LIB).exists():
+        chosen = [c for c in chosen if not c.name.startswith("clock-")]
+        print(f"no {FAKETIME_LIB} (Debian's faketime): the clock cell is left out")
     work = Path(tempfile.mkdtemp(prefix="tokenbudget-chaos-"))
     kube = ControlPlane(resolve_bin_dir(REPO))
     rows: list[Row] = []
