@@ -46,6 +46,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     if request.path not in OPEN_PATHS:
         expected = _token(request.app[STATE])
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if expected == "":  # an empty Secret must not open the port: an empty header would match it
+            return _error(401, "the admin token file is empty: every call is refused until it holds a token")
         if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
             return _error(401, "missing or wrong bearer token")
     return await handler(request)
@@ -91,7 +93,7 @@ async def put_policy(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         policy = SidecarPolicy.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for a body that is not UTF-8
         return _error(400, f"policy is not valid JSON: {exc}")
     except pydantic.ValidationError as exc:
         return _error(422, "invalid policy", json.loads(exc.json()))

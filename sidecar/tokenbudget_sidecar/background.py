@@ -25,6 +25,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.usage import UsageRecord
@@ -40,6 +41,7 @@ from tokenbudget_sidecar.headers import (
 )
 from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.upstream_url import forward_url
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
 RETRIEVE = re.compile(r"^(?:/openai)?/v1/responses/([A-Za-z0-9_\-]+)(/cancel)?$|^/openai/responses/([A-Za-z0-9_\-]+)"
@@ -105,7 +107,7 @@ class Background:
         started = time.perf_counter()
         rid = response_id_of(request.method, path)
         assert rid is not None
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        url = forward_url(upstream.base_url, path, request.query_string)
         try:
             headers = upstream_headers(request.headers, upstream, dialect)
         except KeyUnavailable as exc:
@@ -119,7 +121,7 @@ class Background:
                                   f"tokenbudget: upstream {upstream.name} failed: {type(exc).__name__}",
                                   request_id=request_id)
 
-    async def _relay(self, request: web.Request, url: str, data: bytes | None, headers: CIMultiDict[str], call: Call,
+    async def _relay(self, request: web.Request, url: URL, data: bytes | None, headers: CIMultiDict[str], call: Call,
                      upstream: PolicyUpstream, dialect: Dialect, rid: str, request_id: str,
                      started: float) -> web.StreamResponse:
         session = self.state.session

@@ -45,6 +45,7 @@ from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
 from tokenbudget_sidecar.transparent import Transparent, route_of
+from tokenbudget_sidecar.upstream_url import OutsideUpstream, check_path, forward_url
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,10 @@ class Proxy:
             return error_response(DIALECTS[next(iter(DIALECTS))], 404,
                                   f"tokenbudget: no upstream named {name!r} (configured: {configured})")
         dialect = DIALECTS[upstream.dialect]
+        try:
+            check_path(path)  # before anything is forwarded, a background Response's follow-up included
+        except OutsideUpstream as exc:
+            return error_response(dialect, 400, str(exc), request_id=request_id)
         if self.background.wants(upstream.name, request.method, path):  # a deferred background Response
             return await self.background.follow(request, upstream, dialect, path, request_id)
         operation = dialect.operation(request.method, path)
@@ -223,7 +228,7 @@ class Proxy:
                       ticket: Ticket, think: Decision | None = None) -> web.StreamResponse:
         session = self.state.session
         assert session is not None, "the client session starts with the app"
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        url = forward_url(upstream.base_url, path, request.query_string)  # a Downgrade's path is checked too
         reading = Reading()
         try:
             headers = upstream_headers(request.headers, upstream, dialect)

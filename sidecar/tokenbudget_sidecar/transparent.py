@@ -33,6 +33,7 @@ from tokenbudget_sidecar.headers import (
     upstream_headers,
 )
 from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.upstream_url import forward_url
 
 UNBILLED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})  # reads, and deletes of stored objects
 STATIC_SEGMENT = re.compile(r"^(?:[A-Za-z_\-]+|v\d+(?:alpha|beta)?\d*)$")  # words and API versions
@@ -117,7 +118,7 @@ class Transparent:
         cap = self.state.settings.max_body_bytes
         if request.content_length is not None and request.content_length > cap:
             return self._refuse_size(dialect, request_id, record)
-        url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
+        url = forward_url(upstream.base_url, path, request.query_string)
         try:
             headers = upstream_headers(request.headers, upstream, dialect)
         except KeyUnavailable as exc:  # never forwarded

@@ -15,7 +15,9 @@ from tokenbudget_sidecar.dialects.base import (
     Dialect,
     Reading,
     StreamTracker,
+    as_dict,
     as_int,
+    as_list,
     first_id,
     load_json,
     read_cap,
@@ -42,7 +44,7 @@ def usage_of(raw: Any, previous: Usage | None = None) -> Usage | None:
     uncached = pick("input_tokens", base)
     read = pick("cache_read_input_tokens", prev.cached_input_tokens)
     write = pick("cache_creation_input_tokens", prev.cache_creation_input_tokens)
-    details = raw.get("output_tokens_details") or {}
+    details = as_dict(raw.get("output_tokens_details"))
     return Usage(
         input_tokens=uncached + read + write,
         cached_input_tokens=read,
@@ -96,7 +98,7 @@ class AnthropicDialect(Dialect):
         reading = Reading(usage=usage_of(body.get("usage")), finished=True,
                           truncated=body.get("stop_reason") == "max_tokens")
         first_id(reading, body.get("id"))
-        for block in body.get("content") or []:
+        for block in as_list(body.get("content")):
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 reading.text.append(block["text"])
                 reading.answer_text.append(block["text"])
@@ -121,13 +123,14 @@ class MessagesTracker(StreamTracker):
             return True
         kind = data.get("type", event.event)
         if kind == "message_start":
-            r.usage = usage_of((data.get("message") or {}).get("usage"))
-            first_id(r, (data.get("message") or {}).get("id"))
+            message = as_dict(data.get("message"))
+            r.usage = usage_of(message.get("usage"))
+            first_id(r, message.get("id"))
         elif kind == "message_delta":
             r.usage = usage_of(data.get("usage"), r.usage)
-            r.truncated = (data.get("delta") or {}).get("stop_reason") == "max_tokens"
+            r.truncated = as_dict(data.get("delta")).get("stop_reason") == "max_tokens"
         elif kind == "content_block_delta":
-            delta = data.get("delta") or {}
+            delta = as_dict(data.get("delta"))
             text = delta.get("text", delta.get("thinking"))
             if isinstance(text, str):
                 r.text.append(text)

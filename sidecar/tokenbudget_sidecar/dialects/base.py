@@ -126,6 +126,17 @@ def first_id(reading: Reading, value: object) -> None:
         reading.response_id = value
 
 
+def as_dict(value: object) -> JSON:
+    """A JSON object from a provider's answer, or {} when it has another shape: answers are read, never
+    trusted to have the documented types (a reader that raises breaks a call the provider billed)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    """A JSON array from a provider's answer, or [] when it has another shape (see as_dict)."""
+    return value if isinstance(value, list) else []
+
+
 def as_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -164,7 +175,9 @@ def prompt_parts(value: Any) -> tuple[list[str], int]:
         if isinstance(item, str):
             out.append(item)
         elif isinstance(item, dict):
-            if (item.get("type") in MEDIA_TYPES or not MEDIA_KEYS.isdisjoint(item)) and not _text_source(item):
+            kind = item.get("type")  # any JSON value: a list or object here must not raise (unhashable)
+            if ((isinstance(kind, str) and kind in MEDIA_TYPES) or not MEDIA_KEYS.isdisjoint(item)) and (
+                    not _text_source(item)):
                 media += 1
                 continue
             stack.extend(item.values())

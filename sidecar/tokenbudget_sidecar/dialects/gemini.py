@@ -16,7 +16,9 @@ from tokenbudget_sidecar.dialects.base import (
     Dialect,
     Reading,
     StreamTracker,
+    as_dict,
     as_int,
+    as_list,
     first_id,
     load_json,
     read_cap,
@@ -46,14 +48,14 @@ def _read_chunk(reading: Reading, body: JSON) -> None:
     usage = usage_of(body.get("usageMetadata"))
     if usage is not None:
         reading.usage = usage  # a running snapshot: the last one wins
-    for cand in body.get("candidates") or []:
+    for cand in as_list(body.get("candidates")):
         if not isinstance(cand, dict):
             continue
         reason = cand.get("finishReason")
         if reason:
             reading.finished = True
             reading.truncated = reason == "MAX_TOKENS"
-        for part in (cand.get("content") or {}).get("parts") or []:
+        for part in as_list(as_dict(cand.get("content")).get("parts")):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 reading.text.append(part["text"])
                 (reading.thinking_text if part.get("thought") is True else reading.answer_text).append(part["text"])

@@ -15,7 +15,9 @@ from tokenbudget_sidecar.dialects.base import (
     Dialect,
     Reading,
     StreamTracker,
+    as_dict,
     as_int,
+    as_list,
     first_id,
     json_type,
     load_json,
@@ -52,8 +54,8 @@ def usage_of(raw: Any) -> Usage | None:
     """Chat (`prompt_tokens`...) and Responses/Embeddings (`input_tokens`...) usage, normalized."""
     if not isinstance(raw, dict):
         return None
-    in_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
-    out_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
+    in_details = as_dict(raw.get("prompt_tokens_details") or raw.get("input_tokens_details"))
+    out_details = as_dict(raw.get("completion_tokens_details") or raw.get("output_tokens_details"))
     return Usage(
         input_tokens=as_int(raw.get("prompt_tokens", raw.get("input_tokens"))),
         cached_input_tokens=as_int(in_details.get("cached_tokens")),
@@ -139,7 +141,7 @@ class OpenAIDialect(Dialect):
         reading = Reading(usage=usage_of(body.get("usage")), finished=True)
         first_id(reading, body.get("id"))
         if call.operation in ("chat", "completions"):
-            for choice in body.get("choices") or []:
+            for choice in as_list(body.get("choices")):
                 if isinstance(choice, dict):
                     reading.truncated |= choice.get("finish_reason") == "length"
                     message = choice.get("message")
@@ -151,7 +153,7 @@ class OpenAIDialect(Dialect):
         elif call.operation == "responses":
             reading.truncated = body.get("status") == "incomplete"
             reading.deferred = body.get("background") is True and body.get("status") in ("queued", "in_progress")
-            for item in body.get("output") or []:
+            for item in as_list(body.get("output")):
                 if not isinstance(item, dict):
                     continue
                 parts = [p for key in ("content", "summary") if isinstance(item.get(key), list) for p in item[key]]
@@ -221,7 +223,7 @@ class ChatTracker(StreamTracker):
         if usage is not None:
             r.usage = usage
         choices = chunk.get("choices")
-        for choice in choices or []:
+        for choice in as_list(choices):
             if not isinstance(choice, dict):
                 continue
             r.truncated |= choice.get("finish_reason") == "length"
@@ -245,7 +247,7 @@ class ResponsesTracker(StreamTracker):
         if data is None:
             return True
         kind = data.get("type", event.event)
-        first_id(r, (data.get("response") or {}).get("id"))
+        first_id(r, as_dict(data.get("response")).get("id"))
         if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
             r.text.append(data["delta"])
             r.answer_text.append(data["delta"])
@@ -253,7 +255,7 @@ class ResponsesTracker(StreamTracker):
             r.thinking_text.append(data["delta"])
             r.text.append(data["delta"])
         elif kind in self.TERMINAL:
-            response = data.get("response") or {}
+            response = as_dict(data.get("response"))
             r.usage = usage_of(response.get("usage")) or r.usage
             r.truncated = kind == "response.incomplete"
             r.finished = True

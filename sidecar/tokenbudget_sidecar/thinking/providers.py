@@ -195,7 +195,8 @@ def fit_anthropic(budget: int, room: int, limit: int) -> tuple[int, int] | None:
 
 def _tool_loop(body: JSON) -> bool:
     """History with tool_use/tool_result blocks: enabling thinking mid-loop is a 400 (§6.2)."""
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:  # not a list: the provider's 400 to give
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
             isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result", "server_tool_use") for b in content
@@ -271,6 +272,7 @@ def _anthropic(fam: Family, dialect: Dialect, call: Call, body: JSON, target: Ta
         # The model decides how long to think; the effort steers it and max_tokens bounds it.
         config = body.get("output_config")
         app_effort = config.get("effort") if isinstance(config, dict) else None
+        app_effort = app_effort if isinstance(app_effort, str) else None  # a list here raised (unhashable)
         if kind is None:
             why = _anthropic_incompatible(body)
             if why is not None:
