@@ -173,6 +173,9 @@ async def soak(minutes: float, probe_s: float, work: Path) -> int:
     return verdict(run, puller.records - probe_records, seconds, alive, rate)
 
 
+MIN_TREND_S = 120.0  # shorter runs still check errors, records, fds and the ledger, not memory
+
+
 def verdict(run: Run, records: int, seconds: float, alive: bool, offered: float) -> int:
     # Warm-up: a fifth of the run (5-60 s), and past the lazy load of the tokenizer (~74 MiB once, when a
     # decision first needs an exact count: a step, not a leak).
@@ -206,7 +209,9 @@ def verdict(run: Run, records: int, seconds: float, alive: bool, offered: float)
     broken = []
     if not alive:
         broken.append("the sidecar died")
-    if growth > 0.10:
+    if seconds < MIN_TREND_S:  # the suite's short pass: seconds of warm allocator growth are no trend
+        print(f"NOTE: RSS not judged on a run shorter than {MIN_TREND_S:.0f} s (grew {growth:.1%} after warm-up)")
+    elif growth > 0.10:
         broken.append(f"RSS grew {growth:.1%} after warm-up (bound 10 %)")
     if end_fds > base_fds:
         broken.append(f"open fds grew from {base_fds} to {end_fds}")
