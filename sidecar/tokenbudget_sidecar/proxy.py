@@ -159,9 +159,11 @@ class Proxy:
                               if (u := dialect.labelled_user(body, label)) is not None), None)
         parts = dialect.prompt(body)
         prompt = PromptCount.of(self.state.counter, call.model, parts.texts, parts.messages, parts.media_tokens)
-        thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
-        if thinking.thinktiers or self.state.settings.prompt_count == "Exact":  # tiers may select by prompt size
+        if self.state.thinking.thinktiers or self.state.settings.prompt_count == "Exact":  # tiers may select by size
             await prompt.count()
+        # Taken after the await: a push meanwhile replaces Thinking, and a call applied to the old one would be
+        # missing from the new one's call count while its sample lands there (unclassifiedPercent then vanished).
+        thinking = self.state.thinking  # the tier's budget goes in before admission reserves the output cap
         think = thinking.apply(dialect, call, body, request.path, request.headers, prompt.value)
         record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                              dialect=dialect.name, operation=call.operation, model=call.model, user=call.user,
