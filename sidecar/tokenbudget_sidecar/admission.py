@@ -180,7 +180,7 @@ class Admission:
                                     prompt, demand_of)
             ticket.holds.append((b, reservation))
             ticket.decisions += [f"{b.name}:DryRun:{a.value}" for a in reservation.decisions]
-        ticket.headers["x-tokenbudget-reserved-tokens"] = str(self._demand(call, prompt.value, base_url).tokens)
+        ticket.headers["x-tokenbudget-reserved-tokens"] = str(self._hold_tokens(call, prompt.value))
         self._headers(ticket, call)
         return path
 
@@ -189,11 +189,14 @@ class Admission:
         bound does not fit a window, and the lazy holds of any window that is tight or whose ladder step they
         leave in doubt. The atomic section then finds every count it needs already made (budget.reserve
         would otherwise count on the loop)."""
+        budgets = [(b, b.windows_for(call.model, call.user)) for b in self.budgets]
+        if prompt.known and not any(w.lazy for _, windows in budgets for w in windows):
+            return  # nothing is on a bound: no price lookup, no scan (the common case with exact counts)
         now = self.clock.now()
         high = self._demand(call, prompt.value, base_url)
         pending: list[PromptCount] = []
-        for b in self.budgets:
-            for w in b.windows_for(call.model, call.user):
+        for b, windows in budgets:
+            for w in windows:
                 amount = high.of(w.limit)
                 tight = amount is not None and amount > w.room(now)
                 if tight and not prompt.known:
@@ -260,11 +263,16 @@ class Admission:
         resets = [r for w in windows if (r := w.counter.resets_at(now)) is not None]
         return max((min(resets) - now).total_seconds(), 1.0) if resets else None
 
+    def _hold_tokens(self, call: Call, prompt_tokens: int) -> int:
+        """The tokens a call holds: its prompt plus the margin, and its output cap (or the default allowance)."""
+        output = call.output_cap if call.output_cap is not None else self.default_output_tokens
+        return prompt_tokens + prompt_tokens * self.prompt_margin_percent // 100 + output
+
     def _demand(self, call: Call, prompt_tokens: int, base_url: str) -> Demand:
         output = call.output_cap if call.output_cap is not None else self.default_output_tokens
-        prompt = prompt_tokens + prompt_tokens * self.prompt_margin_percent // 100
-        cost, _ = self.prices.cost(call.model, base_url, Usage(input_tokens=prompt, output_tokens=output))
-        return Demand(tokens=prompt + output, cost_usd=cost)
+        tokens = self._hold_tokens(call, prompt_tokens)
+        cost, _ = self.prices.cost(call.model, base_url, Usage(input_tokens=tokens - output, output_tokens=output))
+        return Demand(tokens=tokens, cost_usd=cost)
 
     def _headers(self, ticket: Ticket, call: Call) -> None:
         now = self.clock.now()
