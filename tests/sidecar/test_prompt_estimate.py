@@ -3,8 +3,9 @@ their dialect's allowance instead of being counted as text (issue 13 part 6).
 
 Tool definitions used to be counted by their string values only, so every parameter name and "type" key was
 missing from the estimate (under the bill); a base64 image was counted as ~1 token per 1.5 characters of base64
-(a 300 KB image of compressed content counted ~270,000 o200k tokens and tripped prompt caps). The test upstream bills tools as their compact
-JSON and an image part at a flat figure; the estimate must stay at or above both.
+(a 300 KB image of compressed content counted ~270,000 o200k tokens and tripped prompt caps).
+The test upstream bills tools as their compact JSON and an image part at a flat figure; the estimate
+must stay at or above both.
 """
 
 from __future__ import annotations
