@@ -277,6 +277,14 @@ state = "{base / 'state'}"
         """kubelet + kube-scheduler; returns once the Node is Ready."""
         kdir = self.workdir / "kubelet"
         kdir.mkdir()
+        # The kubelet bind-mounts its root dir onto itself (rshared) at start, while its pods-API and
+        # podresources goroutines create sockets under it by a temp file and a rename; a rename whose two
+        # path walks straddle that mount fails with EXDEV and the kubelet exits ("invalid cross-device
+        # link", seen once in CI). Made rshared here first, the kubelet finds it shared and mounts nothing.
+        root = kdir / "root"
+        root.mkdir()
+        self._run("mount", "--bind", str(root), str(root))
+        self._run("mount", "--make-rshared", str(root))
         kubelet_config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
