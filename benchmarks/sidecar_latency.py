@@ -64,11 +64,16 @@ STREAM_CADENCE_MS = 5  # ... this far apart
 MIB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# Targets from issue 3, item 11.
-TARGET_C1_P50_MS = 1.0
+# Targets: issue 3, item 11 (c=1 p99, RSS under load), tightened by issue 19 (c=1 p50, CPU, RSS at rest).
+TARGET_C1_P50_MS = 0.6
 TARGET_C1_P99_MS = 3.0
 TARGET_C64_P99_MS = 10.0
+TARGET_CPU_US = 250.0
 TARGET_RSS_MIB = 140.0
+TARGET_RSS_REST_MIB = 60.0
+# The paths compared with the sidecar, when present: name -> what the report calls it.
+OTHERS = {"baseline": "sidecar at baseline", "nginx": "nginx", "floor": "aiohttp floor",
+          "floor-ll": "aiohttp floor, low-level server"}
 
 SYSTEM_PROMPT = (
     "You are a concise assistant for an internal engineering help desk. Answer in plain English, cite the "
@@ -225,8 +230,8 @@ MEMORY_BUDGETS: dict[str, list[dict[str, object]]] = {
 
 def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None,
                   budgets: list[dict[str, object]] | None = None,
-                  extra_env: dict[str, str] | None = None) -> tuple[Service, str, str]:
-    policy = workdir / "policy.json"
+                  extra_env: dict[str, str] | None = None, name: str = "sidecar") -> tuple[Service, str, str]:
+    policy = workdir / f"{name}-policy.json"
     policy.write_text(json.dumps({  # metering only unless `budgets`: one OpenAI upstream
         "upstreams": [{"name": "openai", "baseURL": upstream_url, "dialect": "OpenAI"}],
         "onDisconnect": "Drain", "budgets": budgets or [],
@@ -242,7 +247,7 @@ def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None,
     })
     env.pop("TOKENBUDGET_ADMIN_TOKEN_FILE", None)
     env.update(extra_env or {})
-    ledger = workdir / "ledger"  # as in a pod: the durable usage ledger on an emptyDir
+    ledger = workdir / f"{name}-ledger"  # as in a pod: the durable usage ledger on an emptyDir
     shutil.rmtree(ledger, ignore_errors=True)
     ledger.mkdir()
     env["TOKENBUDGET_LEDGER_DIR"] = str(ledger)
@@ -251,10 +256,21 @@ def start_sidecar(workdir: Path, upstream_url: str, profile: Path | None,
         cmd += ["-m", "cProfile", "-o", str(profile)]
     cmd += ["-m", "tokenbudget_sidecar"]
     # SIGINT: asyncio.run cancels the server, main() returns, and cProfile gets to write its file.
-    service = spawn("sidecar", cmd, env, workdir, signal.SIGINT)
+    service = spawn(name, cmd, env, workdir, signal.SIGINT)
     admin = f"http://{HOST}:{admin_port}"
     wait_ready(service, f"{admin}/readyz")  # ready once the upstream pool exists (and, Exact, the encoding)
     return service, f"http://{HOST}:{data_port}", admin
+
+
+def start_floor(workdir: Path, upstream_url: str, server: str) -> tuple[Service, str]:
+    port = free_port()
+    script = Path(__file__).with_name("aiohttp_floor.py")
+    service = spawn(f"floor-{server}", [sys.executable, str(script), "--host", HOST, "--port", str(port),
+                                        "--upstream", upstream_url, "--server", server],
+                    child_env(), workdir, signal.SIGINT)
+    url = f"http://{HOST}:{port}"
+    wait_ready(service, f"{url}/v1/models")
+    return service, url
 
 
 def find_nginx() -> str | None:
@@ -358,13 +374,22 @@ def children_of(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time of the processes (all their threads), from /proc/<pid>/stat."""
-    total = 0
+    """CPU time of the processes (all their live threads), from /proc/<pid>/task/*/schedstat: nanoseconds,
+    where /proc/<pid>/stat counts in clock ticks (10 ms, coarser than a batch's share of a call). Falls back
+    to stat's utime + stime where schedstat is missing."""
+    total = 0.0
     for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
-    return total / CLOCK_TICKS
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                    stat = Path(f"/proc/{pid}/task/{task}/schedstat").read_text(encoding="ascii")
+                    total += int(stat.split()[0]) / 1e9
+        except (OSError, IndexError, ValueError):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1]
+                utime, stime = fields.split()[11:13]  # fields 14 and 15 of stat(5)
+                total += (int(utime) + int(stime)) / CLOCK_TICKS
+    return total
 
 
 class RssSampler:
@@ -602,12 +627,11 @@ ROWS: dict[Kind, list[tuple[str, str]]] = {
 }
 
 
-def table(levels: list[Level], with_nginx: bool) -> list[str]:
+def table(levels: list[Level], others: list[str]) -> list[str]:
+    names = ["direct", "sidecar", *others]
     head = ["scenario", "c", "calls/path", "direct p50 / p99", "sidecar p50 / p99", "**added** p50 / p99"]
-    if with_nginx:
-        head.append("nginx added p50 / p99")
-    head += ["req/s direct / sidecar" + (" / nginx" if with_nginx else ""),
-             "CPU µs/call upstream / sidecar" + (" / nginx" if with_nginx else ""), "target (issue 3)"]
+    head += [f"{OTHERS[o]} added p50 / p99" for o in others]
+    head += ["req/s " + " / ".join(names), "CPU µs/call " + " / ".join(["upstream", *names[1:]]), "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in levels:
         res = level.results
@@ -616,16 +640,37 @@ def table(levels: list[Level], with_nginx: bool) -> list[str]:
             a50, a99 = added(s, d)
             row = [label, str(level.concurrency), str(level.per_path), pair(d), pair(s),
                    f"**{ms(a50, True)} / {ms(a99, True)}**"]
-            if with_nginx:
-                n50, n99 = added(getattr(res["nginx"], metric), d)
+            for other in others:
+                n50, n99 = added(getattr(res[other], metric), d)
                 row.append(f"{ms(n50, True)} / {ms(n99, True)}")
-            rates = [res["direct"].rate, res["sidecar"].rate] + ([res["nginx"].rate] if with_nginx else [])
-            row.append(" / ".join(f"{r:.0f}" for r in rates) if metric == "latency" else "")
-            cpus = [res[name].cpu_per_call for name in (("direct", "sidecar", "nginx") if with_nginx
-                                                        else ("direct", "sidecar"))]
-            row.append(" / ".join(f"{c * 1e6:.0f}" for c in cpus) if metric == "latency" else "")
+            last = metric == "latency"
+            row.append(" / ".join(f"{res[n].rate:.0f}" for n in names) if last else "")
+            row.append(" / ".join(f"{res[n].cpu_per_call * 1e6:.0f}" for n in names) if last else "")
             row.append(target_note(level, metric, a50, a99))
             lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def cpu_table(levels: list[Level], others: list[str]) -> list[str]:
+    """The sidecar's CPU per call split into what aiohttp and the loop cost (the floor proxy, same run) and
+    what tokenbudget adds on top, beside nginx."""
+    if "floor" not in others:
+        return []
+    head = ["scenario", "c", "sidecar", *[OTHERS[o] for o in others], "**tokenbudget's own** (sidecar - floor)",
+            "sidecar ÷ nginx" if "nginx" in others else "", f"target ≤ {TARGET_CPU_US:g} µs"]
+    head = [h for h in head if h]
+    lines = ["CPU µs per call (the proxy's processes, all threads, over its own batches)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in levels:
+        res = level.results
+        label = "chat, non-streamed" if level.kind == "chat" else "stream"
+        side = res["sidecar"].cpu_per_call * 1e6
+        row = [label, str(level.concurrency), f"{side:.0f}", *[f"{res[o].cpu_per_call * 1e6:.0f}" for o in others],
+               f"**{side - res['floor'].cpu_per_call * 1e6:.0f}**"]
+        if "nginx" in others:
+            row.append(f"{side / (res['nginx'].cpu_per_call * 1e6):.1f}x")
+        row.append(verdict(side <= TARGET_CPU_US) if level.kind == "chat" else "")
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -729,6 +774,7 @@ class Facts:
     profiled: bool
     load_before: str
     nginx_note: str
+    floor_note: str
     idle: dict[str, int]
     after: dict[str, int]
     peak_kib: int
@@ -738,9 +784,9 @@ class Facts:
     elapsed: float
 
 
-def report(levels: list[Level], with_nginx: bool, facts: Facts) -> None:
+def report(levels: list[Level], others: list[str], facts: Facts) -> None:
     cpus = os.cpu_count() or 1
-    proxies = "the sidecar and nginx" if with_nginx else "the sidecar"
+    proxies = ", ".join(["the sidecar", *(OTHERS[o] for o in others)])
     print(f"# tokenbudget sidecar latency: {'quick' if facts.quick else 'full'} run, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     print(f"- Machine: {cpus} CPUs ({cpu_model()}), Linux {platform.release()}; load average "
@@ -755,6 +801,7 @@ def report(levels: list[Level], with_nginx: bool, facts: Facts) -> None:
         print(f"- **The machine was busy (load average up to {busiest:.2f} on {cpus} CPUs): other work competed "
               "with every process here, so tails (p99) especially are noisier than on an idle box.**")
     print(f"- Python {platform.python_version()}, aiohttp {aiohttp.__version__}; {facts.nginx_note}.")
+    print(f"- {facts.floor_note}")
     print(f"- Calls: POST /v1/chat/completions with openai-python's exact body ({len(sdk_body(stream=False))} "
           f"bytes, {MODEL}, system + user message) and headers; non-streamed calls get {CHAT_OUTPUT_TOKENS} "
           f"tokens at once; streams send {STREAM_CHUNKS} one-token chunks {STREAM_CADENCE_MS} ms apart (the "
@@ -762,22 +809,26 @@ def report(levels: list[Level], with_nginx: bool, facts: Facts) -> None:
           "(one OpenAI upstream, no budgets) and writes its durable usage ledger to a temporary directory, "
           "as to the pod's emptyDir.")
     print("- Method: per level a warm-up, then rounds of one batch per path in rotating order; percentiles "
-          "over all calls of the level; added = sidecar (or nginx) percentile minus direct percentile. CPU/call "
-          "is the process's user+system time during its own path's batches. Between batches the usage records "
-          "are acknowledged on the admin port, as the operator's pull does. Times in ms.")
+          "over all calls of the level; added = a proxy's percentile minus direct percentile. CPU/call "
+          "is the process's CPU time (schedstat, all threads) during its own path's batches. Between batches the "
+          "usage records are acknowledged on the admin port, as the operator's pull does. Times in ms.")
     if facts.profiled:
         print("- **The sidecar ran under cProfile: its latency and CPU figures are inflated by the profiler.**")
     print()
-    print("\n".join(table(levels, with_nginx)))
+    print("\n".join(table(levels, others)))
     print()
+    if lines := cpu_table(levels, others):
+        print("\n".join(lines))
+        print()
     errors = {f"{lv.kind} c={lv.concurrency} {name}": dict(s.errors)
               for lv in levels for name, s in lv.results.items() if s.errors}
     if errors:
         print(f"Failed calls (left out of the figures): {errors}\n")
     peak = max(facts.peak_kib, facts.after.get("VmRSS", 0))
+    rest = facts.idle.get("VmRSS", 0)
     print("- Sidecar RSS idle (after start-up, which loads no encoding unless TOKENBUDGET_PROMPT_COUNT=Exact; "
-          "before any call): "
-          f"{mib(facts.idle.get('VmRSS', 0))}")
+          f"before any call): {mib(rest)}; target (issue 19) ≤ {TARGET_RSS_REST_MIB:g} MiB: "
+          f"{verdict(rest / 1024 <= TARGET_RSS_REST_MIB)}")
     print(f"- Sidecar RSS peak under load (VmRSS sampled every {facts.sample_interval * 1000:.0f} ms): "
           f"{mib(peak)}; target (issue 3) ≤ {TARGET_RSS_MIB:g} MiB: {verdict(peak / 1024 <= TARGET_RSS_MIB)}")
     print("- Sidecar VmHWM at the end (peak over its whole life, start-up included): "
@@ -850,6 +901,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer calls; finishes in under a minute")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="a checkout of another revision (git worktree add DIR REV): its sidecar runs beside "
+                             "this one, same run, as the 'baseline' path (its packages first on PYTHONPATH)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out the bare aiohttp proxies (benchmarks/aiohttp_floor.py)")
     parser.add_argument("--profile", type=Path, default=os.environ.get("TOKENBUDGET_BENCH_PROFILE") or None,
                         help="run the sidecar under cProfile, write the stats here and print the top entries")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
@@ -883,17 +939,34 @@ def main(argv: list[str] | None = None) -> None:
             services.append(nginx)
             urls["nginx"] = nginx_url
             pids["nginx"] = [nginx.pid, *children_of(nginx.pid)]
+        if args.baseline_src is not None:
+            src = args.baseline_src.resolve()
+            path = os.pathsep.join(str(src / pkg) for pkg in ("sidecar", "api"))
+            service, url, _ = start_sidecar(workdir, upstream_url, None, extra_env={"PYTHONPATH": path},
+                                            name="baseline")
+            services.append(service)
+            urls["baseline"], pids["baseline"] = f"{url}/openai/v1/chat/completions", [service.pid]
+        floor_note = "aiohttp floor: left out (--no-floor)"
+        if not args.no_floor:
+            for name, server in (("floor", "app"), ("floor-ll", "lowlevel")):
+                service, url = start_floor(workdir, upstream_url, server)
+                services.append(service)
+                urls[name], pids[name] = f"{url}/v1/chat/completions", [service.pid]
+            floor_note = ("aiohttp floor: benchmarks/aiohttp_floor.py, a bare pass-through with the sidecar's client "
+                          "settings and relay and nothing else (no parsing, metering or record), once on "
+                          "web.Application as the sidecar serves and once on the low-level web.Server")
 
         levels, sampler, self_added = asyncio.run(
             drive(args, plan, urls, pids, upstream_url, admin_url, sidecar.pid))
         facts = Facts(
             quick=args.quick, profiled=profile is not None, load_before=load_before, nginx_note=nginx_note,
+            floor_note=floor_note,
             idle=idle, after=proc_status_kib(sidecar.pid), peak_kib=sampler.peak_kib,
             sample_interval=sampler.interval,
             nginx_kib=sum(proc_status_kib(pid).get("VmHWM", 0) for pid in pids.get("nginx", [])),
             self_added=self_added, elapsed=time.monotonic() - began,
         )
-        report(levels, "nginx" in urls, facts)
+        report(levels, [o for o in OTHERS if o in urls], facts)
     finally:
         for service in reversed(services):
             service.stop()
