@@ -224,12 +224,14 @@ class Ledger:
 
     # -- the hot path -----------------------------------------------------------------------------------
 
-    def write(self, record: UsageRecord) -> None:
+    def write(self, record: UsageRecord, line: bytes | None = None) -> None:
         """Append one record (its seq already set) to the active segment; raises OSError on a failed write.
 
-        Runs on the event loop: one serialization plus one `os.write` of the whole line, no fsync.
+        Runs on the event loop: one serialization (none when the caller passes the record's JSON `line`,
+        newline-terminated) plus one `os.write` of the whole line, no fsync.
         """
-        line = record.model_dump_json().encode() + b"\n"
+        if line is None:
+            line = record.model_dump_json().encode() + b"\n"
         try:
             if self._active_broken or (self._active_records and self._active_size + len(line) > self.segment_bytes):
                 self._create_segment(record.seq)

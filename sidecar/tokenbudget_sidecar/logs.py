@@ -9,6 +9,9 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
+    """`extra={"record": {...}}` is logged as the line's "call" object; `extra={"record_json": b"{...}"}`, JSON
+    already serialized (a usage record as the ledger wrote it), is spliced in as is, not encoded again."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname,
                                "logger": record.name, "msg": record.getMessage()}
@@ -17,7 +20,11 @@ class JsonFormatter(logging.Formatter):
             out["call"] = extra
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        text = json.dumps(out, default=str)
+        raw: bytes | None = getattr(record, "record_json", None)
+        if raw is None:
+            return text
+        return f'{text[:-1]}, "call": {raw.decode().rstrip()}}}'
 
 
 def configure(level: str) -> None:

@@ -5,7 +5,10 @@ Each app gets its own registry so several sidecars can live in one process (test
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from tokenbudget_api.usage import UsageRecord
 from tokenbudget_sidecar.tokens import TOKENIZER, TokenizerCollector
@@ -17,6 +20,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         r = self.registry
         self.token_usage = Histogram(
             "gen_ai_client_token_usage", "Tokens per call (OTel gen_ai.client.token.usage).",
@@ -54,22 +58,34 @@ class Metrics:
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 
-    def observe(self, rec: UsageRecord) -> None:
-        labels = (rec.model, rec.dialect)
-        self.requests.labels(rec.dialect, rec.model, rec.outcome.value).inc()
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set: prometheus_client's own lookup checks and
+        converts the values and takes a lock on every call, and a call records into about ten children."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe(self, rec: UsageRecord, added_s: float | None = None) -> None:
+        child, model, dialect = self.child, rec.model, rec.dialect
+        child(self.requests, dialect, model, rec.outcome.value).inc()
         if rec.interrupted:
-            self.interrupted.labels(rec.dialect).inc()
-        self.operation_duration.labels(rec.operation, *labels).observe(rec.duration_ms / 1000)
+            child(self.interrupted, dialect).inc()
+        child(self.operation_duration, rec.operation, model, dialect).observe(rec.duration_ms / 1000)
+        if added_s is not None:
+            child(self.added_latency, dialect).observe(added_s)
         u = rec.usage
         if u.total_tokens:
-            self.token_usage.labels("input", *labels).observe(u.input_tokens)
-            self.token_usage.labels("output", *labels).observe(u.output_tokens)
+            child(self.token_usage, "input", model, dialect).observe(u.input_tokens)
+            child(self.token_usage, "output", model, dialect).observe(u.output_tokens)
+            source = rec.source.value
             for kind, value in (("input", u.input_tokens), ("cached_input", u.cached_input_tokens),
                                 ("cache_creation_input", u.cache_creation_input_tokens),
                                 ("output", u.output_tokens), ("reasoning", u.reasoning_tokens)):
                 if value:
-                    self.tokens.labels(kind, *labels, rec.source.value).inc(value)
+                    child(self.tokens, kind, model, dialect, source).inc(value)
             if rec.cost_usd is None:
-                self.unpriced.labels(*labels).inc()
+                child(self.unpriced, model, dialect).inc()
             else:
-                self.cost.labels(*labels).inc(float(rec.cost_usd))
+                child(self.cost, model, dialect).inc(float(rec.cost_usd))

@@ -15,6 +15,7 @@ from tokenbudget_api.tokenbudget import ModelPrice
 from tokenbudget_api.usage import Usage
 
 MILLION = Decimal(1_000_000)
+MAX_REMEMBERED = 4096
 
 
 def _override_cost(price: ModelPrice, usage: Usage) -> Decimal:
@@ -35,7 +36,7 @@ FAST_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok
 OTHER_FIELDS = ("input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok", "requests_kcount")
 
 
-def _flat(price: genai_prices.types.ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal | None] | None:
+def _flat(price: genai_prices.types.ModelPrice) -> Flat | None:
     """Per-million prices when they are plain numbers (no context tiers, no other dimensions)."""
     values = [getattr(price, name, None) for name in FAST_FIELDS]
     if any(getattr(price, name, None) is not None for name in OTHER_FIELDS):
@@ -53,8 +54,12 @@ def _media(usage: Usage) -> bool:
                 or usage.audio_seconds)
 
 
-def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage) -> Decimal:
-    flat = None if _media(usage) else _flat(price)
+Flat = tuple[Decimal, Decimal, Decimal, Decimal | None]
+
+
+def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage, flat: Flat | None = None) -> Decimal:
+    """`flat`: `_flat(price)` when the caller has it already (PriceBook keeps it per model)."""
+    flat = None if _media(usage) else flat or _flat(price)
     if flat is None:  # tiered or multi-dimensional: let the catalog do it
         media: dict[str, int | Decimal] = {}
         if usage.input_image_tokens:  # image and audio shares are subsets of the totals, as the catalog reads them
@@ -78,21 +83,38 @@ def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage) -> Decimal:
 
 
 class PriceBook:
+    """The prices of one policy (a push builds a new book): each (model, upstream) is resolved once, override
+    or catalog entry and its flat per-million figures, instead of on each of a call's two pricings."""
+
     def __init__(self, overrides: list[ModelPrice], aliases: dict[str, str] | None = None) -> None:
         self.overrides = {p.model: p for p in overrides}
         self.aliases = aliases or {}  # Azure deployment name -> the model it serves
+        self._found: dict[tuple[str, str], tuple[ModelPrice | genai_prices.types.ModelPrice, Flat | None] | None] = {}
 
     def cost(self, model: str, base_url: str, usage: Usage) -> tuple[Decimal | None, str | None]:
         """(USD, source) with source "override" or "catalog"; (None, None) when unpriced.
 
         An override for the name itself wins (a deployment may be priced as such), then the model it aliases.
         """
+        key = (model, base_url)
+        if key in self._found:
+            found = self._found[key]
+        else:
+            if len(self._found) >= MAX_REMEMBERED:  # model names come from apps: bounded like catalog_price's
+                self._found.clear()
+            found = self._found[key] = self._find(model, base_url)
+        if found is None:
+            return None, None
+        price, flat = found
+        if isinstance(price, ModelPrice):
+            return _override_cost(price, usage), "override"
+        return catalog_cost(price, usage, flat), "catalog"
+
+    def _find(self, model: str, base_url: str) -> tuple[ModelPrice | genai_prices.types.ModelPrice, Flat | None] | None:
         if model not in self.overrides:
             model = self.aliases.get(model, model)
         override = self.overrides.get(model)
         if override is not None:
-            return _override_cost(override, usage), "override"
+            return override, None
         price = catalog_price(model, base_url)
-        if price is None:
-            return None, None
-        return catalog_cost(price, usage), "catalog"
+        return None if price is None else (price, _flat(price))

@@ -367,12 +367,13 @@ class Proxy:
     def record(self, record: UsageRecord, started: float, added: float) -> None:
         record.duration_ms = int((time.perf_counter() - started) * 1000)
         self.features.finish(record)
-        self.state.usage_log.append(record)
-        self.state.metrics.observe(record)
+        line = self.state.usage_log.append_line(record)
+        metrics = self.state.metrics
+        metrics.observe(record, added)
         if record.source is UsageSource.UNMETERED and record.operation != "unmetered":  # dall-e, whisper text
-            self.state.metrics.unmetered.labels(record.dialect, record.route or "", record.outcome.value).inc()
-        self.state.metrics.added_latency.labels(record.dialect).observe(added)
-        log.info("call", extra={"record": record.model_dump(mode="json", exclude={"time"})})
+            metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info("call", extra={"record_json": line})  # the ledger's own line: serialized once
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

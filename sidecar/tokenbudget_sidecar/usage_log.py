@@ -68,18 +68,25 @@ class UsageLog:
         return cls(Ledger(settings.ledger_dir) if settings.ledger_dir is not None else None)
 
     def append(self, record: UsageRecord) -> UsageRecord:
-        """Give the record the next seq and keep it; with a ledger, it is on its way to disk on return.
+        """Give the record the next seq and keep it; with a ledger, it is on its way to disk on return."""
+        self.append_line(record)
+        return record
+
+    def append_line(self, record: UsageRecord) -> bytes:
+        """`append()`, returning the record's JSON line as the ledger wrote it (the call log reuses it: one
+        serialization per call, not two).
 
         Never raises for a failed disk write (this runs at settlement, after the app got its answer):
         the record stays in memory, is still reported, and the failure is logged and counted.
         """
         record.seq = self.last_seq + 1
+        line = record.model_dump_json().encode() + b"\n"
         if self.ledger is not None:
             if self._loop is None:
                 with contextlib.suppress(RuntimeError):
                     self._loop = asyncio.get_running_loop()
             try:
-                self.ledger.write(record)
+                self.ledger.write(record, line)
             except OSError:
                 log.exception("ledger write failed; the record is kept in memory only",
                               extra={"record": {"seq": record.seq, "request_id": record.request_id}})
@@ -87,7 +94,7 @@ class UsageLog:
         self._records.append(record)
         self.changed.set()
         self._check_backlog()
-        return record
+        return line
 
     @property
     def durable(self) -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 import genai_prices
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenbudget_api.tokenbudget import ModelPrice
 from tokenbudget_api.usage import Usage
+from tokenbudget_sidecar import pricing
 from tokenbudget_sidecar.pricing import PriceBook, catalog_price
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "o4-mini", "gpt-5", "gpt-4.1-nano", "claude-sonnet-4-5", "claude-haiku-4-5",
@@ -45,3 +47,20 @@ def test_an_unknown_model_is_unpriced_and_an_override_wins_with_its_context_tier
     long = book.cost("qwen-flash", "https://x", Usage(input_tokens=300_000, output_tokens=1000))
     assert short == (Decimal("0.0125") + Decimal("0.0004"), "override")
     assert long == (Decimal("0.075") + Decimal("0.002"), "override")
+
+
+def test_the_books_memo_prices_like_a_fresh_lookup_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each (model, upstream) is resolved once per book (issue 19): the second pricing must equal the first,
+    an override must still win over the catalog, and app-chosen model names must not grow it without end."""
+    usage = Usage(input_tokens=1200, cached_input_tokens=200, output_tokens=300)
+    override = ModelPrice.model_validate({"model": "gpt-4o-mini", "inputPerMillion": "1", "outputPerMillion": "2"})
+    plain, priced = PriceBook([]), PriceBook([override])
+    for _ in range(2):
+        assert plain.cost("gpt-4o-mini", "https://api.openai.com/v1", usage)[1] == "catalog"
+        assert priced.cost("gpt-4o-mini", "https://api.openai.com/v1", usage) == (Decimal("0.0018"), "override")
+    assert plain.cost("gpt-4o-mini", "https://api.openai.com/v1", usage) == PriceBook([]).cost(
+        "gpt-4o-mini", "https://api.openai.com/v1", usage)
+    monkeypatch.setattr(pricing, "MAX_REMEMBERED", 8)
+    for n in range(50):
+        assert plain.cost(f"no-such-model-{n}", "https://x", usage) == (None, None)
+    assert len(plain._found) <= 8
