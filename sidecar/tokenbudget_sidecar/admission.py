@@ -22,7 +22,6 @@ from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation
 from tokenbudget_sidecar.dialects import Call, Dialect
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.prompt_count import PromptCount
-from tokenbudget_sidecar.tokens import TokenCounter
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
@@ -116,7 +115,7 @@ class Admission:
         if not self.budgets:
             return ticket, path
         if isinstance(prompt, int):  # an exact count already (the CLI's simulation, tests)
-            prompt = PromptCount(call.model, [], 0, 0, TokenCounter(0, 0), prompt, prompt, prompt)
+            prompt = PromptCount.exactly(call.model, prompt)
         if self.gate is not None:
             await self.gate.acquire()
             ticket.gate = self.gate

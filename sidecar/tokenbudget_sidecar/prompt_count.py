@@ -40,6 +40,12 @@ class PromptCount:
         low = min(sum(len(t.split()) for t in texts) + framing, high)
         return cls(model, texts, messages, media_tokens, counter, low, high)
 
+    @classmethod
+    def exactly(cls, model: str, tokens: int) -> PromptCount:
+        """A count made already (the CLI's simulation, tests): known from the start, so no decision ever
+        waits on counting, and there is no text to count (an empty counter stands in for tiktoken)."""
+        return cls(model, [], 0, 0, TokenCounter(0, 0), tokens, tokens, tokens)
+
     @property
     def known(self) -> bool:
         return self.exact is not None
