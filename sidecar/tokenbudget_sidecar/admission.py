@@ -18,10 +18,13 @@ from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, Stage, UncappedOutput
 from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
-from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend, Window
+from tokenbudget_sidecar.amounts import Demand, Spend
+from tokenbudget_sidecar.budget import BudgetState, Refused
 from tokenbudget_sidecar.dialects import Call, Dialect
+from tokenbudget_sidecar.holds import Reservation
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.prompt_count import PromptCount
+from tokenbudget_sidecar.windows import Window
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
@@ -200,7 +203,7 @@ class Admission:
                 tight = amount is not None and amount > w.room(now)
                 if tight and not prompt.known:
                     pending.append(prompt)
-                if tight or b.ambiguous(w, now):
+                if tight or b.ladder.ambiguous(w, now):
                     pending += b.lazy_prompts(w)
         if pending:
             await asyncio.gather(*(p.count() for p in {id(p): p for p in pending}.values()))
