@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tokenbudget_api.tokenbudget import LadderStep, Stage
 from tokenbudget_sidecar.windows import Window
 
+STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 MAX_ALERTS = 1_000  # alerts kept for the operator's cursor; older ones are dropped (it pulls every round)
 _alert_ids = itertools.count(1)
 
@@ -65,4 +66,4 @@ class Ladder:
         return alerts
 
 
-__all__ = ["MAX_ALERTS", "Alert", "Ladder"]
+__all__ = ["MAX_ALERTS", "STAGE_ORDER", "Alert", "Ladder"]

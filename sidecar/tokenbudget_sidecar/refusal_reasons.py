@@ -58,4 +58,18 @@ def retry_after(window: Window, amount: Decimal, now: dt.datetime) -> tuple[floa
     return (max((fits - now).total_seconds(), 1.0) if fits is not None else None), False
 
 
-__all__ = ["HOLDS_SETTLE_S", "LEASE_ROUND_S", "exhausted", "history_unknown", "no_grant", "no_price", "retry_after"]
+def at_block_stage(budget: str, windows: list[Window], now: dt.datetime) -> str:
+    """The Block stage's refusal, naming the fullest of the call's windows."""
+    w = max(windows, key=lambda w: w.percent(now))
+    return f"tokenbudget: budget {budget} is at its Block stage (limit {w.label} at {w.percent(now)}%)"
+
+
+def block_lifts_in(windows: list[Window], now: dt.datetime) -> float | None:
+    """Seconds until the first of the call's windows that stand on a ladder step frees use (a period ends,
+    a rolling window's oldest bucket ages out): the earliest the stage may come down; None if none will."""
+    resets = [r for w in windows if w.step >= 0 and (r := w.counter.resets_at(now)) is not None]
+    return max((min(resets) - now).total_seconds(), 1.0) if resets else None
+
+
+__all__ = ["HOLDS_SETTLE_S", "LEASE_ROUND_S", "at_block_stage", "block_lifts_in", "exhausted", "history_unknown",
+           "no_grant", "no_price", "retry_after"]
