@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.usage import Usage, UsageRecord
+from tokenbudget_sidecar.amounts import Spend
 from tokenbudget_sidecar.app import create_state
-from tokenbudget_sidecar.budget import Spend
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.state import State
 

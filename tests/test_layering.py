@@ -26,11 +26,12 @@ NEVER = {
     "cli/tokenbudget_cli": ("kopf", "tokenbudget_operator", "tokenbudget_sidecar", "tokenbudget_testing"),
 }
 # ...except that `simulate` replays traces through the sidecar's real admission code (and what it takes:
-# the budget state, the dialects that rewrite a downgraded model, prices, the sidecar's default settings).
+# the budget state, the ladder's order of stages, the dialects that rewrite a downgraded model, prices,
+# the sidecar's default settings).
 EXCEPT = {
     "cli/tokenbudget_cli/simulate.py": ("tokenbudget_sidecar.admission", "tokenbudget_sidecar.budget",
-                                        "tokenbudget_sidecar.dialects", "tokenbudget_sidecar.pricing",
-                                        "tokenbudget_sidecar.settings"),
+                                        "tokenbudget_sidecar.dialects", "tokenbudget_sidecar.ladder",
+                                        "tokenbudget_sidecar.pricing", "tokenbudget_sidecar.settings"),
 }
 
 

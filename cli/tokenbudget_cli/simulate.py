@@ -31,9 +31,10 @@ from tokenbudget_api.tokenbudget import ModelPrice, Stage, TokenBudget
 from tokenbudget_api.usage import Outcome, UsageRecord
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_cli.virtual_loop import VirtualTimeLoop
-from tokenbudget_sidecar.admission import STAGE_ORDER, Admission
+from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import DIALECTS, Call, Dialect
+from tokenbudget_sidecar.ladder import STAGE_ORDER
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.settings import Settings
 

@@ -15,16 +15,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tokenbudget_api.policy import SidecarPolicy
-from tokenbudget_api.tokenbudget import Action, OnOversize, Stage, UncappedOutput
+from tokenbudget_api.tokenbudget import Action, OnOversize, UncappedOutput
 from tokenbudget_api.usage import Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
-from tokenbudget_sidecar.budget import BudgetState, Demand, Refused, Reservation, Spend, Window
+from tokenbudget_sidecar.amounts import Demand, Spend
+from tokenbudget_sidecar.budget import BudgetState, Refused
 from tokenbudget_sidecar.dialects import Call, Dialect
+from tokenbudget_sidecar.holds import Reservation
+from tokenbudget_sidecar.ladder import STAGE_ORDER
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.prompt_count import PromptCount
-from tokenbudget_sidecar.tokens import TokenCounter
+from tokenbudget_sidecar.refusal_reasons import at_block_stage, block_lifts_in
+from tokenbudget_sidecar.windows import Window
 
-STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
 # The field a call sets its output cap in, per (dialect, operation); "" is the dialect's default.
 CAP_FIELDS = {("openai", ""): "max_completion_tokens", ("openai", "responses"): "max_output_tokens",
@@ -116,7 +119,7 @@ class Admission:
         if not self.budgets:
             return ticket, path
         if isinstance(prompt, int):  # an exact count already (the CLI's simulation, tests)
-            prompt = PromptCount(call.model, [], 0, 0, TokenCounter(0, 0), prompt, prompt, prompt)
+            prompt = PromptCount.exactly(call.model, prompt)
         if self.gate is not None:
             await self.gate.acquire()
             ticket.gate = self.gate
@@ -141,8 +144,9 @@ class Admission:
             actions = {s.action for s in steps}
             if Action.BLOCK in actions:
                 await self._tighten(b, b.windows_for(call.model, call.user))  # its message gives the percent
-                self._decide(b, ticket, Action.BLOCK, 429, f"tokenbudget: budget {b.name} is at its Block stage "
-                             f"({self._fullest(b, call, now)})", retry_after=self._reset_in(b, call, now))
+                windows = b.windows_for(call.model, call.user)
+                self._decide(b, ticket, Action.BLOCK, 429, at_block_stage(b.name, windows, now),
+                             retry_after=block_lifts_in(windows, now))
             if Action.DOWNGRADE in actions:
                 mapping: dict[str, str] = {}
                 for s in steps:
@@ -201,7 +205,7 @@ class Admission:
                 tight = amount is not None and amount > w.room(now)
                 if tight and not prompt.known:
                     pending.append(prompt)
-                if tight or b.ambiguous(w, now):
+                if tight or b.ladder.ambiguous(w, now):
                     pending += b.lazy_prompts(w)
         if pending:
             await asyncio.gather(*(p.count() for p in {id(p): p for p in pending}.values()))
@@ -252,16 +256,6 @@ class Admission:
             ticket.decisions.append(f"{b.name}:DryRun:{'Reject' if action is None else action.value}")
             return
         raise Refused(status, message, retry_after)
-
-    def _fullest(self, b: BudgetState, call: Call, now: dt.datetime) -> str:
-        windows = b.windows_for(call.model, call.user)
-        w = max(windows, key=lambda w: w.percent(now))
-        return f"limit {w.label} at {w.percent(now)}%"
-
-    def _reset_in(self, b: BudgetState, call: Call, now: dt.datetime) -> float | None:
-        windows = [w for w in b.windows_for(call.model, call.user) if w.step >= 0]
-        resets = [r for w in windows if (r := w.counter.resets_at(now)) is not None]
-        return max((min(resets) - now).total_seconds(), 1.0) if resets else None
 
     def _hold_tokens(self, call: Call, prompt_tokens: int) -> int:
         """The tokens a call holds: its prompt plus the margin, and its output cap (or the default allowance)."""

@@ -1,10 +1,14 @@
-"""One TokenBudget's accounting inside a sidecar: windows, reservations, the ladder and dry-run counts.
+"""One TokenBudget's accounting inside a sidecar: its windows, the holds in them, its ladder and dry-run counts.
 
 Admission reserves the worst case of a call (prompt + output cap at list price, and one request)
 against every window that applies to it, settlement replaces the reservation with what the provider
 reported. Because the event loop runs one admission at a time and the check and the reservation happen
 without an await in between, concurrent calls can never together reserve more than a window's room:
 the total settled can exceed a limit only by what a provider bills beyond the reserved cap.
+
+The parts live beside this: windows.py (one window: use, lease, holds, percent), holds.py (a call's
+reservation and its lazy holds), ladder.py (the steps with hysteresis), refusal_reasons.py (the words and
+Retry-After of a refusal), amounts.py (a call's amount in a limit's unit).
 """
 
 from __future__ import annotations
@@ -12,177 +16,24 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import fnmatch
-import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from tokenbudget_api import admin
-from tokenbudget_api.admin import BudgetReport, LeaseReport, WindowReport
+from tokenbudget_api.admin import BudgetReport
 from tokenbudget_api.policy import BudgetPolicy, Lease
-from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, LimitKey, Stage
-from tokenbudget_api.usage import UsageRecord
-from tokenbudget_api.windows import (
-    Clock,
-    RollingWindow,
-    WindowCounter,
-    limit_amount,
-    percent_used,
-    window_for,
-)
+from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, Stage
+from tokenbudget_api.windows import Clock, window_for
+from tokenbudget_sidecar import refusal_reasons
+from tokenbudget_sidecar.amounts import Demand, Spend, spent_in, unit_of
+from tokenbudget_sidecar.holds import Reservation
+from tokenbudget_sidecar.ladder import MAX_ALERTS, Alert, Ladder
 from tokenbudget_sidecar.prompt_count import PromptCount
+from tokenbudget_sidecar.refusal_reasons import LEASE_ROUND_S
+from tokenbudget_sidecar.windows import Window, fullest_keys, key_for
 
-LEASE_LOW = Decimal("0.2")  # a lease with less than this share left asks the operator for more
-LEASE_ROUND_S = 2.0  # Retry-After when a new grant is what is missing: the operator's default lease interval
-HOLDS_SETTLE_S = 1.0  # Retry-After when calls in flight hold the room: it comes back as they settle
-MAX_ALERTS = 1_000  # alerts kept for the operator's cursor; older ones are dropped (it pulls every round)
 MAX_KEYS_PER_LIMIT = 10_000  # per-User/per-Model windows kept; the least recently used are dropped
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_ids = itertools.count(1)
-_alert_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Demand:
-    """What one call may consume at most, per unit of limit."""
-
-    tokens: int
-    cost_usd: Decimal | None  # None: the model has no price
-
-    def of(self, limit: Limit) -> Decimal | None:
-        if limit.tokens is not None:
-            return Decimal(self.tokens)
-        if limit.cost_usd is not None:
-            return self.cost_usd
-        return Decimal(1)
-
-
-@dataclass(frozen=True)
-class Spend:
-    """What settled calls spent, as windows count it: one usage record, or a sum of records of one user and
-    model within one second (checkpoint.py; no period or rolling bucket edge falls inside a second)."""
-
-    user: str | None
-    model: str
-    at: dt.datetime
-    tokens: int
-    cost_usd: Decimal  # an unpriced model counts 0 in dollar limits, as settlement counts it
-    requests: int = 1
-
-    @classmethod
-    def of_record(cls, record: UsageRecord) -> Spend:
-        return cls(record.user, record.model, record.time, record.usage.total_tokens,
-                   record.cost_usd if record.cost_usd is not None else Decimal(0))
-
-    def of(self, limit: Limit) -> Decimal:
-        """The amount in `limit`'s unit."""
-        return spent_in(limit, self.tokens, self.cost_usd, self.requests)
-
-
-def spent_in(limit: Limit, tokens: int, cost_usd: Decimal | None, requests: int = 1) -> Decimal:
-    """Settled use in `limit`'s unit: settlement, replay and the checkpoint all count by this.
-
-    An unpriced model never gets to settle under a dollar limit (refused at admission), so a missing cost
-    means nothing billed.
-    """
-    if limit.tokens is not None:
-        return Decimal(tokens)
-    if limit.cost_usd is not None:
-        return cost_usd if cost_usd is not None else Decimal(0)
-    return Decimal(requests)
-
-
-@dataclass
-class Window:
-    """One limit, or one key's share of a per-User/per-Model limit."""
-
-    limit: Limit
-    key: str | None
-    counter: WindowCounter
-    grants: tuple[Lease, ...] = ()  # its leases: this period's, and the next one's shortly before it starts
-    reserved: Decimal = Decimal(0)
-    step: int = -1  # index into the ladder in force for this window (hysteresis state)
-    # Holds on a prompt's byte bound (prompt_count.py): reservation id -> how much the hold may exceed the
-    # exact one (bound minus lower bound, in this window's unit). Decisions near them count exactly first.
-    lazy: dict[int, Decimal] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.limit.name}[{self.key}]" if self.key else self.limit.name
-
-    def lease(self, now: dt.datetime) -> Lease | None:
-        """The grant in force at `now`: the latest one whose period has begun (else the earliest, stale)."""
-        if len(self.grants) < 2:
-            return self.grants[0] if self.grants else None
-        begun = [g for g in self.grants if g.period_start is None or g.period_start <= now]
-        if begun:
-            return max(begun, key=lambda g: g.period_start or now)
-        return min(self.grants, key=lambda g: g.period_start or now)
-
-    def amount(self, now: dt.datetime) -> Decimal:
-        """The limit, or the lease granted for the period at `now`."""
-        lease = self.lease(now)
-        return Decimal(lease.granted) if lease is not None else limit_amount(self.limit)
-
-    def used(self, now: dt.datetime) -> Decimal:
-        return self.counter.used(now)
-
-    def budget_used(self, now: dt.datetime) -> Decimal:
-        """What the whole fleet has consumed in this window, as far as this pod knows: the fleet's figure at
-        the last lease round plus what this pod consumed since (a per-key window: the key's, when the round
-        listed it, `Lease.key_used`); its own use alone when no operator told it more (standalone, an unlisted
-        key, a lease of another period).
-
-        The ladder, `x-tokenbudget-remaining` and the report's percent all read this, so they speak of the
-        budget (as `kubectl get tb` does), while admission still holds against this pod's grant (`room`).
-        """
-        own = self.used(now) + self.reserved
-        lease = self.lease(now)
-        if lease is None or (lease.period_start is not None and lease.period_start != self.counter.period_start(now)):
-            return own
-        if self.key is None and lease.fleet_used is not None:
-            return max(lease.fleet_used - (lease.own_used or Decimal(0)), Decimal(0)) + own
-        if self.key is not None and (figure := (lease.key_used or {}).get(self.key)) is not None:
-            return max(figure.fleet - figure.own, Decimal(0)) + own
-        return own
-
-    def percent(self, now: dt.datetime) -> int:
-        """The budget's percent used (fleet-wide when leased, see budget_used), not the grant's."""
-        return percent_used(self.budget_used(now), limit_amount(self.limit))
-
-    def percent_low(self, now: dt.datetime) -> int:
-        """The percent if every lazy hold were at its prompt's lower bound: the exact one lies in between."""
-        return percent_used(self.budget_used(now) - sum(self.lazy.values(), Decimal(0)), limit_amount(self.limit))
-
-    def budget_remaining(self, now: dt.datetime) -> Decimal:
-        return max(limit_amount(self.limit) - self.budget_used(now), Decimal(0))
-
-    def room(self, now: dt.datetime) -> Decimal:
-        return self.amount(now) - self.used(now) - self.reserved
-
-
-@dataclass
-class Reservation:
-    id: int
-    budget: str
-    holds: list[tuple[Window, Decimal]]
-    expires_at: dt.datetime
-    decisions: list[Action] = field(default_factory=list)  # what enforcement did (or would have, in DryRun)
-    # A hold on the prompt's byte bound: how to make it exact when a decision needs that (tighten()).
-    prompt: PromptCount | None = None
-    demand_of: Callable[[int], Demand] | None = None
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A ladder step reached by a window: logged, counted, and pulled by the operator as an Event."""
-
-    seq: int
-    budget: str
-    window: str
-    stage: Stage
-    percent: int
-    time: dt.datetime
 
 
 @dataclass
@@ -212,7 +63,7 @@ class BudgetState:
         self.policy = policy
         self.spec = policy.spec
         self.clock = clock
-        self.ladder: list[LadderStep] = list(self.spec.ladder or [])
+        self.ladder = Ladder(policy.key, list(self.spec.ladder or []), self.spec.hysteresis_percent)
         self.windows: dict[tuple[str, str | None], Window] = {}
         self.reservations: dict[int, Reservation] = {}
         self.would_have: dict[str, WouldHave] = {}
@@ -235,16 +86,8 @@ class BudgetState:
 
     # ----- windows --------------------------------------------------------------------------------
 
-    def key_for(self, limit: Limit, model: str, user: str | None) -> str | None:
-        """The window key of a call in `limit`: its user or model for a per-key limit, else None."""
-        if limit.per is LimitKey.USER:
-            return user or "anonymous"
-        if limit.per is LimitKey.MODEL:
-            return model
-        return None
-
     def windows_for(self, model: str, user: str | None) -> list[Window]:
-        return [self.window(limit, self.key_for(limit, model, user)) for limit in self.spec.limits or []]
+        return [self.window(limit, key_for(limit, model, user)) for limit in self.spec.limits or []]
 
     def seed(self, limit: Limit, key: str | None, slots: Iterable[tuple[dt.datetime, Decimal]]) -> None:
         """Count what an earlier process of this pod counted in one window (checkpoint.py restores it):
@@ -259,8 +102,7 @@ class BudgetState:
         least recently used."""
         window = self.windows.pop((limit.name, key), None)  # re-insert: most recently used last
         if window is None:
-            window = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
-                            self.grants_for(limit, key))
+            window = self._new_window(limit, key)
             if (limit.per is not None and len(self.windows) >= MAX_KEYS_PER_LIMIT  # else no limit can be full
                     and sum(1 for k in self.windows if k[0] == limit.name) >= MAX_KEYS_PER_LIMIT):
                 oldest = next(k for k in self.windows if k[0] == limit.name)
@@ -268,10 +110,13 @@ class BudgetState:
         self.windows[(limit.name, key)] = window
         return window
 
+    def _new_window(self, limit: Limit, key: str | None) -> Window:
+        return Window(limit, key, window_for(limit, self.spec.time_zone, self.clock), self.grants_for(limit, key))
+
     def shape(self, limit: Limit) -> list[str | None]:
         """What a window's counts depend on: the same shape in a new policy keeps them (adopt, checkpoint)."""
         return [limit.period.value if limit.period else None, limit.duration,
-                limit.per.value if limit.per else None, _unit(limit), self.spec.time_zone]
+                limit.per.value if limit.per else None, unit_of(limit), self.spec.time_zone]
 
     def contributions(self, spend: Spend) -> list[tuple[Limit, str | None, Decimal]]:
         """Where `spend` counts: (limit, key, amount) for every limit it adds a non-zero amount to.
@@ -283,7 +128,7 @@ class BudgetState:
         for limit in self.spec.limits or []:
             amount = spend.of(limit)
             if amount:
-                out.append((limit, self.key_for(limit, spend.model, spend.user), amount))
+                out.append((limit, key_for(limit, spend.model, spend.user), amount))
         return out
 
     def count(self, spend: Spend) -> None:
@@ -304,7 +149,7 @@ class BudgetState:
         self.throttle_next, self.alerts = old.throttle_next, old.alerts
         self.history_lost_before = old.history_lost_before
         limits = {lim.name: lim for lim in self.spec.limits or []}
-        same_ladder = old.ladder == self.ladder
+        same_ladder = old.ladder.steps == self.ladder.steps
         for (name, key), window in old.windows.items():
             new = limits.get(name)
             if new is None or self.shape(new) != old.shape(window.limit):
@@ -313,35 +158,23 @@ class BudgetState:
             window.step = window.step if same_ladder else -1
             self.windows[(name, key)] = window
 
-    # ----- the ladder -----------------------------------------------------------------------------
-
-    def _next_step(self, step: int, pct: int) -> int:
-        """Where the ladder goes from `step` at `pct`: up past each threshold reached, down only past the
-        hysteresis margin. Monotone in `pct`, so two bounds that agree pin the exact percent's answer."""
-        i = step
-        while i + 1 < len(self.ladder) and pct >= self.ladder[i + 1].at:
-            i += 1
-        while i >= 0 and pct < self.ladder[i].at - self.spec.hysteresis_percent:
-            i -= 1
-        return i
+    # ----- the ladder and lazy holds --------------------------------------------------------------
 
     def _step(self, window: Window, now: dt.datetime) -> int:
         """The ladder index in force for a window, moving down only past the hysteresis margin."""
-        if window.lazy and (self._next_step(window.step, window.percent_low(now))
-                            != self._next_step(window.step, window.percent(now))):
+        if self.ladder.ambiguous(window, now):
             self.tighten(window)  # the bounds straddle a step: decide on exact figures
-        pct = window.percent(now)
-        i = self._next_step(window.step, pct)
-        for up in range(window.step + 1, i + 1):
-            self.alerts.append(Alert(next(_alert_ids), self.name, window.label,
-                                     Stage(self.ladder[up].action.value), pct, now))
-        window.step = i
-        return i
+        self.alerts.extend(self.ladder.place(window, now))
+        return window.step
 
-    def ambiguous(self, window: Window, now: dt.datetime) -> bool:
-        """Whether the lazy holds in `window` leave its ladder step in doubt (admission counts them first)."""
-        return bool(window.lazy) and (self._next_step(window.step, window.percent_low(now))
-                                      != self._next_step(window.step, window.percent(now)))
+    def active_steps(self, windows: Iterable[Window], now: dt.datetime) -> list[LadderStep]:
+        top = max((self._step(w, now) for w in windows), default=-1)
+        return self.ladder.steps[: top + 1]
+
+    def stage(self, windows: Iterable[Window] | None = None) -> Stage:
+        now = self.clock.now()
+        steps = self.active_steps(self.windows.values() if windows is None else windows, now)
+        return Stage(steps[-1].action.value) if steps else Stage.NORMAL
 
     def lazy_prompts(self, window: Window) -> list[PromptCount]:
         """The prompts behind `window`'s lazy holds, for admission to count off the loop before deciding."""
@@ -355,30 +188,7 @@ class BudgetState:
             if reservation is None:
                 window.lazy.pop(rid, None)
                 continue
-            self._tighten(reservation)
-
-    def _tighten(self, reservation: Reservation) -> None:
-        prompt, demand_of = reservation.prompt, reservation.demand_of
-        if prompt is None or demand_of is None:
-            return
-        demand = demand_of(prompt.count_now())
-        holds = []
-        for w, amount in reservation.holds:
-            exact = demand.of(w.limit)
-            new = amount if exact is None else min(exact, amount)
-            w.reserved -= amount - new
-            w.lazy.pop(reservation.id, None)
-            holds.append((w, new))
-        reservation.holds, reservation.prompt, reservation.demand_of = holds, None, None
-
-    def active_steps(self, windows: Iterable[Window], now: dt.datetime) -> list[LadderStep]:
-        top = max((self._step(w, now) for w in windows), default=-1)
-        return self.ladder[: top + 1]
-
-    def stage(self, windows: Iterable[Window] | None = None) -> Stage:
-        now = self.clock.now()
-        steps = self.active_steps(self.windows.values() if windows is None else windows, now)
-        return Stage(steps[-1].action.value) if steps else Stage.NORMAL
+            reservation.make_exact()
 
     # ----- admission ------------------------------------------------------------------------------
 
@@ -398,7 +208,7 @@ class BudgetState:
         lazy = prompt if prompt is not None and not prompt.known else None
         for window in windows:
             amount = demand.of(window.limit)
-            if amount is None or not (amount > window.room(now) or (lazy and self.ambiguous(window, now))):
+            if amount is None or not (amount > window.room(now) or (lazy and self.ladder.ambiguous(window, now))):
                 continue
             if lazy is None:
                 self.tighten(window)  # earlier lazy holds may be what fills the room
@@ -409,107 +219,42 @@ class BudgetState:
                 break
         reservation = self._reserve(windows, demand, ttl, now)
         if lazy is not None and demand_of is not None:
-            low = demand_of(lazy.low)
-            reservation.prompt, reservation.demand_of = lazy, demand_of
-            for window, amount in reservation.holds:
-                floor = low.of(window.limit)
-                window.lazy[reservation.id] = amount - (floor if floor is not None else amount)
+            reservation.hold_lazily(lazy, demand_of)
         return reservation
 
     def _reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, now: dt.datetime) -> Reservation:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
+        lost = self.history_lost_before
         for window in windows:
             amount = demand.of(window.limit)
             lease = window.lease(now)
-            if lease is not None and not self._lease_holds(window, lease, amount, now):
+            if lease is not None and not window.lease_holds(lease, amount, now):
                 if self.spec.fail_mode is FailMode.OPEN:
                     continue  # Open: admit without checking this shared window until a grant arrives
                 if not self.dry_run:
-                    raise Refused(429, self._no_grant(window, lease, now), LEASE_ROUND_S, awaits_grant=True,
-                                  budget=self.name)
+                    raise Refused(429, refusal_reasons.no_grant(self.name, window, lease, now), LEASE_ROUND_S,
+                                  awaits_grant=True, budget=self.name)
                 decisions.append(Action.BLOCK)
-            clears = self.history_clears_at(window, now)
+            clears = window.history_clears_at(lost, now)
             if clears is not None and self.spec.fail_mode is FailMode.CLOSED:
                 if not self.dry_run:
-                    raise Refused(429, self._unknown(window, clears), max((clears - now).total_seconds(), 1.0))
+                    assert lost is not None  # nothing clears where nothing was lost
+                    raise Refused(429, refusal_reasons.history_unknown(self.name, window, lost, clears),
+                                  max((clears - now).total_seconds(), 1.0))
                 decisions.append(Action.BLOCK)
             if amount is None:
-                raise Refused(400, f"model has no price, so budget {self.name} cannot check its dollar limit "
-                              f"{window.limit.name}; add it under spec.models.prices")
+                raise Refused(400, refusal_reasons.no_price(self.name, window))
             if amount > window.room(now):
                 if not self.dry_run:
-                    retry, grant = self._retry_after(window, amount, now)
-                    raise Refused(429, self._exhausted(window, amount, now), retry, awaits_grant=grant,
-                                  budget=self.name)
+                    retry, grant = refusal_reasons.retry_after(window, amount, now)
+                    raise Refused(429, refusal_reasons.exhausted(self.name, window, amount, now), retry,
+                                  awaits_grant=grant, budget=self.name)
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))
-        reservation = Reservation(next(_ids), self.name, holds, now + ttl, decisions)
-        for window, amount in holds:
-            window.reserved += amount
+        reservation = Reservation.take(self.name, holds, now + ttl, decisions)
         self.reservations[reservation.id] = reservation
         return reservation
-
-    @staticmethod
-    def _lease_holds(window: Window, lease: Lease, amount: Decimal | None, now: dt.datetime) -> bool:
-        """Whether the grant still decides: it is this period's, and it is current or still has room.
-
-        An expired grant keeps admitting what it granted (the operator counts it as held until the pod
-        reports a new one), so an operator or apiserver outage stops no call that grants already cover;
-        failMode decides only once the grant is spent and was not renewed, or a period began without one.
-        """
-        if lease.period_start is not None and lease.period_start != window.counter.period_start(now):
-            return False
-        return lease.expires_at > now or (amount is not None and amount <= window.room(now))
-
-    def _no_grant(self, window: Window, lease: Lease, now: dt.datetime) -> str:
-        where = f"tokenbudget: budget {self.name} limit {window.label}"
-        if lease.period_start is not None and lease.period_start != window.counter.period_start(now):
-            return f"{where} has no lease for this period yet (failMode Closed)"
-        return (f"{where}: this pod's lease of {lease.granted} is spent and expired at "
-                f"{lease.expires_at.isoformat()} without renewal (failMode Closed)")
-
-    def history_clears_at(self, window: Window, now: dt.datetime) -> dt.datetime | None:
-        """When `window` stops counting any instant before `history_lost_before`; None if it already has.
-
-        Until then part of what it counts may be missing (the checkpoint was lost or unreadable), so the
-        window cannot be checked: failMode Closed refuses in it, Open admits on what is known.
-        """
-        lost = self.history_lost_before
-        if lost is None or window.counter.period_start(now) > lost:
-            return None
-        counter = window.counter
-        if isinstance(counter, RollingWindow):  # the lost instant's bucket leaves the window
-            granularity = dt.timedelta(seconds=counter.granularity)
-            bucket = _EPOCH + (lost - _EPOCH) // granularity * granularity
-            return bucket + granularity + dt.timedelta(seconds=counter.seconds)
-        return counter.resets_at(now)  # a calendar period: the next one starts after the loss
-
-    def _unknown(self, window: Window, clears: dt.datetime) -> str:
-        lost = self.history_lost_before
-        assert lost is not None
-        return (f"tokenbudget: budget {self.name} limit {window.label} cannot be checked: what this pod spent "
-                f"before {lost.isoformat()} is unknown (its usage checkpoint was lost or unreadable), so with "
-                f"failMode Closed it admits nothing in this window until {clears.isoformat()}")
-
-    def _exhausted(self, window: Window, amount: Decimal, now: dt.datetime) -> str:
-        resets = window.counter.resets_at(now)
-        when = f"; it frees up at {resets.isoformat()}" if resets else ""
-        return (f"tokenbudget: budget {self.name} limit {window.label} has {max(window.room(now), Decimal(0))} "
-                f"{_unit(window.limit)} left of {window.amount(now)} and this call may need {amount}{when}")
-
-    def _retry_after(self, window: Window, amount: Decimal, now: dt.datetime) -> tuple[float | None, bool]:
-        """Seconds until the cause of a refusal for want of room clears, and whether that cause is a missing
-        grant: calls in flight settling (their holds fill the room), the next lease round (the budget has
-        room, this pod's grant has not), or the settled use ageing out (a period's end, a rolling bucket's
-        expiry); None when waiting never helps."""
-        if amount <= window.room(now) + window.reserved:
-            return HOLDS_SETTLE_S, False
-        lease = window.lease(now)
-        if lease is not None and window.key is None and amount <= window.budget_remaining(now):
-            return LEASE_ROUND_S, True
-        fits = window.counter.available_at(amount, window.amount(now) - window.reserved, now)
-        return (max((fits - now).total_seconds(), 1.0) if fits is not None else None), False
 
     def throttle_delay(self, rate_per_minute: float) -> float:
         """Seconds to wait so admissions keep to the rate; the caller refuses if it is too long."""
@@ -524,9 +269,7 @@ class BudgetState:
         (its record says refused, and no replay counts it either)."""
         if self.reservations.pop(reservation.id, None) is None:
             return
-        for window, amount in reservation.holds:
-            window.reserved -= amount
-            window.lazy.pop(reservation.id, None)
+        reservation.give_back()
 
     def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None,
                started: dt.datetime | None = None) -> None:
@@ -538,9 +281,8 @@ class BudgetState:
         if self.reservations.pop(reservation.id, None) is None:
             return
         now = started or self.clock.now()
-        for window, amount in reservation.holds:
-            window.reserved -= amount
-            window.lazy.pop(reservation.id, None)
+        reservation.give_back()
+        for window, _ in reservation.holds:
             actual = spent_in(window.limit, tokens, cost_usd)
             if actual:
                 window.counter.add(actual, now)
@@ -549,6 +291,17 @@ class BudgetState:
             would.count += 1
             would.tokens += tokens
             would.cost_usd += cost_usd or Decimal(0)
+
+    def expire(self) -> int:
+        """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""
+        now = self.clock.now()
+        stale = [r for r in self.reservations.values() if r.expires_at <= now]
+        for reservation in stale:
+            self.reservations.pop(reservation.id)
+            reservation.give_back()
+        return len(stale)
+
+    # ----- the operator's view --------------------------------------------------------------------
 
     def report(self, fullest_only: bool = False) -> BudgetReport:
         """What the operator reads to write status: use per window, stage, dry-run counts, leases.
@@ -562,42 +315,15 @@ class BudgetState:
         chosen = list(self.windows.values())
         counts: dict[str, int] = {}
         if fullest_only:
-            chosen, counts = self._fullest_keys(chosen, now)
-        windows = []
-        for w in chosen:
-            lease = w.lease(now)
-            room = w.room(now)
-            windows.append(WindowReport(
-                name=w.limit.name, key=w.key, unit=_unit(w.limit), used=w.used(now), reserved=w.reserved,
-                limit=w.amount(now), percent=w.percent(now), period_start=w.counter.period_start(now),
-                resets_at=w.counter.resets_at(now),
-                lease=None if lease is None else LeaseReport(
-                    granted=lease.granted, remaining=max(room, Decimal(0)),
-                    low=room < Decimal(lease.granted) * LEASE_LOW, expires_at=lease.expires_at),
-                keys=counts[w.limit.name] if fullest_only and w.key is not None else None,
-            ))
+            chosen, counts = fullest_keys(chosen, now)
+        windows = [w.report(now, counts[w.limit.name] if fullest_only and w.key is not None else None)
+                   for w in chosen]  # before stage(): it may make lazy holds exact
         return BudgetReport(
             name=self.name, generation=self.policy.generation, stage=self.stage(),
             enforcement=self.spec.enforcement, windows=windows, reservations=len(self.reservations),
             would_have={k: admin.WouldHave(count=v.count, tokens=v.tokens, cost_usd=v.cost_usd)
                         for k, v in self.would_have.items()},
         )
-
-    @staticmethod
-    def _fullest_keys(windows: list[Window], now: dt.datetime) -> tuple[list[Window], dict[str, int]]:
-        """Whole windows, and of each per-key limit the key with the most used + reserved; keys per limit."""
-        out: list[Window] = []
-        fullest: dict[str, Window] = {}
-        counts: dict[str, int] = {}
-        for w in windows:
-            if w.key is None:
-                out.append(w)
-                continue
-            counts[w.limit.name] = counts.get(w.limit.name, 0) + 1
-            top = fullest.get(w.limit.name)
-            if top is None or w.used(now) + w.reserved > top.used(now) + top.reserved:
-                fullest[w.limit.name] = w
-        return out + list(fullest.values()), counts
 
     def _ensure_leased_windows(self) -> None:
         """A leased window shows in snapshots before its first call, so the operator sees every grant held.
@@ -607,24 +333,7 @@ class BudgetState:
         limits = {lim.name: lim for lim in self.spec.limits or []}
         for name, key in self.leases:
             if (name, key) not in self.windows and name in limits and (key is not None or limits[name].per is None):
-                limit = limits[name]
-                self.windows[(name, key)] = Window(limit, key, window_for(limit, self.spec.time_zone, self.clock),
-                                                   self.grants_for(limit, key))
-
-    def expire(self) -> int:
-        """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""
-        now = self.clock.now()
-        stale = [r for r in self.reservations.values() if r.expires_at <= now]
-        for reservation in stale:
-            self.reservations.pop(reservation.id)
-            for window, amount in reservation.holds:
-                window.reserved -= amount
-                window.lazy.pop(reservation.id, None)
-        return len(stale)
+                self.windows[(name, key)] = self._new_window(limits[name], key)
 
 
-def _unit(limit: Limit) -> str:
-    return "tokens" if limit.tokens is not None else ("USD" if limit.cost_usd is not None else "requests")
-
-
-__all__ = ["Alert", "BudgetState", "Demand", "Refused", "Reservation", "Spend", "Window", "WouldHave"]
+__all__ = ["MAX_KEYS_PER_LIMIT", "BudgetState", "Refused", "WouldHave"]

@@ -13,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokenbudget_api.tokenbudget import Stage
-from tokenbudget_sidecar.admission import STAGE_ORDER, Admission
+from tokenbudget_sidecar.admission import Admission
+from tokenbudget_sidecar.ladder import STAGE_ORDER
 
 
 class BudgetCollector(Collector):

@@ -15,7 +15,7 @@ What is stored (`checkpoint.json` in the ledger directory), for the records with
   until its push; the operator acknowledges before it pushes), summed per user, model and second since
   their slots are not known yet. A policy naming the budget turns them into slots.
 - `lostBefore`: set when the file was missing or unreadable while the ledger had acknowledged records: use
-  before that instant may be missing, and `BudgetState.history_clears_at` lets `failMode` decide.
+  before that instant may be missing, and `Window.history_clears_at` lets `failMode` decide.
 
 One rule attributes every record (`BudgetState.contributions`, the one settlement follows), with the policy
 in force when it is attributed: at an acknowledgement for the records acknowledged, at seeding for the
@@ -53,7 +53,8 @@ from typing import Any
 from tokenbudget_api.tokenbudget import Limit
 from tokenbudget_api.usage import Outcome, UsageRecord
 from tokenbudget_api.windows import period_bounds, rolling_granularity
-from tokenbudget_sidecar.budget import MAX_KEYS_PER_LIMIT, BudgetState, Spend
+from tokenbudget_sidecar.amounts import Spend
+from tokenbudget_sidecar.budget import MAX_KEYS_PER_LIMIT, BudgetState
 
 log = logging.getLogger(__name__)
 

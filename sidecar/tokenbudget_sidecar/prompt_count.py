@@ -8,7 +8,7 @@ ever needs an exact count.
 
 Admission holds a call on its upper bound while the answer does not depend on the exact figure, and counts
 exactly (off the event loop) when it may: a prompt cap between the bounds, a window whose room the bound
-does not fit, a ladder step the bounds straddle (budget.py "lazy holds"). Settlement still uses the
+does not fit, a ladder step the bounds straddle (holds.py). Settlement still uses the
 provider's usage; a record that has none is counted exactly then. So decisions are those of always-exact
 counting (tests/sidecar/test_lazy_counting.py checks it on generated workloads) while holds are larger by
 up to bytes/tokens (about 4x for English) until they settle.
@@ -39,6 +39,12 @@ class PromptCount:
         high = byte_bound(texts) + framing
         low = min(sum(len(t.split()) for t in texts) + framing, high)
         return cls(model, texts, messages, media_tokens, counter, low, high)
+
+    @classmethod
+    def exactly(cls, model: str, tokens: int) -> PromptCount:
+        """A count made already (the CLI's simulation, tests): known from the start, so no decision ever
+        waits on counting, and there is no text to count (an empty counter stands in for tiktoken)."""
+        return cls(model, [], 0, 0, TokenCounter(0, 0), tokens, tokens, tokens)
 
     @property
     def known(self) -> bool:

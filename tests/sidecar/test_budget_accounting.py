@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tokenbudget_api.tokenbudget import Stage
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_sidecar.budget import LEASE_ROUND_S, Refused
+from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.refusal_reasons import LEASE_ROUND_S
 
 LADDER = [
     {"at": 50, "action": "Alert"},

@@ -14,7 +14,9 @@ from sidecar_harness import stack
 
 from tokenbudget_api.tokenbudget import Stage
 from tokenbudget_api.windows import ManualClock
-from tokenbudget_sidecar.budget import HOLDS_SETTLE_S, LEASE_ROUND_S, MAX_ALERTS, Refused
+from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.ladder import MAX_ALERTS
+from tokenbudget_sidecar.refusal_reasons import HOLDS_SETTLE_S, LEASE_ROUND_S
 from tokenbudget_sidecar.settings import Settings
 
 T0 = at("2026-12-06T10:00:00+00:00")

@@ -43,7 +43,7 @@ def lease_periods(limit: Limit, tz_name: str, now: dt.datetime, ahead: dt.timede
     """The periods to grant for at `now`: the current one, and the next once it starts within `ahead`.
 
     Granting the next period before it begins lets each sidecar switch to it on its own at the boundary
-    (budget.Window.lease); granting only after it began left every pod refusing until the next round.
+    (the sidecar's windows.Window.lease); granting only after it began left every pod refusing until the next round.
     """
     if limit.period is None:
         return [None]

@@ -1,6 +1,6 @@
 """Leases: one shared budget window split between the sidecars that use it, Doorman-style.
 
-A sidecar admits against its lease as if the lease were the whole limit (budget.py: the window's amount
+A sidecar admits against its lease as if the lease were the whole limit (the sidecar's windows.py: the window's amount
 becomes `Lease.granted`), and counts everything it admitted in the lease's period. A grant is therefore
 *cumulative for the period*: "this pod may have spent up to `granted` by the period's end". Raising it
 hands out more; lowering it takes back what the pod has not yet used.
