@@ -18,6 +18,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from tokenbudget_api.admin import WindowReport
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_operator.reconciler.lease_types import LeaseKey, PodInput, PodReport, WindowInput
@@ -40,7 +41,7 @@ def snapshot(keys: int, fullest_only: bool) -> dict[str, Any]:
     for k in range(keys):
         for window in budget.windows_for("gpt-4o-mini", f"user-{k}"):
             window.counter.add(100 + k % 50, NOW)
-    loaded: dict[str, Any] = json.loads(json.dumps(budget.snapshot(fullest_only)))
+    loaded: dict[str, Any] = json.loads(budget.report(fullest_only).model_dump_json(by_alias=True))
     return loaded
 
 
@@ -48,7 +49,8 @@ def round_time(pods: int, entries: list[dict[str, Any]], window: str, per_key: b
     """Seconds for one allocation of `window` over `pods` pods that all report `entries`."""
     allocator = LeaseAllocator(started=NOW - dt.timedelta(hours=1))
     key = LeaseKey("team-a/shared", window, None, START)
-    own = [w for w in entries if w["name"] == window and (w["key"] is None) == (not per_key)]
+    own = [WindowReport.model_validate(w) for w in entries
+           if w["name"] == window and (w["key"] is None) == (not per_key)]
     t0 = time.perf_counter()
     inputs = [PodInput(f"pod-{i}", PodReport.from_sidecar(key, own)) for i in range(pods)]
     allocator.allocate(WindowInput(key, Decimal(10**9), inputs), NOW)
