@@ -1,6 +1,6 @@
 """`make chaos`: a matrix of faults on the apiserver test stack, each cell with traffic running.
 
-The stack is the reconciler tests' (tests/reconciler/test_reconcile_apiserver.py): etcd + kube-apiserver,
+The stack is the reconciler tests' (tests/apiserver_stack.py): etcd + kube-apiserver,
 the operator as the ServiceAccount of deploy/rbac.yaml, two sidecar processes on their own loopback
 addresses with Pod objects pointing at them, and the test upstream process. Each cell applies a fresh
 TokenBudget (a daily request limit the traffic overruns, so refusals happen, and a large token limit that
@@ -38,21 +38,21 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "reconciler")]
+sys.path[:0] = [str(REPO / "tests")]
 
-from controlplane import ControlPlane, pod_address, resolve_bin_dir, terminate  # type: ignore[import-not-found]  # noqa: E402
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace  # type: ignore[import-not-found]  # noqa: E402
-from rig import Tally, call  # noqa: E402
-from test_reconcile_apiserver import (  # type: ignore[import-not-found]  # noqa: E402
+from apiserver_stack import (  # type: ignore[import-not-found]  # noqa: E402
     TOKEN,
-    _kill,
     http,
+    kill,
     operator_running,
     pod_with_sidecar,
     start_sidecar,
     start_upstream,
     wait_for,
 )
+from controlplane import ControlPlane, pod_address, resolve_bin_dir, terminate  # type: ignore[import-not-found]  # noqa: E402
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace  # type: ignore[import-not-found]  # noqa: E402
+from rig import Tally, call  # noqa: E402
 
 from tokenbudget_api import names  # noqa: E402
 
@@ -211,8 +211,7 @@ class Chaos:
         try:
             for s in self.sidecars:
                 s.start()
-                pod = pod_with_sidecar(s.pod, {"app": "chaos"})
-                pod["metadata"]["namespace"] = self.ns
+                pod = pod_with_sidecar(s.pod, {"app": "chaos"}, self.ns)
                 self.kube.kubectl("create", "-f", "-", input=json.dumps(pod))
                 status = {"status": {"phase": "Running", "podIP": s.ip, "podIPs": [{"ip": s.ip}]}}
                 self.kube.kubectl("patch", "pod", s.pod, "-n", self.ns, "--subresource=status", "--type=merge",
@@ -223,7 +222,7 @@ class Chaos:
         finally:
             for s in self.sidecars:
                 s.kill()
-            _kill(upstream_proc)
+            kill(upstream_proc)
             if self.mounted:
                 subprocess.run(["umount", "-l", str(ledger)], check=False)
             self.kube.kubectl("delete", "namespace", self.ns, "--ignore-not-found", "--wait=false", check=False)

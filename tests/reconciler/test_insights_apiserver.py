@@ -15,22 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane, pod_address
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
-from test_reconcile_apiserver import (
+from apiserver_stack import (
     TOKEN,
     Sidecar,
-    _kill,
-    apply,
-    budget,
-    condition,
     http,
+    kill,
     operator_running,
     pod_with_sidecar,
     start_sidecar,
     start_upstream,
     wait_for,
 )
+from controlplane import ControlPlane, pod_address
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from test_reconcile_apiserver import apply, budget, condition
 
 from tokenbudget_api import names
 
@@ -63,8 +61,7 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
         procs += [upstream_proc, start_sidecar(IP, workdir, token_file)]
         sidecar = Sidecar(IP, procs[-1], "chat")
         wait_for("the sidecar", lambda: http("GET", f"{sidecar.admin}/healthz", token=None), timeout=20)
-        manifest = pod_with_sidecar("chat", {"app": "chat"})
-        manifest["metadata"]["namespace"] = NS
+        manifest = pod_with_sidecar("chat", {"app": "chat"}, NS)
         kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
         patch = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
         kube.kubectl("patch", "pod", "chat", "-n", NS, "--subresource=status", "--type=merge", "-p",
@@ -73,7 +70,7 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             yield Stack(kube, operator, sidecar, upstream)
     finally:
         for proc in procs:
-            _kill(proc)
+            kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
 
 

@@ -24,19 +24,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import OpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
-from test_reconcile_apiserver import (
-    _kill,
-    apply,
-    http,
-    operator_running,
-    pod_with_sidecar,
-    start_sidecar,
-    start_upstream,
-    wait_for,
-)
+from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.notifications import NotificationPayload
@@ -134,8 +126,7 @@ def nstack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
         procs.append(start_sidecar(IP, workdir, token_file))
         wait_for("the sidecar", lambda: http("GET", f"http://{IP}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None),
                  timeout=20)
-        manifest = pod_with_sidecar(POD, {"app": "assistant"})
-        manifest["metadata"]["namespace"] = NS
+        manifest = pod_with_sidecar(POD, {"app": "assistant"}, NS)
         kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
         status = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
         kube.kubectl("patch", "pod", POD, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
@@ -143,7 +134,7 @@ def nstack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
             yield NotifyStack(kube, operator, upstream, receiver, workdir)
     finally:
         for proc in procs:
-            _kill(proc)
+            kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
 
 

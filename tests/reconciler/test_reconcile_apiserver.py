@@ -1,10 +1,7 @@
 """The operator reconciling TokenBudgets onto real sidecars, against a real kube-apiserver.
 
-Everything is a real process: the operator (`python -m tokenbudget_operator`), two sidecars
-(`python -m tokenbudget_sidecar`), each bound to its own loopback address (`controlplane.pod_address`) on the
-standard ports, and the test upstream. Each sidecar has a Pod object whose status.podIP the test sets (no
-kubelet), so the operator finds the admin port the way it does in a cluster: pod IP + 8788. The admin API
-is bearer-protected with the token of the namespace's Secret, as injected pods are.
+The stack is apiserver_stack.py's, all real processes: the operator, two sidecars on their own loopback
+addresses with a Pod object each (status.podIP set by the test: no kubelet), and the test upstream.
 """
 
 from __future__ import annotations
@@ -12,170 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from controlplane import ControlPlane, _die_with_parent, pod_address, terminate
+from apiserver_stack import (
+    OPERATOR_SETTINGS,
+    TOKEN,
+    Sidecar,
+    Stack,
+    http,
+    http_text,
+    kill,
+    operator_running,
+    pod_with_sidecar,
+    set_pod_ip,
+    start_sidecar,
+    start_upstream,
+    wait_for,
+)
+from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI, OpenAI
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace, service_account_kubeconfig
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
-from tokenbudget_operator.injector import certs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
 NS = "tb-reconcile"
-TOKEN = "test-token"
 SIDECAR_IPS = (pod_address(2), pod_address(3))
-T = TypeVar("T")
-# Short intervals so the tests run in seconds; the webhook is served (SecretDir TLS) but never configured.
-OPERATOR_SETTINGS = {
-    "webhook_config_owner": "Install", "tls_source": "SecretDir", "usage_interval_s": "0.5",
-    "resync_interval_s": "1", "status_min_interval_s": "2", "lease_interval_s": "0.5",
-    "leader_lease_duration_s": "3", "key_secret_interval_s": "0.5",
-}
-
-
-# ----- processes -----------------------------------------------------------------------------------------
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
-
-
-def _kill(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
-    if proc is not None:
-        terminate(proc, grace)
-
-
-def http(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> Any:
-    headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
-        raw = resp.read()
-        return json.loads(raw) if raw else None
-
-
-def http_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # loopback only
-        return str(resp.read().decode())
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, KeyError, ValueError):
-            last = probe()
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
-
-
-@dataclass
-class Sidecar:
-    ip: str
-    proc: subprocess.Popen[bytes]
-    pod: str
-
-    @property
-    def admin(self) -> str:
-        return f"http://{self.ip}:{names.SIDECAR_ADMIN_PORT}"
-
-    @property
-    def openai_url(self) -> str:
-        return f"http://{self.ip}:{names.SIDECAR_DATA_PORT}/openai/v1"
-
-    def leased(self, key: str) -> bool:
-        """Whether every lease of budget `key` the sidecar holds grants something (zero: not allocated yet)."""
-        policy = http("GET", f"{self.admin}/policy")
-        leases = [lease for b in policy["budgets"] if f"{b['namespace']}/{b['name']}" == key
-                  for lease in b.get("leases") or []]
-        return all(float(lease["granted"]) > 0 for lease in leases)
-
-    def budgets(self) -> dict[str, int]:
-        """"namespace/name" → generation of every budget the sidecar enforces now."""
-        policy = http("GET", f"{self.admin}/policy")
-        return {f"{b['namespace']}/{b['name']}": int(b["generation"]) for b in policy["budgets"]}
-
-
-@dataclass
-class Stack:
-    kube: ControlPlane
-    operator: OperatorProcess
-    sidecars: list[Sidecar]
-    upstream: str
-    workdir: Path
-    token_file: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # killed at module teardown
-
-    def served(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = http("GET", f"{self.upstream}/_upstream/served", token=None)
-        return found
-
-
-def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = workdir / "upstream.log"
-    proc = _spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
-                  dict(os.environ), log)
-
-    def url() -> str | None:
-        for line in log.read_text().splitlines():
-            if "listening on " in line:
-                return line.split("listening on ", 1)[1].strip()
-        assert proc.poll() is None, log.read_text()
-        return None
-
-    return proc, wait_for("the test upstream", url, timeout=20)
-
-
-def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        names.SIDECAR_ENV_DATA_HOST: ip,
-        names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
-        names.SIDECAR_ENV_ADMIN_HOST: ip,
-        names.SIDECAR_ENV_ADMIN_PORT: str(names.SIDECAR_ADMIN_PORT),
-        names.SIDECAR_ENV_ADMIN_TOKEN_FILE: str(token_file),
-        names.SIDECAR_ENV_LEDGER_DIR: str(workdir / f"ledger-{ip}"),
-    }
-    return _spawn([sys.executable, "-m", "tokenbudget_sidecar"], env, workdir / f"sidecar-{ip}.log")
-
-
-def pod_with_sidecar(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {
-            "initContainers": [{"name": names.SIDECAR_CONTAINER, "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0",
-                                "restartPolicy": "Always"}],
-            "containers": [{"name": "app", "image": "registry.example.com/chat:1.4.2"}],
-        },
-    }
-
-
-def set_pod_ip(kube: ControlPlane, name: str, ip: str) -> None:
-    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-    kube.kubectl("patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
 
 
 @pytest.fixture(scope="module")
@@ -197,38 +61,15 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
             sidecars.append(Sidecar(ip, proc, f"chat-{'ab'[i]}"))
         for s in sidecars:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(s.pod, {"app": "chat", "pool": "shared"})
+            manifest = pod_with_sidecar(s.pod, {"app": "chat", "pool": "shared"}, NS)
             kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            set_pod_ip(kube, s.pod, s.ip)
+            set_pod_ip(kube, NS, s.pod, s.ip)
         with operator_running(kube, workdir) as operator:
             yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
     finally:
         for proc in procs:
-            _kill(proc)
+            kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
-
-
-@contextlib.contextmanager
-def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iterator[OperatorProcess]:
-    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left.
-
-    `settings`: TOKENBUDGET_OPERATOR_* values on top of OPERATOR_SETTINGS."""
-    tls_dir = workdir / "tls"
-    certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
-    # A Lease left by another module's operator would make this one wait for it to expire.
-    kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **{**OPERATOR_SETTINGS, **settings})
-    operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir, RBAC))
-    try:
-        operator.start()
-        yield operator
-    finally:
-        operator.stop()
-        kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
-                     "--ignore-not-found", check=False)
-        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
-                     check=False)
-        kube.kubectl("delete", "-f", str(RBAC), "--ignore-not-found", check=False)
 
 
 # ----- budgets -------------------------------------------------------------------------------------------
@@ -504,9 +345,9 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(s.pod, {"app": "extra", "pool": "shared"})
+            manifest = pod_with_sidecar(s.pod, {"app": "extra", "pool": "shared"}, NS)
             kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            set_pod_ip(kube, s.pod, s.ip)
+            set_pod_ip(kube, NS, s.pod, s.ip)
         sidecars = [*stack.sidecars, *extra]
         key = f"{NS}/shared"
         apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit, window=window))
@@ -538,7 +379,7 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
         kube.kubectl("delete", "tb", "shared", "-n", NS, "--ignore-not-found", check=False)
         for s in extra:
             kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-            _kill(s.proc)
+            kill(s.proc)
 
 
 
@@ -565,7 +406,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
             name = item["metadata"]["name"]
             if name not in given:
                 given[name] = ips[len(given)]
-                set_pod_ip(kube, name, given[name])
+                set_pod_ip(kube, NS, name, given[name])
         return [Sidecar(given[n], procs[given[n]], n) for n in (item["metadata"]["name"] for item in pods)]
 
     def grants(sidecars: list[Sidecar]) -> list[float]:
@@ -575,7 +416,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
     try:
         for ip in ips:
             wait_for(f"sidecar {ip}", lambda ip=ip: http("GET", f"http://{ip}:8788/healthz", token=None), timeout=20)
-        template = pod_with_sidecar("unused", {"deploy": "scaled"})
+        template = pod_with_sidecar("unused", {"deploy": "scaled"}, NS)
         deployment = {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "scaled", "namespace": NS},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"deploy": "scaled"}},
@@ -607,7 +448,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
         kube.kubectl("delete", "deployment", "scaled", "-n", NS, "--ignore-not-found", check=False)
         kube.kubectl("delete", "tb", "scaled", "-n", NS, "--ignore-not-found", check=False)
         for proc in procs.values():
-            _kill(proc)
+            kill(proc)
 
 
 def test_a_killed_operator_leaves_sidecars_enforcing_and_a_restart_counts_nothing_twice(stack: Stack) -> None:
@@ -709,8 +550,9 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(s.pod, {"app": "x", "pool": "shared"})))
-            set_pod_ip(kube, s.pod, s.ip)
+            manifest = pod_with_sidecar(s.pod, {"app": "x", "pool": "shared"}, NS)
+            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
+            set_pod_ip(kube, NS, s.pod, s.ip)
         sidecars = [*stack.sidecars, *extra]
         wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
             set(s.budgets()) <= {key} for s in sidecars), timeout=15)
@@ -766,7 +608,7 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
         kube.kubectl("delete", "tb", "fleetview", "-n", NS, "--ignore-not-found", check=False)
         for s in extra:
             kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-            _kill(s.proc)
+            kill(s.proc)
 
 
 def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitted(stack: Stack) -> None:
@@ -777,8 +619,8 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
     try:
         apply(kube, budget("firstcall", stack.upstream, selector={"pool": "late"}, tokens=100_000))
         wait_for(f"sidecar {new.ip}", lambda: http("GET", f"{new.admin}/healthz", token=None), timeout=20)
-        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(new.pod, {"app": "x", "pool": "late"})))
-        set_pod_ip(kube, new.pod, new.ip)
+        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(new.pod, {"app": "x", "pool": "late"}, NS)))
+        set_pod_ip(kube, NS, new.pod, new.ip)
         wait_for("the new pod's first policy", lambda: key in new.budgets(), interval=0.01, timeout=15)
         assert new.leased(key), "its first policy must already grant it something"
         client = OpenAI(base_url=new.openai_url, api_key="sk-test", max_retries=0)
@@ -787,7 +629,7 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
     finally:
         kube.kubectl("delete", "tb", "firstcall", "-n", NS, "--ignore-not-found", check=False)
         kube.kubectl("delete", "pod", new.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-        _kill(new.proc)
+        kill(new.proc)
 
 
 def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_covers(stack: Stack) -> None:
@@ -824,8 +666,8 @@ def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_c
 
     try:
         wait_for(f"sidecar {third.ip}", lambda: http("GET", f"{third.admin}/healthz", token=None), timeout=20)
-        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(third.pod, {"app": "chat"})))
-        set_pod_ip(kube, third.pod, third.ip)
+        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(third.pod, {"app": "chat"}, NS)))
+        set_pod_ip(kube, NS, third.pod, third.ip)
         apply(kube, budget("outage", stack.upstream, tokens=200_000))
         wait_for("all three sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=15)
         http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
@@ -866,7 +708,7 @@ def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_c
             operator.proc.send_signal(signal.SIGCONT)
         kube.kubectl("delete", "tb", "outage", "-n", NS, "--ignore-not-found", check=False)
         kube.kubectl("delete", "pod", third.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-        _kill(third.proc)
+        kill(third.proc)
         operator.stop()
         operator.env.pop("TOKENBUDGET_OPERATOR_LEASE_TTL_S", None)
         operator.start()

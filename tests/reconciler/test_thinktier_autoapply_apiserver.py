@@ -21,18 +21,10 @@ from typing import Any
 
 import anthropic
 import pytest
+from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
 from controlplane import ControlPlane, pod_address
 from operator_harness import OPERATOR_NAMESPACE, namespace
-from test_reconcile_apiserver import (
-    _kill,
-    apply,
-    http,
-    operator_running,
-    pod_with_sidecar,
-    start_sidecar,
-    start_upstream,
-    wait_for,
-)
+from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.sketch import LogHistogram
@@ -59,8 +51,7 @@ def st(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         procs.append(start_sidecar(IP, workdir, token_file))
         wait_for("the sidecar", lambda: http("GET", f"http://{IP}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None),
                  timeout=20)
-        manifest = pod_with_sidecar("think", {"app": "think"})
-        manifest["metadata"]["namespace"] = NS
+        manifest = pod_with_sidecar("think", {"app": "think"}, NS)
         kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
         status = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
         kube.kubectl("patch", "pod", "think", "-n", NS, "--subresource=status", "--type=merge", "-p",
@@ -69,7 +60,7 @@ def st(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             yield kube, upstream
     finally:
         for proc in procs:
-            _kill(proc)
+            kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
 
 

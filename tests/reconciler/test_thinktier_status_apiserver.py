@@ -21,19 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
-from test_reconcile_apiserver import (
-    _kill,
-    apply,
-    http,
-    operator_running,
-    pod_with_sidecar,
-    start_sidecar,
-    start_upstream,
-    wait_for,
-)
+from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.admin import ThinkingAnswer
@@ -149,8 +141,7 @@ def think_stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
         for i, ip in enumerate(IPS):
             wait_for(f"sidecar {ip}", lambda ip=ip: http(
                 "GET", f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(f"think-{'ab'[i]}", {"app": "think"})
-            manifest["metadata"]["namespace"] = NS
+            manifest = pod_with_sidecar(f"think-{'ab'[i]}", {"app": "think"}, NS)
             kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
             status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
             kube.kubectl("patch", "pod", f"think-{'ab'[i]}", "-n", NS, "--subresource=status", "--type=merge",
@@ -159,7 +150,7 @@ def think_stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
             yield ThinkStack(kube, operator, upstream)
     finally:
         for proc in procs:
-            _kill(proc)
+            kill(proc)
         kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
 
 

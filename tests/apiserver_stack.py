@@ -1,0 +1,195 @@
+"""The apiserver test stack: the operator reconciling TokenBudgets onto real sidecar processes, on the test
+control plane. Shared by the reconciler tests (tests/reconciler/*_apiserver.py) and `make chaos`
+(hardening/chaos.py, with its one cell in tests/hardening).
+
+Everything is a real process: the operator (`python -m tokenbudget_operator`) as the ServiceAccount of
+deploy/rbac.yaml, sidecars (`python -m tokenbudget_sidecar`), each bound to its own loopback address
+(`controlplane.pod_address`) on the standard ports, and the test upstream. Each sidecar has a Pod object whose
+status.podIP the test sets (no kubelet), so the operator finds the admin port the way it does in a cluster:
+pod IP + 8788. The admin API is bearer-protected with the token of the namespace's Secret, as injected pods are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controlplane import ControlPlane, _die_with_parent, terminate
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
+
+from tokenbudget_api import names
+from tokenbudget_operator.injector import certs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
+TOKEN = "test-token"
+T = TypeVar("T")
+# Short intervals so the tests run in seconds; the webhook is served (SecretDir TLS) but never configured.
+OPERATOR_SETTINGS = {
+    "webhook_config_owner": "Install", "tls_source": "SecretDir", "usage_interval_s": "0.5",
+    "resync_interval_s": "1", "status_min_interval_s": "2", "lease_interval_s": "0.5",
+    "leader_lease_duration_s": "3", "key_secret_interval_s": "0.5",
+}
+
+
+# ----- processes -----------------------------------------------------------------------------------------
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def kill(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
+    if proc is not None:
+        terminate(proc, grace)
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> Any:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # loopback only
+        return str(resp.read().decode())
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            last = probe()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Sidecar:
+    ip: str
+    proc: subprocess.Popen[bytes]
+    pod: str
+
+    @property
+    def admin(self) -> str:
+        return f"http://{self.ip}:{names.SIDECAR_ADMIN_PORT}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://{self.ip}:{names.SIDECAR_DATA_PORT}/openai/v1"
+
+    def leased(self, key: str) -> bool:
+        """Whether every lease of budget `key` the sidecar holds grants something (zero: not allocated yet)."""
+        policy = http("GET", f"{self.admin}/policy")
+        leases = [lease for b in policy["budgets"] if f"{b['namespace']}/{b['name']}" == key
+                  for lease in b.get("leases") or []]
+        return all(float(lease["granted"]) > 0 for lease in leases)
+
+    def budgets(self) -> dict[str, int]:
+        """"namespace/name" → generation of every budget the sidecar enforces now."""
+        policy = http("GET", f"{self.admin}/policy")
+        return {f"{b['namespace']}/{b['name']}": int(b["generation"]) for b in policy["budgets"]}
+
+
+@dataclass
+class Stack:
+    kube: ControlPlane
+    operator: OperatorProcess
+    sidecars: list[Sidecar]
+    upstream: str
+    workdir: Path
+    token_file: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # killed at teardown
+
+    def served(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = http("GET", f"{self.upstream}/_upstream/served", token=None)
+        return found
+
+
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    log = workdir / "upstream.log"
+    proc = spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
+                 dict(os.environ), log)
+
+    def url() -> str | None:
+        for line in log.read_text().splitlines():
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].strip()
+        assert proc.poll() is None, log.read_text()
+        return None
+
+    return proc, wait_for("the test upstream", url, timeout=20)
+
+
+def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        names.SIDECAR_ENV_DATA_HOST: ip,
+        names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
+        names.SIDECAR_ENV_ADMIN_HOST: ip,
+        names.SIDECAR_ENV_ADMIN_PORT: str(names.SIDECAR_ADMIN_PORT),
+        names.SIDECAR_ENV_ADMIN_TOKEN_FILE: str(token_file),
+        names.SIDECAR_ENV_LEDGER_DIR: str(workdir / f"ledger-{ip}"),
+    }
+    return spawn([sys.executable, "-m", "tokenbudget_sidecar"], env, workdir / f"sidecar-{ip}.log")
+
+
+def pod_with_sidecar(name: str, labels: dict[str, str], ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "initContainers": [{"name": names.SIDECAR_CONTAINER, "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0",
+                                "restartPolicy": "Always"}],
+            "containers": [{"name": "app", "image": "registry.example.com/chat:1.4.2"}],
+        },
+    }
+
+
+def set_pod_ip(kube: ControlPlane, ns: str, name: str, ip: str) -> None:
+    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+    kube.kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+@contextlib.contextmanager
+def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iterator[OperatorProcess]:
+    """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left.
+
+    `settings`: TOKENBUDGET_OPERATOR_* values on top of OPERATOR_SETTINGS."""
+    tls_dir = workdir / "tls"
+    certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
+    # A Lease left by another module's operator would make this one wait for it to expire.
+    kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
+    operator = OperatorProcess(kube, workdir, "operator", tls_dir=str(tls_dir), **{**OPERATOR_SETTINGS, **settings})
+    operator.env["KUBECONFIG"] = str(service_account_kubeconfig(kube, workdir, RBAC))
+    try:
+        operator.start()
+        yield operator
+    finally:
+        operator.stop()
+        kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE,
+                     "--ignore-not-found", check=False)
+        kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
+                     check=False)
+        kube.kubectl("delete", "-f", str(RBAC), "--ignore-not-found", check=False)
