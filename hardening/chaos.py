@@ -44,14 +44,15 @@ from apiserver_stack import (  # type: ignore[import-not-found]  # noqa: E402
     TOKEN,
     http,
     kill,
+    namespaces,
     operator_running,
-    pod_with_sidecar,
+    sidecar_pod,
     start_sidecar,
     start_upstream,
     wait_for,
 )
 from controlplane import ControlPlane, pod_address, resolve_bin_dir, terminate  # type: ignore[import-not-found]  # noqa: E402
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace  # type: ignore[import-not-found]  # noqa: E402
+from operator_harness import OperatorProcess  # type: ignore[import-not-found]  # noqa: E402
 from rig import Tally, call  # noqa: E402
 
 from tokenbudget_api import names  # noqa: E402
@@ -200,9 +201,7 @@ class Chaos:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Chaos]:
-        with contextlib.suppress(Exception):
-            self.kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-        namespace(self.kube, self.ns, enabled=False, secret=True)
+        namespaces(self.kube, self.ns)
         upstream_proc, self.upstream = start_upstream(self.work)
         ledger = self.sidecars[1].ledger
         ledger.mkdir(parents=True, exist_ok=True)
@@ -211,11 +210,7 @@ class Chaos:
         try:
             for s in self.sidecars:
                 s.start()
-                pod = pod_with_sidecar(s.pod, {"app": "chaos"}, self.ns)
-                self.kube.kubectl("create", "-f", "-", input=json.dumps(pod))
-                status = {"status": {"phase": "Running", "podIP": s.ip, "podIPs": [{"ip": s.ip}]}}
-                self.kube.kubectl("patch", "pod", s.pod, "-n", self.ns, "--subresource=status", "--type=merge",
-                                  "-p", json.dumps(status))
+                sidecar_pod(self.kube, self.ns, s.pod, s.ip, {"app": "chaos"})
             with operator_running(self.kube, self.work) as operator:
                 self.operator = operator
                 yield self

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controlplane import ControlPlane, _die_with_parent, terminate
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace, service_account_kubeconfig
 
 from tokenbudget_api import names
 from tokenbudget_operator.injector import certs
@@ -193,3 +193,53 @@ def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iter
         kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found",
                      check=False)
         kube.kubectl("delete", "-f", str(RBAC), "--ignore-not-found", check=False)
+
+
+# ----- the stack -----------------------------------------------------------------------------------------
+
+
+def namespaces(kube: ControlPlane, ns: str) -> None:
+    """The operator's namespace (kept if an earlier module made it) and `ns`: not injected, with the Secret
+    whose token the sidecars' admin API wants."""
+    with contextlib.suppress(Exception):
+        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    namespace(kube, ns, enabled=False, secret=True)
+
+
+def sidecar_pod(kube: ControlPlane, ns: str, name: str, ip: str, labels: dict[str, str]) -> None:
+    """The Pod object of the sidecar process on `ip`: created, then Running with that podIP (there is no kubelet
+    to say so), which is where the operator looks for the sidecar's admin port."""
+    kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(name, labels, ns)))
+    set_pod_ip(kube, ns, name, ip)
+
+
+@contextlib.contextmanager
+def sidecar_stack(kube: ControlPlane, workdir: Path, ns: str, pods: dict[str, str], labels: dict[str, str],
+                  **operator_settings: str) -> Iterator[Stack]:
+    """The stack in namespace `ns`: the test upstream, a sidecar process and its Pod (all with `labels`) for
+    each `pods` entry (pod name → loopback address), then the operator (`operator_settings` on top of
+    OPERATOR_SETTINGS) once every sidecar answers. Module-scoped fixtures wrap it, each in its own `ns` and
+    addresses.
+
+    Teardown stops the operator, kills every process in `Stack.procs` (where a test puts a sidecar it
+    restarts) and deletes `ns` without waiting for it."""
+    token_file = workdir / "admin-token"
+    token_file.write_text(TOKEN)
+    procs: list[subprocess.Popen[bytes]] = []
+    namespaces(kube, ns)
+    try:
+        upstream_proc, upstream = start_upstream(workdir)
+        procs.append(upstream_proc)
+        sidecars: list[Sidecar] = []
+        for pod, ip in pods.items():
+            sidecars.append(Sidecar(ip, start_sidecar(ip, workdir, token_file), pod))
+            procs.append(sidecars[-1].proc)
+        for s in sidecars:
+            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
+            sidecar_pod(kube, ns, s.pod, s.ip, labels)
+        with operator_running(kube, workdir, **operator_settings) as operator:
+            yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
+    finally:
+        for proc in procs:
+            kill(proc)
+        kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)

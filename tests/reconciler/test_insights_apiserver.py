@@ -5,9 +5,7 @@ condition and Event when a threshold the budget sets is crossed, metrics, and no
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,19 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_stack import (
-    TOKEN,
-    Sidecar,
-    http,
-    kill,
-    operator_running,
-    pod_with_sidecar,
-    start_sidecar,
-    start_upstream,
-    wait_for,
-)
+from apiserver_stack import Sidecar, http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess
 from test_reconcile_apiserver import apply, budget, condition
 
 from tokenbudget_api import names
@@ -49,29 +37,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("insights")
-    token_file = workdir / "admin-token"
-    token_file.write_text(TOKEN)
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    namespace(kube, NS, enabled=False, secret=True)
-    try:
-        upstream_proc, upstream = start_upstream(workdir)
-        procs += [upstream_proc, start_sidecar(IP, workdir, token_file)]
-        sidecar = Sidecar(IP, procs[-1], "chat")
-        wait_for("the sidecar", lambda: http("GET", f"{sidecar.admin}/healthz", token=None), timeout=20)
-        manifest = pod_with_sidecar("chat", {"app": "chat"}, NS)
-        kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-        patch = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
-        kube.kubectl("patch", "pod", "chat", "-n", NS, "--subresource=status", "--type=merge", "-p",
-                     json.dumps(patch))
-        with operator_running(kube, workdir) as operator:
-            yield Stack(kube, operator, sidecar, upstream)
-    finally:
-        for proc in procs:
-            kill(proc)
-        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+    with sidecar_stack(kube, tmp_path_factory.mktemp("insights"), NS, {"chat": IP}, {"app": "chat"}) as st:
+        yield Stack(kube, st.operator, st.sidecars[0], st.upstream)
 
 
 def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:

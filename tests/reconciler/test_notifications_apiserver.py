@@ -1,9 +1,9 @@
 """Notifications and the without-sidecar count, with the operator running for real against a real kube-apiserver.
 
-Real processes as in test_reconcile_apiserver.py (whose helpers this reuses): the operator as the ServiceAccount
-of deploy/rbac.yaml (so reading the tokenbudget-notifications Secret is checked against the shipped RBAC), one
-sidecar on its own loopback address with a Pod object, the test upstream, and a webhook receiver: an aiohttp
-server on 127.0.0.1 in a thread of the test, which records every POST and can be told to fail.
+Real processes, the stack of apiserver_stack.py: the operator as the ServiceAccount of deploy/rbac.yaml (so
+reading the tokenbudget-notifications Secret is checked against the shipped RBAC), one sidecar on its own loopback
+address with a Pod object, the test upstream; and a webhook receiver: an aiohttp server on 127.0.0.1 in a thread
+of the test, which records every POST and can be told to fail.
 Stage changes are driven as a user would: calls through the openai SDK, then a lower limit in the spec.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
+from apiserver_stack import http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import OpenAI
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OperatorProcess
 from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
@@ -114,28 +114,9 @@ class NotifyStack:
 @pytest.fixture(scope="module")
 def nstack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifyStack]:
     workdir: Path = tmp_path_factory.mktemp("notify")
-    token_file = workdir / "admin-token"
-    token_file.write_text("test-token")
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    namespace(kube, NS, enabled=False, secret=True)
-    try:
-        upstream_proc, upstream = start_upstream(workdir)
-        procs.append(upstream_proc)
-        procs.append(start_sidecar(IP, workdir, token_file))
-        wait_for("the sidecar", lambda: http("GET", f"http://{IP}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None),
-                 timeout=20)
-        manifest = pod_with_sidecar(POD, {"app": "assistant"}, NS)
-        kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-        status = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
-        kube.kubectl("patch", "pod", POD, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
-        with receiver_running() as receiver, operator_running(kube, workdir, **NOTIFY_SETTINGS) as operator:
-            yield NotifyStack(kube, operator, upstream, receiver, workdir)
-    finally:
-        for proc in procs:
-            kill(proc)
-        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+    with (receiver_running() as receiver,
+          sidecar_stack(kube, workdir, NS, {POD: IP}, {"app": "assistant"}, **NOTIFY_SETTINGS) as st):
+        yield NotifyStack(kube, st.operator, st.upstream, receiver, workdir)
 
 
 # ----- helpers ---------------------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ addresses with a Pod object each (status.podIP set by the test: no kubelet), and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,22 +16,20 @@ from typing import Any
 import pytest
 from apiserver_stack import (
     OPERATOR_SETTINGS,
-    TOKEN,
     Sidecar,
     Stack,
     http,
     http_text,
     kill,
-    operator_running,
     pod_with_sidecar,
     set_pod_ip,
+    sidecar_stack,
     start_sidecar,
-    start_upstream,
     wait_for,
 )
 from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI, OpenAI
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenbudget_api import names
@@ -44,32 +40,9 @@ SIDECAR_IPS = (pod_address(2), pod_address(3))
 
 @pytest.fixture(scope="module")
 def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("reconcile")
-    token_file = workdir / "admin-token"
-    token_file.write_text(TOKEN)
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    namespace(kube, NS, enabled=False, secret=True)
-    try:
-        upstream_proc, upstream = start_upstream(workdir)
-        procs.append(upstream_proc)
-        sidecars = []
-        for i, ip in enumerate(SIDECAR_IPS):
-            proc = start_sidecar(ip, workdir, token_file)
-            procs.append(proc)
-            sidecars.append(Sidecar(ip, proc, f"chat-{'ab'[i]}"))
-        for s in sidecars:
-            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(s.pod, {"app": "chat", "pool": "shared"}, NS)
-            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            set_pod_ip(kube, NS, s.pod, s.ip)
-        with operator_running(kube, workdir) as operator:
-            yield Stack(kube, operator, sidecars, upstream, workdir, token_file, procs)
-    finally:
-        for proc in procs:
-            kill(proc)
-        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+    pods = dict(zip(("chat-a", "chat-b"), SIDECAR_IPS, strict=True))
+    with sidecar_stack(kube, tmp_path_factory.mktemp("reconcile"), NS, pods, {"app": "chat", "pool": "shared"}) as st:
+        yield st
 
 
 # ----- budgets -------------------------------------------------------------------------------------------

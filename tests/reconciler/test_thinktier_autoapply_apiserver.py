@@ -3,7 +3,7 @@ each class's recommended budget into the sidecar's policy step by step until it 
 within the bounds the spec sets; the spec is read before and after and never changes; removing the flag
 rolls the sidecar back to the declared tier.
 
-Real processes as in test_reconcile_apiserver.py: the operator (deploy/rbac.yaml's ServiceAccount), a sidecar
+Real processes, the stack of apiserver_stack.py: the operator (deploy/rbac.yaml's ServiceAccount), a sidecar
 on its own loopback address with a Pod object, the test upstream. Calls go through the official anthropic
 SDK, whose `thinking.budget_tokens` the sidecar writes, so the budget in force is read off what the
 upstream received.
@@ -11,19 +11,15 @@ upstream received.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
-from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
+from apiserver_stack import http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
-from operator_harness import OPERATOR_NAMESPACE, namespace
 from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
@@ -38,30 +34,8 @@ DECLARED = 8192
 
 @pytest.fixture(scope="module")
 def st(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, str]]:
-    workdir: Path = tmp_path_factory.mktemp("autoapply")
-    token_file = workdir / "admin-token"
-    token_file.write_text("test-token")
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    namespace(kube, NS, enabled=False, secret=True)
-    try:
-        upstream_proc, upstream = start_upstream(workdir)
-        procs.append(upstream_proc)
-        procs.append(start_sidecar(IP, workdir, token_file))
-        wait_for("the sidecar", lambda: http("GET", f"http://{IP}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None),
-                 timeout=20)
-        manifest = pod_with_sidecar("think", {"app": "think"}, NS)
-        kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-        status = {"status": {"phase": "Running", "podIP": IP, "podIPs": [{"ip": IP}]}}
-        kube.kubectl("patch", "pod", "think", "-n", NS, "--subresource=status", "--type=merge", "-p",
-                     json.dumps(status))
-        with operator_running(kube, workdir):
-            yield kube, upstream
-    finally:
-        for proc in procs:
-            kill(proc)
-        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+    with sidecar_stack(kube, tmp_path_factory.mktemp("autoapply"), NS, {"think": IP}, {"app": "think"}) as stack:
+        yield kube, stack.upstream
 
 
 def thinktier(auto_apply: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The operator writing ThinkTier status from every selected sidecar's figures, merged per class.
 
-Real processes as in test_reconcile_apiserver.py (whose helpers this reuses): the operator running as the
-ServiceAccount of deploy/rbac.yaml, two sidecars on their own loopback addresses (controlplane.pod_address) with a
-Pod object each, and the test upstream. Reasoning calls go through the official openai SDK with the class
+Real processes, the stack of apiserver_stack.py: the operator running as the ServiceAccount of deploy/rbac.yaml,
+two sidecars on their own loopback addresses (controlplane.pod_address) with a Pod object each, and the test
+upstream. Reasoning calls go through the official openai SDK with the class
 header and `x-upstream-reasoning-tokens`, so the thinking each call did is known exactly.
 
 The first tests are pure: the tracker's handling of sidecar restarts, budget changes and departed pods.
@@ -11,20 +11,17 @@ The first tests are pure: the tracker's handling of sidecar restarts, budget cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_stack import http, kill, operator_running, pod_with_sidecar, start_sidecar, start_upstream, wait_for
+from apiserver_stack import http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OperatorProcess
 from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
@@ -127,31 +124,9 @@ class ThinkStack:
 
 @pytest.fixture(scope="module")
 def think_stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThinkStack]:
-    workdir: Path = tmp_path_factory.mktemp("thinktier")
-    token_file = workdir / "admin-token"
-    token_file.write_text("test-token")
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    namespace(kube, NS, enabled=False, secret=True)
-    try:
-        upstream_proc, upstream = start_upstream(workdir)
-        procs.append(upstream_proc)
-        procs.extend(start_sidecar(ip, workdir, token_file) for ip in IPS)
-        for i, ip in enumerate(IPS):
-            wait_for(f"sidecar {ip}", lambda ip=ip: http(
-                "GET", f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(f"think-{'ab'[i]}", {"app": "think"}, NS)
-            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-            kube.kubectl("patch", "pod", f"think-{'ab'[i]}", "-n", NS, "--subresource=status", "--type=merge",
-                         "-p", json.dumps(status))
-        with operator_running(kube, workdir) as operator:
-            yield ThinkStack(kube, operator, upstream)
-    finally:
-        for proc in procs:
-            kill(proc)
-        kube.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
+    pods = dict(zip(("think-a", "think-b"), IPS, strict=True))
+    with sidecar_stack(kube, tmp_path_factory.mktemp("thinktier"), NS, pods, {"app": "think"}) as st:
+        yield ThinkStack(kube, st.operator, st.upstream)
 
 
 def get_tt(kube: ControlPlane, name: str) -> dict[str, Any]:
