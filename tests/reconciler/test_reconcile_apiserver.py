@@ -23,6 +23,7 @@ from apiserver_stack import (
     kill,
     pod_with_sidecar,
     set_pod_ip,
+    sidecar_pod,
     sidecar_stack,
     start_sidecar,
     wait_for,
@@ -318,9 +319,7 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(s.pod, {"app": "extra", "pool": "shared"}, NS)
-            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            set_pod_ip(kube, NS, s.pod, s.ip)
+            sidecar_pod(kube, NS, s.pod, s.ip, {"app": "extra", "pool": "shared"})
         sidecars = [*stack.sidecars, *extra]
         key = f"{NS}/shared"
         apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit, window=window))
@@ -523,9 +522,7 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
             extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            manifest = pod_with_sidecar(s.pod, {"app": "x", "pool": "shared"}, NS)
-            kube.kubectl("create", "-f", "-", input=json.dumps(manifest))
-            set_pod_ip(kube, NS, s.pod, s.ip)
+            sidecar_pod(kube, NS, s.pod, s.ip, {"app": "x", "pool": "shared"})
         sidecars = [*stack.sidecars, *extra]
         wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
             set(s.budgets()) <= {key} for s in sidecars), timeout=15)
@@ -592,8 +589,7 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
     try:
         apply(kube, budget("firstcall", stack.upstream, selector={"pool": "late"}, tokens=100_000))
         wait_for(f"sidecar {new.ip}", lambda: http("GET", f"{new.admin}/healthz", token=None), timeout=20)
-        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(new.pod, {"app": "x", "pool": "late"}, NS)))
-        set_pod_ip(kube, NS, new.pod, new.ip)
+        sidecar_pod(kube, NS, new.pod, new.ip, {"app": "x", "pool": "late"})
         wait_for("the new pod's first policy", lambda: key in new.budgets(), interval=0.01, timeout=15)
         assert new.leased(key), "its first policy must already grant it something"
         client = OpenAI(base_url=new.openai_url, api_key="sk-test", max_retries=0)
@@ -639,8 +635,7 @@ def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_c
 
     try:
         wait_for(f"sidecar {third.ip}", lambda: http("GET", f"{third.admin}/healthz", token=None), timeout=20)
-        kube.kubectl("create", "-f", "-", input=json.dumps(pod_with_sidecar(third.pod, {"app": "chat"}, NS)))
-        set_pod_ip(kube, NS, third.pod, third.ip)
+        sidecar_pod(kube, NS, third.pod, third.ip, {"app": "chat"})
         apply(kube, budget("outage", stack.upstream, tokens=200_000))
         wait_for("all three sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=15)
         http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
