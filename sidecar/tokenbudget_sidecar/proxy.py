@@ -1,8 +1,9 @@
 """The data path: parse, forward, stream back, meter, record.
 
 One call: read the body under a size cap, decode it, learn model/stream/cap/user from it (the dialect),
-count the prompt with tiktoken, forward with one long-lived client session, stream the upstream's bytes
-to the app as they arrive while parsing a copy of the SSE on the side, then settle one usage record.
+bound the prompt's size (counted with tiktoken only where a decision needs it: prompt_count.py), forward
+with one long-lived client session, stream the upstream's bytes to the app as they arrive while parsing a
+copy of the SSE on the side, then settle one usage record.
 
 Streams are forwarded chunk by chunk exactly as read, except OpenAI chat streams where we asked for the
 usage chunk on the app's behalf: those are forwarded per complete SSE event so the extra usage chunk
