@@ -7,7 +7,7 @@ and with a last event that has no blank line after it (flushed at EOF).
 It is fed what the network hands over, which an upstream decides: each read is scanned once, only its new
 bytes, and an event spanning reads is kept in one growing buffer (never re-copied per read), so the work is
 linear in the stream whatever the chunking. The buffer is bounded: an event past MAX_EVENT_BYTES is not
-assembled. Its bytes are handed back as they come, as `oversized` events with nothing to read (the proxy
+assembled. Its bytes are handed back as they come, as `Unread` events with nothing to read (the proxy
 re-emits events' `raw` for OpenAI chat streams, so the app still gets every byte), up to the blank line that
 ends it; `SSEParser.oversized` counts such events, so the caller can tell metering missed one.
 """
@@ -15,13 +15,14 @@ ends it; `SSEParser.oversized` counts such events, so the caller can tell meteri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 # The largest event read for usage. Generous on purpose: an image stream's `image_generation.completed` event
 # carries the whole image in base64 next to its usage (a 1536x1024 PNG can pass 6 MB), and losing that event
 # loses the call's metering. Past it, an upstream sending one endless event costs this much memory, no more.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
-LF, CR = 0x0A, 0x0D
+LF = 0x0A
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,14 @@ class Event:
     event: str  # the `event:` field, "" when absent
     data: str  # `data:` lines joined with "\n"
     raw: bytes  # the bytes of the whole event, terminator included
-    oversized: bool = False  # a piece of an event past the cap: raw to forward as is, nothing to read
+    oversized: ClassVar[bool] = False  # see Unread (a class attribute: a fourth field made every event slower)
+
+
+class Unread(Event):
+    """A piece of an event past the cap: `raw` to forward as is, nothing to read (event and data are "")."""
+
+    __slots__ = ()
+    oversized = True
 
 
 class SSEParser:
@@ -46,7 +54,7 @@ class SSEParser:
         self._skip = False  # in an event past the cap: hand its bytes back until its blank line
         self._event = ""
         self._data: list[str] = []
-        self.oversized = 0  # events past the cap: not read, their bytes handed back as `oversized` events
+        self.oversized = 0  # events past the cap: not read, their bytes handed back as `Unread` events
         self.work = 0  # bytes scanned for line ends plus bytes copied into or out of _held (linear, tests say)
 
     @property
@@ -55,21 +63,37 @@ class SSEParser:
         return len(self._held)
 
     def feed(self, chunk: bytes) -> list[Event]:
+        """The events this read completes, in order, `Unread` pieces of an oversized one among them."""
         out: list[Event] = []
         n = len(chunk)
         if not n:
             return out
+        lf = chunk.find(b"\n")  # the next \n and \r (n when there is none): each byte looked at once per kind
+        cr = chunk.find(b"\r")
+        if lf < 0 and cr < 0 and not self._cr:  # no line end in this read: the line in progress goes on
+            self._line += n
+            self.work += 3 * n  # two finds looked at each byte, and it is kept
+            if self._skip:
+                self._pass(out, chunk, 0, n)
+            elif len(self._held) + n > self._max:
+                self._oversize(out, chunk, 0, n)
+            else:
+                self._held += chunk
+            return out
+        if lf < 0:
+            lf = n
+        if cr < 0:
+            cr = n
+        work = lf + cr
         pos = start = 0  # pos: the first byte not scanned; start: the first byte not yet in _held or handed back
         if self._cr:
             self._cr = False
             if chunk[0] == LF:
                 pos = 1
-        if self._done:
-            self._done = False
-            self._end(out, chunk, 0, pos)
-            start = pos
-        work = 0
-        lf = cr = -1  # the next \n and \r at or after pos (n when there is none): each found once per read
+            if self._done:
+                self._done = False
+                self._end(out, chunk, 0, pos)
+                start = pos
         while pos < n:
             if lf < pos:
                 lf = chunk.find(b"\n", pos)
@@ -93,27 +117,40 @@ class SSEParser:
             else:
                 break
             if end > pos or self._line:
-                if not self._skip:
-                    line = chunk[pos:end]
-                    if self._line:  # the line began in an earlier read
-                        line = bytes(memoryview(self._held)[-self._line :]) + line
-                        work += len(line)
+                if self._skip:
+                    pass
+                elif self._line:  # the line began in an earlier read
+                    held = self._held if self._line == len(self._held) else self._held[-self._line :]
+                    line = b"".join((held, chunk[pos:end]))
+                    work += 2 * len(line)
                     self._field(line)
+                else:
+                    self._field(chunk[pos:end])
                 self._line = 0
             elif self._cr:  # a blank line whose \r ends the read: finish the event when the next read comes
                 self._done = True
-            else:
+            elif self._skip or len(self._held) + nxt - start > self._max or not (self._data or self._event):
                 self._end(out, chunk, start, nxt)
                 start = nxt
+            else:  # an event to read: the usual case
+                raw = chunk[start:nxt]
+                if self._held:  # it began in an earlier read
+                    raw = b"".join((self._held, raw))
+                    self._held.clear()
+                    work += len(raw)
+                out.append(Event(self._event, "\n".join(self._data), raw))
+                self._event, self._data = "", []
+                start = nxt
             pos = nxt
-        self._line += n - pos
+        if pos < n:
+            self._line += n - pos
         if start < n:
             if self._skip:
                 self._pass(out, chunk, start, n)
             elif len(self._held) + n - start > self._max:
                 self._oversize(out, chunk, start, n)
             else:
-                self._held += memoryview(chunk)[start:]
+                self._held += chunk[start:] if start else chunk
                 work += n - start
         self.work += work
         return out
@@ -123,10 +160,11 @@ class SSEParser:
         out: list[Event] = []
         if not self._skip:
             if self._line:
-                self._field(bytes(memoryview(self._held)[-self._line :]))
+                self._field(bytes(self._held[-self._line :]))
             if self._data or self._event:
                 out.append(Event(self._event, "\n".join(self._data), bytes(self._held)))
-        self._held, self._line, self._cr, self._done, self._skip = bytearray(), 0, False, False, False
+        self._held.clear()
+        self._line, self._cr, self._done, self._skip = 0, False, False, False
         self._event, self._data = "", []
         return out
 
@@ -141,7 +179,7 @@ class SSEParser:
         elif self._data or self._event:
             out.append(Event(self._event, "\n".join(self._data), self._take(chunk, start, stop)))
         elif self._held:  # comments or ids only: nothing to read, and no raw (proxy.py forwards none for it)
-            self._held = bytearray()
+            self._held.clear()
         self._event, self._data = "", []
 
     def _oversize(self, out: list[Event], chunk: bytes, start: int, stop: int) -> None:
@@ -152,19 +190,18 @@ class SSEParser:
         self._pass(out, chunk, start, stop)
 
     def _pass(self, out: list[Event], chunk: bytes, start: int, stop: int) -> None:
-        """Hand back the held bytes and chunk[start:stop] unread, as one `oversized` event."""
+        """Hand back the held bytes and chunk[start:stop] unread, as one `Unread` event."""
         raw = self._take(chunk, start, stop)
         if raw:
-            out.append(Event("", "", raw, oversized=True))
+            out.append(Unread("", "", raw))
 
     def _take(self, chunk: bytes, start: int, stop: int) -> bytes:
         """The held bytes then chunk[start:stop], emptying the buffer: no copy of the read when nothing is held."""
         if not self._held:
             return chunk[start:stop]
-        self._held += memoryview(chunk)[start:stop]
-        raw = bytes(self._held)
-        self._held = bytearray()
-        self.work += stop - start + len(raw)
+        raw = b"".join((self._held, chunk[start:stop]))
+        self._held.clear()  # (which frees its memory: a bytearray emptied is shrunk)
+        self.work += len(raw)
         return raw
 
     def _field(self, line: bytes) -> None:

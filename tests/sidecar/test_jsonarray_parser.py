@@ -151,3 +151,15 @@ def test_a_typical_stream_in_small_reads_is_linear_work() -> None:
     data = [ev.data for i in range(0, len(stream), 7) for ev in parser.feed(stream[i : i + 7])]
     assert data == texts
     assert parser.work <= 8 * len(stream), parser.work
+
+
+def test_one_read_larger_than_the_cap_leaves_at_most_the_cap_held() -> None:
+    cap = 64 * 1024
+    for opening in (b'{"text": "', b'{"parts": [1, '):
+        parser = JSONArrayParser(cap)
+        out = parser.feed(b'[{"a": 1},' + opening + b"7" * (3 * cap))
+        assert parser.buffered <= cap
+        out += parser.feed(b'"]}, {"b": 2}]' if opening.endswith(b'"') else b']}, {"b": 2}]')
+        out += parser.close()
+        assert [ev.data for ev in out] == ['{"a": 1}', '{"b": 2}'], opening
+        assert parser.oversized == 1

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tokenbudget_api.tokenbudget import Dialect as DialectName
 from tokenbudget_sidecar.dialects import DIALECTS, Call
-from tokenbudget_sidecar.sse import MAX_EVENT_BYTES, Event, SSEParser
+from tokenbudget_sidecar.sse import MAX_EVENT_BYTES, Event, SSEParser, Unread
 
 LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
 
@@ -36,7 +36,7 @@ def reference(stream: bytes, cap: int = MAX_EVENT_BYTES) -> tuple[list[Event], i
         nonlocal event, data, start, oversized
         if stop - start > cap:
             oversized += 1
-            events.append(Event("", "", stream[start:stop], oversized=True))
+            events.append(Unread("", "", stream[start:stop]))
         elif data or event:
             events.append(Event(event, "\n".join(data), stream[start:stop]))
         event, data, start = "", [], stop
@@ -95,7 +95,7 @@ def test_events_and_their_raw_bytes_do_not_depend_on_where_reads_split_the_strea
                                                                                    cuts: list[int]) -> None:
     at_once, _ = parse([stream])
     chunked, _ = parse(split(stream, cuts))
-    one_byte, _ = parse([stream[i : i + 1] for i in range(len(stream))])
+    one_byte, _ = parse([c for i in range(len(stream)) for c in (stream[i : i + 1], b"")])  # empty reads too
     want, _ = reference(stream)
     assert at_once == want
     assert chunked == want
@@ -221,3 +221,16 @@ def test_the_app_still_gets_every_byte_of_an_oversized_event_when_the_proxy_forw
     assert tracker.reading.usage is not None
     assert tracker.reading.usage.output_tokens == 4
     assert tracker.reading.finished
+
+
+def test_one_read_larger_than_the_cap_leaves_at_most_the_cap_held() -> None:
+    cap = 64 * 1024
+    for tail in (b"", b"\n" + b"y" * (2 * cap)):  # ending in the line, or in a later line of the event
+        parser = SSEParser(cap)
+        stream = b"data: a\n\ndata: " + b"x" * (3 * cap) + tail
+        out = parser.feed(stream)
+        assert parser.buffered <= cap
+        out += parser.feed(b"\n\ndata: b\n\n")
+        assert [e.data for e in out if not e.oversized] == ["a", "b"]
+        assert b"".join(e.raw for e in out) == stream + b"\n\ndata: b\n\n"
+        assert parser.oversized == 1
