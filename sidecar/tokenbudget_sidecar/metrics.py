@@ -55,6 +55,11 @@ class Metrics:
             "tokenbudget_lease_starved_calls", "Calls refused because this pod's lease grant was spent (or missing "
             "for the period) while the budget had room, after waiting for a push: lease rounds are not keeping up.",
             ["budget"], registry=r)
+        self.unread_events = Counter(
+            "tokenbudget_stream_unread_events", "Stream events relayed to the app whole but too large to read "
+            "(sse.MAX_EVENT_BYTES, jsonarray.MAX_ELEMENT_CHARS): usage they carried is missed (estimated when no "
+            "other usage came).",
+            ["provider"], registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 

@@ -301,15 +301,20 @@ class Proxy:
             await resp.prepare(request)
         except CLIENT_GONE:
             client_gone = True
+
+        def take(chunk: bytes) -> bytes:
+            """Read a copy of `chunk`; return what the app gets: the chunk as it came, or, where we asked for the
+            usage chunk on the app's behalf, its events but that one."""
+            events = parser.feed(chunk)
+            if call.injected_usage:
+                return b"".join(ev.raw for ev in events if tracker.on_event(ev))
+            for ev in events:
+                tracker.on_event(ev)
+            return chunk
+
         try:
             async for chunk in up.content.iter_any():
-                events = parser.feed(chunk)
-                if call.injected_usage:
-                    out = b"".join(ev.raw for ev in events if tracker.on_event(ev))
-                else:
-                    for ev in events:
-                        tracker.on_event(ev)
-                    out = chunk
+                out = take(chunk)
                 if out and not client_gone:
                     try:
                         await resp.write(out)
@@ -336,8 +341,15 @@ class Proxy:
             # The provider dropped the stream: drop the app's too, so its SDK sees the same failure
             # instead of a stream that ends as if complete.
             record.outcome = Outcome.UPSTREAM_FAILED
+            if (rest := unread(up.content)) and (out := take(rest)) and not client_gone:
+                with contextlib.suppress(*CLIENT_GONE):
+                    await resp.write(out)
             if request.transport is not None:
                 request.transport.close()
+        if parser.oversized:  # relayed whole, but too large to read: their usage, if any, is estimated instead
+            self.state.metrics.child(self.state.metrics.unread_events, dialect.name).inc(parser.oversized)
+            log.warning("stream events too large to read", extra={"record": {
+                "request_id": record.request_id, "events": parser.oversized}})
         await self.ready_to_estimate(tracker.reading, record, ticket)
         return resp, tracker.reading
 
@@ -375,6 +387,24 @@ class Proxy:
             metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
         if log.isEnabledFor(logging.INFO):
             log.info("call", extra={"record_json": line})  # the ledger's own line: serialized once
+
+
+def unread(reader: aiohttp.StreamReader) -> bytes:
+    """What the upstream sent before it failed that aiohttp received but had not handed out yet.
+
+    Once a reset lands, aiohttp's StreamReader raises on every read and drops what it holds, although the
+    provider sent (and bills) it: a cut stream's last events would go uncounted whenever the reset arrived in
+    the same loop turn as they did. So read them past the exception. aiohttp has no public way to, so this
+    clears its private exception for one `read_nowait()` (tests/sidecar/test_unread_after_reset.py pins it).
+    """
+    failure = reader.exception()
+    if failure is None or not hasattr(reader, "_exception"):
+        return b""
+    reader._exception = None
+    try:
+        return reader.read_nowait()
+    finally:
+        reader._exception = failure
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

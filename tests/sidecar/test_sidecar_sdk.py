@@ -18,6 +18,7 @@ from sidecar_harness import Stack, http_get, http_post, stack
 
 from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_testing.upstream.ledger import ServedRecord
+from tokenbudget_testing.upstream.tokens import encoding
 
 MESSAGES: list[Any] = [{"role": "system", "content": "You are terse."},
                        {"role": "user", "content": "Name three prime numbers."}]
@@ -239,13 +240,19 @@ def test_a_reset_mid_stream_breaks_the_apps_stream_too_and_is_estimated(s: Stack
     stream = oa(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
                                            extra_headers={"x-upstream-fail": "reset-mid-stream",
                                                           "x-upstream-output-tokens": "40"})
+    received: list[str] = []
+
+    def read_all() -> None:
+        for chunk in stream:
+            received.extend(c.delta.content or "" for c in chunk.choices)
+
     with pytest.raises(openai.APIConnectionError):
-        for _ in stream:
-            pass
+        read_all()
     rec, served = one_call(s)
     assert rec.outcome is Outcome.UPSTREAM_FAILED
     assert rec.source is UsageSource.ESTIMATED
-    assert 0 < rec.usage.output_tokens == served.emitted_output_tokens
+    # The app got every token the provider emitted before the reset, and the estimate counts exactly those.
+    assert 0 < rec.usage.output_tokens == len(encoding().encode("".join(received))) == served.emitted_output_tokens
 
 
 def test_model_lists_and_token_counts_pass_through_unbilled(s: Stack) -> None:

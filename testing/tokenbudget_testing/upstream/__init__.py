@@ -34,7 +34,8 @@ through the SDKs' ``extra_headers`` and through any proxy in between:
 ``x-upstream-fail: 429 | 500 | 503 | 529 | reset-before-headers | reset-mid-stream | in-stream-error |
 stall-mid-stream``
     An HTTP error in the dialect's shape; a TCP reset before any response byte; a reset part-way
-    through the body (``settings.cut_fraction`` of the content, never the final usage); the
+    through the body (``settings.cut_fraction`` of the content, never the final usage; sent
+    ``settings.reset_grace_s`` after the last event, so what was emitted reached the peer); the
     dialect's in-stream error event at that point (a non-streamed call gets HTTP 500 / 529 / 503 for
     OpenAI / Anthropic / Gemini instead); or silence at that point for ``settings.stall_s`` and then a
     reset (a client's read timeout strikes first).

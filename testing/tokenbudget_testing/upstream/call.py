@@ -233,6 +233,7 @@ class Call:
                     await asyncio.sleep(self.settings.stall_s)
                     return self.reset()
                 if fail == "reset-mid-stream":
+                    await asyncio.sleep(self.settings.reset_grace_s)
                     return self.reset()
                 if error_frame is not None:
                     written = sum(1 for earlier in frames[:index] if earlier.data)

@@ -48,6 +48,12 @@ class UpstreamSettings(BaseSettings):
         le=1.0,
         description="Share of the content events written before reset-mid-stream / in-stream-error strike.",
     )
+    reset_grace_s: float = Field(
+        0.2, ge=0.0, le=10.0,
+        description="How long reset-mid-stream waits after its last event before the reset: a TCP reset makes the "
+        "peer's kernel drop what it received but had not read yet, so without a pause the events a test counts as "
+        "emitted could vanish on a loaded machine before the proxy read them.",
+    )
     stall_s: float = Field(
         3.0, ge=0.0, le=60.0,
         description="How long stall-mid-stream keeps silent (after cut_fraction of the content) before a reset.",
