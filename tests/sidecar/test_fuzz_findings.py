@@ -113,3 +113,15 @@ def test_an_adaptive_thinking_effort_that_is_not_a_string_is_replaced_not_a_type
     call = DIALECTS[DialectName.ANTHROPIC].parse("messages", "/v1/messages", body, None)
     thinking.apply(DIALECTS[DialectName.ANTHROPIC], call, body, "/anthropic/v1/messages", {}, 10)
     assert isinstance(body["output_config"]["effort"], str)  # the tier's effort replaced what no API accepts
+
+
+@pytest.mark.parametrize("name", list(DialectName))
+def test_a_stream_event_nested_past_the_recursion_limit_is_kept_and_read_as_nothing(name: DialectName) -> None:
+    """A `data:` line nested 100,000 levels deep raised RecursionError out of the relay (found by review):
+    the event is relayed like any other and reads as no usage, as an answer that is not JSON does."""
+    dialect = DIALECTS[name]
+    operation = {"OpenAI": "chat", "Anthropic": "messages", "Gemini": "generate"}.get(name.value, "chat")
+    tracker = dialect.tracker(Call(operation, "m", stream=True))
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    assert tracker.on_event(Event("", deep, b"")) is True
+    assert tracker.reading.usage is None

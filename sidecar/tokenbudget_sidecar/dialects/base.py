@@ -142,9 +142,11 @@ def as_int(value: object) -> int:
 
 
 def load_json(data: str) -> JSON | None:
+    """A provider's JSON object, or None: not JSON, not an object, or nested past the parser's limit (a reader
+    that raised here would break a stream the provider already bills)."""
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
