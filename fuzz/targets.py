@@ -144,8 +144,7 @@ def stream_target(name: DialectName, operation: str, json_array: bool = False) -
         chunks, whole = _split(data)
         make = JSONArrayParser if json_array else SSEParser
         chunked, at_once = _events(make(), chunks), _events(make(), [whole])
-        if not json_array:
-            assert chunked == at_once, "SSE events depend on chunk boundaries"
+        assert chunked == at_once, "the events depend on chunk boundaries"
         call = Call(operation, "m", stream=True, injected_usage=True)
         got, kept = _reading(dialect, call, chunked)
         want, kept_whole = _reading(dialect, Call(operation, "m", stream=True, injected_usage=True), at_once)
