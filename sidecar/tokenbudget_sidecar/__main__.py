@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from aiohttp import web
@@ -21,6 +22,11 @@ async def serve(settings: Settings) -> None:
     admin = web.AppRunner(create_admin_app(state), access_log=None)
     await data.setup()
     await admin.setup()
+    # Everything made so far (modules, pydantic schemas, the price catalog: most of the heap) lives as long as
+    # the process: freeze it out of the collector's view, so a full collection walks only what calls made
+    # since (measured: ~35 ms pauses every few thousand calls before, benchmarks/sidecar_latency.py).
+    gc.collect()
+    gc.freeze()
     await web.TCPSite(data, settings.data_host, settings.data_port, backlog=1024).start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info("listening", extra={"record": {"data": f"{settings.data_host}:{settings.data_port}",
