@@ -197,7 +197,7 @@ class Proxy:
                 record, call, default_output_tokens=self.state.settings.default_output_tokens,
                 budgets=[b.name for b in admission.budgets], decisions=ticket.decisions, prices=self.state.prices,
                 base_url=upstream.base_url))
-        gauge = self.state.metrics.in_flight.labels(dialect.name)
+        gauge = self.state.metrics.child(self.state.metrics.in_flight, dialect.name)
         gauge.inc()
         try:
             return await self.forward(request, upstream, dialect, path, call, payload, record, started, ticket,

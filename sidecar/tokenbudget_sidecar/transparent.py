@@ -163,5 +163,6 @@ class Transparent:
                            "bytes", request_id=request_id)
 
     def _finish(self, record: UsageRecord, started: float) -> None:
-        self.state.metrics.unmetered.labels(record.dialect, record.route or "", record.outcome.value).inc()
+        metrics = self.state.metrics
+        metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
         self._record(record, started, 0.0)
