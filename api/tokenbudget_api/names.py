@@ -6,7 +6,7 @@ environment variable the parts agree on is defined here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 GROUP: Final = "tokenbudget.io"
 VERSION: Final = "v1alpha1"
@@ -84,6 +84,8 @@ SIDECAR_ENV_ADMIN_PORT: Final = f"{SIDECAR_ENV_PREFIX}ADMIN_PORT"
 SIDECAR_ENV_ADMIN_TOKEN_FILE: Final = f"{SIDECAR_ENV_PREFIX}ADMIN_TOKEN_FILE"
 SIDECAR_ENV_LEDGER_DIR: Final = f"{SIDECAR_ENV_PREFIX}LEDGER_DIR"
 SIDECAR_ENV_AWAIT_POLICY_S: Final = f"{SIDECAR_ENV_PREFIX}AWAIT_POLICY_S"
+SIDECAR_ENV_LOG_LEVEL: Final = f"{SIDECAR_ENV_PREFIX}LOG_LEVEL"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # the sidecar's and the operator's, as the chart offers
 
 # Environment variables the official SDKs read, set in app containers so they call the sidecar.
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"  # openai: base URL including /v1

@@ -76,6 +76,10 @@ class _InjectionKnobs(BaseModel):
     # An injected sidecar stays unready (a native one holds the app's start) until the operator's first policy
     # push, at most this long; then it serves (metered, counted once the policy comes). 0: no gate.
     sidecar_await_policy_s: int = Field(default=30, ge=0, le=600)
+    # The injected sidecars' log level. INFO logs one JSON line per call (the record, as the ledger has it);
+    # WARNING leaves those out: every record is still in the ledger, /usage, metrics and status, and each line
+    # costs ~50 us of CPU per call (benchmarks/sidecar_latency.py) plus the log pipeline's share.
+    sidecar_log_level: names.LogLevel = "INFO"
     ledger_size_limit: str | None = "256Mi"  # sizeLimit of the ledger emptyDir; None: unbounded
     excluded_namespaces: tuple[str, ...] = ()  # in addition to the system ones and the operator's own
     allow_pod_opt_in: bool = False  # a pod labelled enabled is injected in a namespace that is not

@@ -53,4 +53,4 @@ class Settings(BaseSettings):
 
     drain_timeout_s: float = 20.0  # preStop waits this long at most for the operator's last pull (drain.py)
 
-    log_level: str = "INFO"
+    log_level: names.LogLevel = "INFO"

@@ -66,6 +66,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "image.pullPolicy=Always",
         "imagePullSecrets[0].name=regcred",
         "sidecar.mode=Classic",
+        "sidecar.logLevel=WARNING",
         "sidecar.resources.requests.cpu=5m",
         "replicas=3",
         "nodeSelector.pool=system",
@@ -262,6 +263,7 @@ def test_the_deployment_passes_only_settings_the_operator_reads_and_they_parse(
         assert container["image"] == settings.sidecar_image == "registry.example/tb:1.2.3"
         assert settings.sidecar_image_pull_policy == "Always"
         assert settings.sidecar_mode.value == "Classic"
+        assert settings.sidecar_log_level == "WARNING"
         resources = {"requests": {"cpu": "5m", "memory": "160Mi"}, "limits": {"memory": "256Mi"}}
         assert settings.sidecar_resources == resources
         assert settings.log_level == "DEBUG"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import openai
-from sidecar_process import sidecar_process
+from sidecar_process import get_text, sidecar_process
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_sidecar.logs import JsonFormatter
@@ -47,3 +48,19 @@ def test_the_formatter_splices_ready_json_and_keeps_dict_extras() -> None:
     plain = logging.LogRecord("x", logging.WARNING, __file__, 1, "hello %s", ("there",), None)
     plain.record = {"n": 1}
     assert json.loads(formatter.format(plain))["call"] == {"n": 1}
+
+
+def test_at_warning_the_sidecar_logs_no_call_lines_and_still_records_every_call(tmp_path: Path) -> None:
+    """The chart's sidecar.logLevel=WARNING (injected as TOKENBUDGET_LOG_LEVEL) drops the per-call line only."""
+    ledger = tmp_path / "ledger"
+    with serve_in_thread() as url:
+        policy = SidecarPolicy.model_validate({"upstreams": [{"name": "openai", "baseURL": url, "dialect": "OpenAI"}]})
+        env = {**os.environ, "TOKENBUDGET_LOG_LEVEL": "WARNING"}
+        with sidecar_process(tmp_path, policy, env=env, ledger_dir=ledger) as sidecar:
+            client = openai.OpenAI(base_url=f"{sidecar.data}/openai/v1", api_key="sk-test", max_retries=0)
+            for _ in range(2):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            usage = json.loads(get_text(f"{sidecar.admin}/usage?after=0"))
+            log = sidecar.log()
+    assert '"msg": "call"' not in log
+    assert len(usage["records"]) == 2

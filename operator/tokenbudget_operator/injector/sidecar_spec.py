@@ -117,6 +117,7 @@ def sidecar_container(config: InjectionConfig, keys: Sequence[UpstreamKey] = ())
             {"name": names.SIDECAR_ENV_ADMIN_TOKEN_FILE, "value": token_file},
             {"name": names.SIDECAR_ENV_LEDGER_DIR, "value": names.SIDECAR_LEDGER_DIR},
             {"name": names.SIDECAR_ENV_AWAIT_POLICY_S, "value": str(config.sidecar_await_policy_s)},
+            {"name": names.SIDECAR_ENV_LOG_LEVEL, "value": config.sidecar_log_level},
         ],
         "resources": copy.deepcopy(config.sidecar_resources),
         "securityContext": {
