@@ -87,6 +87,7 @@ chaos: setup envtest
 
 # Benchmarks print figures and assert nothing; run them on a quiet machine.
 benchmarks: setup envtest
+	@scripts/apt-install.sh benchmarks nginx || echo "benchmarks: no nginx, its column is left out" >&2
 	$(PY) benchmarks/sidecar_latency.py
 	KUBEBUILDER_ASSETS="$$(scripts/envtest.sh)" $(PY) benchmarks/webhook_latency.py
 

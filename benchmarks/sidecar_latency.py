@@ -845,7 +845,7 @@ def maybe_nginx(args: argparse.Namespace, workdir: Path, upstream_url: str) -> t
         return None, "", "nginx: skipped (--no-nginx)"
     binary = find_nginx()
     if binary is None:
-        return None, "", "nginx: not installed, its column is left out (apt-get install nginx-light adds it)"
+        return None, "", "nginx: not installed, its column is left out (scripts/apt-install.sh bench nginx adds it)"
     try:
         service, url = start_nginx(binary, workdir, upstream_url)
     except RuntimeError as exc:
