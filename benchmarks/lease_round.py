@@ -7,11 +7,13 @@ of a budget with one daily window and one per-user daily window after K users ca
 admin API does; the operator side is `PodReport.from_sidecar` + `LeaseAllocator.allocate` for P pods,
 exactly as `Reconciler.lease_round` calls them. HTTP is left out (see operator_propagation.py for that).
 
-Prints a table; asserts nothing. Run: `.venv/bin/python benchmarks/lease_round.py`.
+Prints a table; asserts nothing. Run: `.venv/bin/python benchmarks/lease_round.py` (`--quick`: a few pods and
+keys, the same code paths in well under a second, so tests/test_benchmarks_run.py can check it still runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import time
@@ -58,14 +60,18 @@ def round_time(pods: int, entries: list[dict[str, Any]], window: str, per_key: b
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a few pods and keys: checks it runs, not a figure")
+    args = parser.parse_args()
+    key_counts, pod_counts = ((1, 10), (2, 20)) if args.quick else ((1, 100, 1000), (200, 5000))
     print("Per round: bytes each sidecar sends, and operator ms for one whole window / one per-user window.")
     print("| pods | users per pod | bytes, every key | bytes, fullest key | ms whole | ms per-user, every key "
           "| ms per-user, fullest key |")
     print("|---|---|---|---|---|---|---|")
-    for keys in (1, 100, 1000):
+    for keys in key_counts:
         every, fullest = snapshot(keys, False), snapshot(keys, True)
         sizes = [len(json.dumps({"budgets": [s]})) for s in (every, fullest)]
-        for pods in (200, 5000):
+        for pods in pod_counts:
             whole = round_time(pods, fullest["windows"], "day", per_key=False)
             slow = round_time(pods, every["windows"], "per-user", per_key=True)
             fast = round_time(pods, fullest["windows"], "per-user", per_key=True)
