@@ -5,6 +5,7 @@ Run on demand (it asserts nothing and exits 0 whatever the figures are)::
 
     .venv/bin/python benchmarks/sidecar_latency.py           # full run, a few minutes
     .venv/bin/python benchmarks/sidecar_latency.py --quick   # under a minute, fewer samples
+    .venv/bin/python benchmarks/sidecar_latency.py --smoke   # one tiny level per kind: checks it runs, no figures
 
 Three separate processes, as in a pod, so none shares an event loop with another: the test upstream
 (``python -m tokenbudget_testing.upstream``), the sidecar (``python -m tokenbudget_sidecar``, configured by
@@ -706,13 +707,20 @@ def self_reported_added(metrics_text: str) -> str:
 
 @dataclass
 class Plan:
+    name: str
     chat: list[tuple[int, int]]  # (concurrency, calls per path)
     stream: list[tuple[int, int]]
     warmup: int
+    memory_calls: int  # calls per sidecar of the memory table
 
 
-FULL = Plan(chat=[(1, 2000), (4, 2400), (16, 4800), (64, 9600)], stream=[(1, 200), (16, 960)], warmup=300)
-QUICK = Plan(chat=[(1, 300), (4, 400), (16, 800), (64, 1600)], stream=[(1, 30), (16, 192)], warmup=100)
+FULL = Plan("full", chat=[(1, 2000), (4, 2400), (16, 4800), (64, 9600)], stream=[(1, 200), (16, 960)], warmup=300,
+            memory_calls=200)
+QUICK = Plan("quick", chat=[(1, 300), (4, 400), (16, 800), (64, 1600)], stream=[(1, 30), (16, 192)], warmup=100,
+             memory_calls=50)
+# Every step of a run, each as small as it goes: the figures mean nothing, but a run that breaks shows up
+# in seconds (tests/test_benchmarks_run.py), where even --quick takes a minute.
+SMOKE = Plan("smoke", chat=[(2, 8)], stream=[(2, 4)], warmup=4, memory_calls=4)
 
 
 def rounds_for(concurrency: int, count: int) -> int:
@@ -770,7 +778,7 @@ def print_profile(profile: Path) -> None:
 class Facts:
     """What the report says besides the table."""
 
-    quick: bool
+    run: str  # the plan's name
     profiled: bool
     load_before: str
     nginx_note: str
@@ -787,7 +795,7 @@ class Facts:
 def report(levels: list[Level], others: list[str], facts: Facts) -> None:
     cpus = os.cpu_count() or 1
     proxies = ", ".join(["the sidecar", *(OTHERS[o] for o in others)])
-    print(f"# tokenbudget sidecar latency: {'quick' if facts.quick else 'full'} run, "
+    print(f"# tokenbudget sidecar latency: {facts.run} run, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     print(f"- Machine: {cpus} CPUs ({cpu_model()}), Linux {platform.release()}; load average "
           f"{facts.load_before} at start, {loadavg()} at end (other work on the box shows up as noise).")
@@ -900,6 +908,8 @@ def memory_report(workdir: Path, upstream_url: str, calls: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer calls; finishes in under a minute")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one tiny level per kind and a few calls per memory row: checks the run, no figures")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="a checkout of another revision (git worktree add DIR REV): its sidecar runs beside "
@@ -913,7 +923,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-only", action="store_true",
                         help="only the memory table: RSS per kind of policy, lazy counting beside Exact")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     profile: Path | None = args.profile.resolve() if args.profile else None
 
     began = time.monotonic()
@@ -924,7 +934,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         upstream, upstream_url = start_upstream(workdir)
         services.append(upstream)
-        memory_report(workdir, upstream_url, 50 if args.quick else 200)
+        memory_report(workdir, upstream_url, plan.memory_calls)
         if args.memory_only:
             return
         sidecar, sidecar_url, admin_url = start_sidecar(workdir, upstream_url, profile)
@@ -959,7 +969,7 @@ def main(argv: list[str] | None = None) -> None:
         levels, sampler, self_added = asyncio.run(
             drive(args, plan, urls, pids, upstream_url, admin_url, sidecar.pid))
         facts = Facts(
-            quick=args.quick, profiled=profile is not None, load_before=load_before, nginx_note=nginx_note,
+            run=plan.name, profiled=profile is not None, load_before=load_before, nginx_note=nginx_note,
             floor_note=floor_note,
             idle=idle, after=proc_status_kib(sidecar.pid), peak_kib=sampler.peak_kib,
             sample_interval=sampler.interval,
