@@ -5,9 +5,7 @@ bound the prompt's size (counted with tiktoken only where a decision needs it: p
 with one long-lived client session, stream the upstream's bytes to the app as they arrive while parsing a
 copy of the SSE on the side, then settle one usage record.
 
-Streams are forwarded chunk by chunk exactly as read, except OpenAI chat streams where we asked for the
-usage chunk on the app's behalf: those are forwarded per complete SSE event so the extra usage chunk
-can be dropped (each OpenAI event is one line, so this adds no measurable delay).
+Streams are relayed by relay.py.
 """
 
 from __future__ import annotations
@@ -20,12 +18,11 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from tokenbudget_api.policy import PolicyUpstream
-from tokenbudget_api.tokenbudget import FailMode, OnDisconnect
-from tokenbudget_api.usage import Disconnect, Outcome, UsageRecord, UsageSource
+from tokenbudget_api.tokenbudget import FailMode
+from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
 from tokenbudget_sidecar import forms, intents, settlement, tokens
 from tokenbudget_sidecar.admission import Admission, Ticket
 from tokenbudget_sidecar.background import Background
@@ -39,10 +36,9 @@ from tokenbudget_sidecar.headers import (
     key_unavailable,
     upstream_headers,
 )
-from tokenbudget_sidecar.jsonarray import JSONArrayParser
 from tokenbudget_sidecar.prompt_count import PromptCount
+from tokenbudget_sidecar.relay import CLIENT_GONE, UPSTREAM_FAILED, relay_stream
 from tokenbudget_sidecar.settlement import MEDIA
-from tokenbudget_sidecar.sse import SSEParser
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
 from tokenbudget_sidecar.transparent import Transparent, route_of
@@ -50,8 +46,6 @@ from tokenbudget_sidecar.upstream_url import OutsideUpstream, check_path, forwar
 
 log = logging.getLogger(__name__)
 
-CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
-UPSTREAM_FAILED = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes | None:
@@ -253,7 +247,8 @@ class Proxy:
                     resp.headers.update(ticket.headers)
                 elif up.content_type == "text/event-stream" or (call.stream and up.content_type == "application/json"):
                     # SSE, or a stream sent as one JSON array (Gemini without alt=sse): relayed as it comes
-                    resp, reading = await self.relay_stream(request, up, dialect, call, record, ticket)
+                    resp, reading = await relay_stream(request, up, dialect, call, record, ticket, self.state)
+                    await self.ready_to_estimate(reading, record, ticket)
                 else:
                     body = await up.read()
                     after = time.perf_counter()
@@ -286,72 +281,6 @@ class Proxy:
             if not settled:
                 self.settle(record, reading, started, added, ticket, think)
         return resp
-
-    async def relay_stream(self, request: web.Request, up: aiohttp.ClientResponse, dialect: Dialect, call: Call,
-                           record: UsageRecord, ticket: Ticket) -> tuple[web.StreamResponse, Reading]:
-        resp = web.StreamResponse(status=up.status, headers=client_headers(up.headers, record.request_id))
-        resp.headers.update(ticket.headers)
-        tracker = dialect.tracker(call)
-        tracker.reading.streamed = True
-        parser: SSEParser | JSONArrayParser = (SSEParser() if up.content_type == "text/event-stream"
-                                               else JSONArrayParser())
-        client_gone = False
-        on_disconnect = self.state.policy.on_disconnect
-        try:
-            await resp.prepare(request)
-        except CLIENT_GONE:
-            client_gone = True
-
-        def take(chunk: bytes) -> bytes:
-            """Read a copy of `chunk`; return what the app gets: the chunk as it came, or, where we asked for the
-            usage chunk on the app's behalf, its events but that one."""
-            events = parser.feed(chunk)
-            if call.injected_usage:
-                return b"".join(ev.raw for ev in events if tracker.on_event(ev))
-            for ev in events:
-                tracker.on_event(ev)
-            return chunk
-
-        try:
-            async for chunk in up.content.iter_any():
-                out = take(chunk)
-                if out and not client_gone:
-                    try:
-                        await resp.write(out)
-                    except CLIENT_GONE:
-                        client_gone = True
-                if client_gone and tracker.reading.error:
-                    break  # the provider ended the call with its error event: the app's hang-up follows it
-                if client_gone:
-                    record.disconnect = Disconnect(on_disconnect.value)
-                    record.outcome = Outcome.CLIENT_DISCONNECTED
-                    if on_disconnect is OnDisconnect.CUT:
-                        break
-            tail = parser.close()
-            out = b"".join(ev.raw for ev in tail if tracker.on_event(ev))
-            if call.injected_usage and out and not client_gone:
-                await resp.write(out)
-            if not client_gone:
-                await resp.write_eof()
-        except CLIENT_GONE:
-            if not tracker.reading.error:  # after the provider's error event, the app's hang-up is its answer
-                record.outcome = Outcome.CLIENT_DISCONNECTED
-                record.disconnect = Disconnect(on_disconnect.value)
-        except UPSTREAM_FAILED:
-            # The provider dropped the stream: drop the app's too, so its SDK sees the same failure
-            # instead of a stream that ends as if complete.
-            record.outcome = Outcome.UPSTREAM_FAILED
-            if (rest := unread(up.content)) and (out := take(rest)) and not client_gone:
-                with contextlib.suppress(*CLIENT_GONE):
-                    await resp.write(out)
-            if request.transport is not None:
-                request.transport.close()
-        if parser.oversized:  # relayed whole, but too large to read: their usage, if any, is estimated instead
-            self.state.metrics.child(self.state.metrics.unread_events, dialect.name).inc(parser.oversized)
-            log.warning("stream events too large to read", extra={"record": {
-                "request_id": record.request_id, "events": parser.oversized}})
-        await self.ready_to_estimate(tracker.reading, record, ticket)
-        return resp, tracker.reading
 
     async def ready_to_estimate(self, reading: Reading, record: UsageRecord, ticket: Ticket) -> None:
         """Before a settlement that will estimate (a broken stream, an answer without usage), load the encoding
@@ -387,24 +316,6 @@ class Proxy:
             metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
         if log.isEnabledFor(logging.INFO):
             log.info("call", extra={"record_json": line})  # the ledger's own line: serialized once
-
-
-def unread(reader: aiohttp.StreamReader) -> bytes:
-    """What the upstream sent before it failed that aiohttp received but had not handed out yet.
-
-    Once a reset lands, aiohttp's StreamReader raises on every read and drops what it holds, although the
-    provider sent (and bills) it: a cut stream's last events would go uncounted whenever the reset arrived in
-    the same loop turn as they did. So read them past the exception. aiohttp has no public way to, so this
-    clears its private exception for one `read_nowait()` (tests/sidecar/test_unread_after_reset.py pins it).
-    """
-    failure = reader.exception()
-    if failure is None or not hasattr(reader, "_exception"):
-        return b""
-    reader._exception = None
-    try:
-        return reader.read_nowait()
-    finally:
-        reader._exception = failure
 
 
 def _json_object(body: bytes) -> dict[str, object] | None:

@@ -204,7 +204,7 @@ def test_a_typical_stream_in_small_reads_is_linear_work() -> None:
 
 
 def test_the_app_still_gets_every_byte_of_an_oversized_event_when_the_proxy_forwards_raw() -> None:
-    """proxy.relay_stream, for an OpenAI chat stream whose usage chunk we asked for: it forwards the raw bytes
+    """relay.relay_stream, for an OpenAI chat stream whose usage chunk we asked for: it forwards the raw bytes
     of the events the tracker keeps. An event past the cap comes back in pieces with nothing to read, which
     the tracker keeps, so the app's stream is the upstream's minus only the injected usage chunk."""
     big = b'data: {"choices": [{"delta": {"content": "' + b"a" * 300_000 + b'"}}]}\r\n\r\n'

@@ -1,4 +1,4 @@
-"""A reset that lands with the stream's last events must not lose them (proxy.unread).
+"""A reset that lands with the stream's last events must not lose them (relay.unread).
 
 aiohttp's StreamReader raises on every read once its exception is set and drops what it holds; the sidecar
 reads those bytes past it, because the provider sent and bills them. These tests pin the aiohttp behaviour
@@ -13,7 +13,7 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from tokenbudget_sidecar.proxy import unread
+from tokenbudget_sidecar.relay import unread
 
 
 def reader() -> aiohttp.StreamReader:
