@@ -172,6 +172,34 @@ def set_pod_ip(kube: ControlPlane, ns: str, name: str, ip: str) -> None:
     kube.kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status))
 
 
+# ----- TokenBudgets --------------------------------------------------------------------------------------
+
+
+def budget(name: str, upstream: str, ns: str, *, selector: dict[str, str] | None = None, tokens: int = 100_000,
+           ladder: list[dict[str, Any]] | None = None, window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A TokenBudget in `ns` with one limit (`window`: a daily one unless given) and the test upstream as its
+    OpenAI upstream; `selector` defaults to app=chat, the label every module's sidecars carry."""
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector or {"app": "chat"}},
+        "timeZone": "UTC",
+        "limits": [{"name": "daily-tokens", "tokens": tokens, **(window or {"period": "Day"})}],
+        "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
+    }
+    if ladder:
+        spec["ladder"] = ladder
+    return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def apply(kube: ControlPlane, manifest: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def condition(tb: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The status condition of type `kind`, or {} while the operator has not written it."""
+    return next((c for c in (tb.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
 @contextlib.contextmanager
 def operator_running(kube: ControlPlane, workdir: Path, **settings: str) -> Iterator[OperatorProcess]:
     """The operator as a real process, as the ServiceAccount of deploy/rbac.yaml; removes what it left.

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_stack import Sidecar, http, sidecar_stack, wait_for
+from apiserver_stack import Sidecar, apply, budget, condition, http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess
-from test_reconcile_apiserver import apply, budget, condition
 
 from tokenbudget_api import names
 
@@ -48,8 +47,7 @@ def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:
 
 def test_golden_workload_insights_reach_status_with_a_waste_condition_and_no_prompt_text(stack: Stack) -> None:
     kube, sidecar = stack.kube, stack.sidecar
-    manifest = budget("waste", stack.upstream, tokens=10_000_000)
-    manifest["metadata"]["namespace"] = NS
+    manifest = budget("waste", stack.upstream, NS, tokens=10_000_000)
     manifest["spec"]["selector"] = {"matchLabels": {"app": "chat"}}
     manifest["spec"]["models"] = {"prices": [{"model": "gpt-4o", "inputPerMillion": "2", "outputPerMillion": "8",
                                               "cachedInputPerMillion": "0.5"}]}

@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from apiserver_stack import http, sidecar_stack, wait_for
+from apiserver_stack import apply, condition, http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import OpenAI
 from operator_harness import OperatorProcess
-from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.notifications import NotificationPayload
@@ -136,10 +135,6 @@ def budget(name: str, upstream: str, tokens: int, targets: list[dict[str, Any]],
 def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(kube.kubectl("get", "tb", name, "-n", NS, "-o", "json").stdout)
     return found
-
-
-def condition(tb: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in (tb.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
 
 def enforced(name: str) -> bool:

@@ -18,6 +18,9 @@ from apiserver_stack import (
     OPERATOR_SETTINGS,
     Sidecar,
     Stack,
+    apply,
+    budget,
+    condition,
     http,
     http_text,
     kill,
@@ -49,31 +52,9 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
 # ----- budgets -------------------------------------------------------------------------------------------
 
 
-def budget(name: str, upstream: str, *, selector: dict[str, str] | None = None, tokens: int = 100_000,
-           ladder: list[dict[str, Any]] | None = None, window: dict[str, Any] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector or {"app": "chat"}},
-        "timeZone": "UTC",
-        "limits": [{"name": "daily-tokens", "tokens": tokens, **(window or {"period": "Day"})}],
-        "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
-    }
-    if ladder:
-        spec["ladder"] = ladder
-    return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
-            "metadata": {"name": name, "namespace": NS}, "spec": spec}
-
-
-def apply(kube: ControlPlane, manifest: dict[str, Any]) -> None:
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-
-
 def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(kube.kubectl("get", "tb", name, "-n", NS, "-o", "json").stdout)
     return found
-
-
-def condition(tb: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in (tb.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
 
 def all_enforce(sidecars: list[Sidecar], key: str, generation: int | None) -> bool:
@@ -88,7 +69,7 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     kube, sidecars = stack.kube, stack.sidecars
     key = f"{NS}/team"
     began = time.monotonic()
-    apply(kube, budget("team", stack.upstream))
+    apply(kube, budget("team", stack.upstream, NS))
     wait_for("both sidecars to enforce generation 1", lambda: all_enforce(sidecars, key, 1), timeout=10)
     first = time.monotonic() - began
     tb = wait_for("status pods 2/2 synced", lambda: (t := get_tb(kube, "team")).get("status", {}).get("pods") == {
@@ -98,7 +79,7 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
     assert tb["status"]["observedGeneration"] == 1
 
     began = time.monotonic()
-    changed = budget("team", stack.upstream, tokens=50_000)
+    changed = budget("team", stack.upstream, NS, tokens=50_000)
     apply(kube, changed)
     wait_for("both sidecars to follow to generation 2", lambda: all_enforce(sidecars, key, 2), timeout=10)
     second = time.monotonic() - began
@@ -128,7 +109,7 @@ def test_a_budget_reaches_every_selected_sidecar_follows_changes_and_is_dropped(
 def test_a_restarted_sidecar_gets_its_policy_pushed_again(stack: Stack) -> None:
     """A sidecar keeps no policy on disk: after a crash it runs its default until the operator notices."""
     key = f"{NS}/restarted"
-    apply(stack.kube, budget("restarted", stack.upstream))
+    apply(stack.kube, budget("restarted", stack.upstream, NS))
     wait_for("both sidecars to enforce it", lambda: all_enforce(stack.sidecars, key, 1), timeout=10)
     victim = stack.sidecars[0]
     victim.proc.kill()
@@ -164,7 +145,7 @@ def spend(sidecars: list[Sidecar], calls_each: int) -> None:
 def test_usage_through_the_openai_sdk_shows_in_status_equal_to_what_the_upstream_served(stack: Stack) -> None:
     kube, sidecars = stack.kube, stack.sidecars
     key = f"{NS}/usage"
-    apply(kube, budget("usage", stack.upstream, tokens=1_000_000,
+    apply(kube, budget("usage", stack.upstream, NS, tokens=1_000_000,
                        ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
     wait_for("both sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=10)
     http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
@@ -196,7 +177,7 @@ def test_usage_through_the_openai_sdk_shows_in_status_equal_to_what_the_upstream
     print(f"\nstatus lag after the last call: {lag:.2f} s ({expected} tokens in 16 calls)")
 
     # Lower the limit under what was spent: the aggregated stage moves to Alert, with an Event.
-    apply(kube, budget("usage", stack.upstream, tokens=expected * 3 // 2,
+    apply(kube, budget("usage", stack.upstream, NS, tokens=expected * 3 // 2,
                        ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
     tb = wait_for("stage Alert", lambda: (t := get_tb(kube, "usage"))["status"].get("stage") == "Alert" and t)
     assert condition(tb, "LadderStage") | {"lastTransitionTime": None} == condition(tb, "LadderStage") | {
@@ -218,15 +199,15 @@ def test_usage_through_the_openai_sdk_shows_in_status_equal_to_what_the_upstream
 
 def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     kube = stack.kube
-    apply(kube, budget("nobody", stack.upstream, selector={"app": "nothing-runs-this"}))
+    apply(kube, budget("nobody", stack.upstream, NS, selector={"app": "nothing-runs-this"}))
     tb = wait_for("Ready False", lambda: condition(t := get_tb(kube, "nobody"), "Ready").get("status") == "False" and t)
     assert condition(tb, "Ready")["reason"] == "NoPodsSelected"
     assert condition(tb, "Synced")["reason"] == "NoPodsSelected"
     assert tb["status"]["pods"] == {"selected": 0, "synced": 0, "withoutSidecar": 0}
 
     # Two budgets on the same pods declaring the same upstream differently: the later by name is told so.
-    apply(kube, budget("aa-first", stack.upstream))
-    apply(kube, budget("zz-conflict", "http://127.0.0.1:9/elsewhere"))
+    apply(kube, budget("aa-first", stack.upstream, NS))
+    apply(kube, budget("zz-conflict", "http://127.0.0.1:9/elsewhere", NS))
     tb = wait_for("UpstreamConflict", lambda: condition(t := get_tb(kube, "zz-conflict"), "Ready").get(
         "reason") == "UpstreamConflict" and t)
     assert condition(tb, "Ready")["status"] == "False"
@@ -234,7 +215,7 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
     assert condition(get_tb(kube, "aa-first"), "Ready")["reason"] != "UpstreamConflict"
 
     # A Downgrade to a model no catalog prices, under a dollar limit: said on the budget before any call.
-    unpriced = budget("unpriced", stack.upstream,
+    unpriced = budget("unpriced", stack.upstream, NS,
                       ladder=[{"at": 85, "action": "Downgrade", "modelMap": {"gpt-4o": "qwen-flash"}}])
     unpriced["spec"]["limits"].append({"name": "daily-dollars", "period": "Day", "costUSD": "5.00"})
     apply(kube, unpriced)
@@ -247,7 +228,7 @@ def test_misconfigured_budgets_say_why_in_a_condition(stack: Stack) -> None:
 
 def test_a_missing_key_secret_is_said_on_the_budget_and_clears_when_it_appears(stack: Stack) -> None:
     kube = stack.kube
-    keyed = budget("keyed", stack.upstream, selector={"app": "nothing-runs-this"})
+    keyed = budget("keyed", stack.upstream, NS, selector={"app": "nothing-runs-this"})
     keyed["spec"]["upstreams"][0]["apiKeySecretRef"] = {"name": "openai-key", "key": "api-key"}
     apply(kube, keyed)
     tb = wait_for("KeySecretMissing", lambda: condition(t := get_tb(kube, "keyed"), "Ready").get(
@@ -322,7 +303,7 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
             sidecar_pod(kube, NS, s.pod, s.ip, {"app": "extra", "pool": "shared"})
         sidecars = [*stack.sidecars, *extra]
         key = f"{NS}/shared"
-        apply(kube, budget("shared", stack.upstream, selector={"pool": "shared"}, tokens=limit, window=window))
+        apply(kube, budget("shared", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit, window=window))
         wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
         http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
 
@@ -394,7 +375,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
             "spec": {"replicas": 2, "selector": {"matchLabels": {"deploy": "scaled"}},
                      "template": {"metadata": {"labels": {"deploy": "scaled"}}, "spec": template["spec"]}},
         }
-        apply(kube, budget("scaled", stack.upstream, selector={"deploy": "scaled"}, tokens=limit))
+        apply(kube, budget("scaled", stack.upstream, NS, selector={"deploy": "scaled"}, tokens=limit))
         apply(kube, deployment)
         two = address_new_pods(2)
         wait_for("2 leases", lambda: all_enforce(two, key, 1), timeout=15)
@@ -426,7 +407,7 @@ def test_a_deployment_scaled_from_2_to_4_mid_window_re_splits_its_budget(
 def test_a_killed_operator_leaves_sidecars_enforcing_and_a_restart_counts_nothing_twice(stack: Stack) -> None:
     kube, sidecars, operator = stack.kube, stack.sidecars, stack.operator
     key = f"{NS}/restart"
-    apply(kube, budget("restart", stack.upstream, tokens=1_000_000))
+    apply(kube, budget("restart", stack.upstream, NS, tokens=1_000_000))
     wait_for("both sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=10)
     http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
 
@@ -478,7 +459,7 @@ def test_a_second_replica_stands_by_and_takes_over_when_the_leader_dies(stack: S
     second.env["KUBECONFIG"] = first.env["KUBECONFIG"]
     try:
         second.start()
-        apply(kube, budget("failover", stack.upstream))
+        apply(kube, budget("failover", stack.upstream, NS))
         wait_for("the leader to push it", lambda: all_enforce(sidecars, key, 1), timeout=10)
         pushes = "tokenbudget_operator_policy_pushes_total"
         assert sum(second.samples(pushes).values()) == 0, "the standby must not push"
@@ -488,7 +469,7 @@ def test_a_second_replica_stands_by_and_takes_over_when_the_leader_dies(stack: S
         first.proc.kill()  # the leader dies without letting go of its Lease
         first.proc.wait()
         began = time.monotonic()
-        apply(kube, budget("failover", stack.upstream, tokens=60_000))
+        apply(kube, budget("failover", stack.upstream, NS, tokens=60_000))
         wait_for("the standby to take over and push generation 2", lambda: all_enforce(sidecars, key, 2),
                  timeout=15)
         took = time.monotonic() - began
@@ -526,7 +507,7 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
         sidecars = [*stack.sidecars, *extra]
         wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
             set(s.budgets()) <= {key} for s in sidecars), timeout=15)
-        apply(kube, budget("fleetview", stack.upstream, selector={"pool": "shared"}, tokens=limit,
+        apply(kube, budget("fleetview", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit,
                            ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
         wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
 
@@ -587,7 +568,7 @@ def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitte
     key = f"{NS}/firstcall"
     new = Sidecar(pod_address(12), start_sidecar(pod_address(12), stack.workdir, stack.token_file), "chat-e")
     try:
-        apply(kube, budget("firstcall", stack.upstream, selector={"pool": "late"}, tokens=100_000))
+        apply(kube, budget("firstcall", stack.upstream, NS, selector={"pool": "late"}, tokens=100_000))
         wait_for(f"sidecar {new.ip}", lambda: http("GET", f"{new.admin}/healthz", token=None), timeout=20)
         sidecar_pod(kube, NS, new.pod, new.ip, {"app": "x", "pool": "late"})
         wait_for("the new pod's first policy", lambda: key in new.budgets(), interval=0.01, timeout=15)
@@ -636,7 +617,7 @@ def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_c
     try:
         wait_for(f"sidecar {third.ip}", lambda: http("GET", f"{third.admin}/healthz", token=None), timeout=20)
         sidecar_pod(kube, NS, third.pod, third.ip, {"app": "chat"})
-        apply(kube, budget("outage", stack.upstream, tokens=200_000))
+        apply(kube, budget("outage", stack.upstream, NS, tokens=200_000))
         wait_for("all three sidecars to enforce it", lambda: all_enforce(sidecars, key, 1), timeout=15)
         http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
         worker = threading.Thread(target=traffic, daemon=True)

@@ -18,9 +18,8 @@ from typing import Any
 
 import anthropic
 import pytest
-from apiserver_stack import http, sidecar_stack, wait_for
+from apiserver_stack import apply, http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
-from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.sketch import LogHistogram

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from apiserver_stack import http, sidecar_stack, wait_for
+from apiserver_stack import apply, http, sidecar_stack, wait_for
 from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI
 from operator_harness import OperatorProcess
-from test_reconcile_apiserver import apply
 
 from tokenbudget_api import names
 from tokenbudget_api.admin import ThinkingAnswer
