@@ -271,3 +271,23 @@ def sidecar_stack(kube: ControlPlane, workdir: Path, ns: str, pods: dict[str, st
         for proc in procs:
             kill(proc)
         kube.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def extra_sidecars(stack: Stack, ns: str, pods: dict[str, str], labels: dict[str, str]) -> Iterator[list[Sidecar]]:
+    """Sidecars beyond the stack's own for one test: a process and a Pod (with `labels`) for each `pods` entry
+    (pod name → loopback address), yielded once every one answers. On the way out their Pods are deleted
+    (without waiting) and their processes killed, whatever the test left, so the next test sees only the
+    stack's sidecars."""
+    extra: list[Sidecar] = []
+    try:
+        for pod, ip in pods.items():
+            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
+        for s in extra:
+            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
+            sidecar_pod(stack.kube, ns, s.pod, s.ip, labels)
+        yield extra
+    finally:
+        for s in extra:
+            stack.kube.kubectl("delete", "pod", s.pod, "-n", ns, "--ignore-not-found", "--wait=false", check=False)
+            kill(s.proc)

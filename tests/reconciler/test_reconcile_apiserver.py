@@ -21,6 +21,7 @@ from apiserver_stack import (
     apply,
     budget,
     condition,
+    extra_sidecars,
     http,
     http_text,
     kill,
@@ -55,6 +56,17 @@ def stack(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def get_tb(kube: ControlPlane, name: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(kube.kubectl("get", "tb", name, "-n", NS, "-o", "json").stdout)
     return found
+
+
+def wait_for_used(kube: ControlPlane, name: str, tokens: int, what: str, timeout: float) -> None:
+    """Wait until the status of TokenBudget `name` shows exactly `tokens` used in its first window: the
+    operator's count has caught up with what the upstream served, no more and no less."""
+
+    def shown() -> str | None:
+        windows = (get_tb(kube, name).get("status") or {}).get("windows") or []
+        return windows[0]["used"] if windows and windows[0]["used"] == str(tokens) else None
+
+    wait_for(what, shown, timeout=timeout)
 
 
 def all_enforce(sidecars: list[Sidecar], key: str, generation: int | None) -> bool:
@@ -293,46 +305,35 @@ def test_four_sidecars_sharing_a_budget_under_concurrency_never_spend_more_than_
     stack: Stack, window: dict[str, Any], user: str | None
 ) -> None:
     kube = stack.kube
-    extra: list[Sidecar] = []
     limit = 3000
-    try:
-        for ip, pod in ((pod_address(4), "chat-c"), (pod_address(5), "chat-d")):
-            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
-        for s in extra:
-            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            sidecar_pod(kube, NS, s.pod, s.ip, {"app": "extra", "pool": "shared"})
-        sidecars = [*stack.sidecars, *extra]
-        key = f"{NS}/shared"
-        apply(kube, budget("shared", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit, window=window))
-        wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
-        http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
+    pods = {"chat-c": pod_address(4), "chat-d": pod_address(5)}
+    with extra_sidecars(stack, NS, pods, {"app": "extra", "pool": "shared"}) as extra:
+        try:
+            sidecars = [*stack.sidecars, *extra]
+            key = f"{NS}/shared"
+            apply(kube, budget("shared", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit, window=window))
+            wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
+            http("DELETE", f"{stack.upstream}/_upstream/served", token=None)
 
-        admitted, refused = hammer(sidecars, concurrency=16, seconds=6.0, user=user)
-        served = [r for r in stack.served() if r["status"] == 200]
-        spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
-        outstanding = stack.operator.samples("tokenbudget_operator_leases_outstanding").get((), -1.0)
-        print(f"\n4 sidecars x 16 callers for 6 s on a {limit}-token {window} budget: admitted {admitted}, refused "
-              f"{refused}, spent {spent} tokens ({spent * 100 // limit}%), outstanding leases {outstanding:.0f}")
-        assert admitted == len(served)
-        assert spent <= limit, "the shared window was overrun"
-        assert spent >= limit // 2, "leases should let most of the budget be spent"
-        assert refused > 0
-        # Each pod spent under its own grant, and the grants together stay within the limit.
-        grants = [float(lease["granted"]) for s in sidecars
-                  for b in http("GET", f"{s.admin}/policy")["budgets"] if b["name"] == "shared"
-                  for lease in b["leases"]]
-        assert len(grants) == 4
-        assert sum(grants) <= limit
-        def used() -> str | None:
-            windows = (get_tb(kube, "shared").get("status") or {}).get("windows") or []
-            return windows[0]["used"] if windows and windows[0]["used"] == str(spent) else None
-
-        wait_for(f"status to show {spent}", used, timeout=10)
-    finally:
-        kube.kubectl("delete", "tb", "shared", "-n", NS, "--ignore-not-found", check=False)
-        for s in extra:
-            kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-            kill(s.proc)
+            admitted, refused = hammer(sidecars, concurrency=16, seconds=6.0, user=user)
+            served = [r for r in stack.served() if r["status"] == 200]
+            spent = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
+            outstanding = stack.operator.samples("tokenbudget_operator_leases_outstanding").get((), -1.0)
+            print(f"\n4 sidecars x 16 callers for 6 s on a {limit}-token {window} budget: admitted {admitted}, refused "
+                  f"{refused}, spent {spent} tokens ({spent * 100 // limit}%), outstanding leases {outstanding:.0f}")
+            assert admitted == len(served)
+            assert spent <= limit, "the shared window was overrun"
+            assert spent >= limit // 2, "leases should let most of the budget be spent"
+            assert refused > 0
+            # Each pod spent under its own grant, and the grants together stay within the limit.
+            grants = [float(lease["granted"]) for s in sidecars
+                      for b in http("GET", f"{s.admin}/policy")["budgets"] if b["name"] == "shared"
+                      for lease in b["leases"]]
+            assert len(grants) == 4
+            assert sum(grants) <= limit
+            wait_for_used(kube, "shared", spent, f"status to show {spent}", timeout=10)
+        finally:
+            kube.kubectl("delete", "tb", "shared", "-n", NS, "--ignore-not-found", check=False)
 
 
 
@@ -440,11 +441,8 @@ def test_a_killed_operator_leaves_sidecars_enforcing_and_a_restart_counts_nothin
     expected = sum(int(r["input_tokens"]) + int(r["output_tokens"]) for r in served)
     assert all(r["status"] == 200 for r in served)
 
-    def shown() -> str | None:
-        windows = (get_tb(kube, "restart").get("status") or {}).get("windows") or []
-        return windows[0]["used"] if windows and windows[0]["used"] == str(expected) else None
-
-    wait_for(f"status to show exactly {expected} tokens ({len(served)} calls)", shown, timeout=15)
+    wait_for_used(kube, "restart", expected, f"status to show exactly {expected} tokens ({len(served)} calls)",
+                  timeout=15)
     time.sleep(1.5)  # more rounds: nothing re-pulled is added again
     assert get_tb(kube, "restart")["status"]["windows"][0]["used"] == str(expected)
     assert "usage state restored" in operator.log_path.read_text(), "the restart should have read the ConfigMap"
@@ -496,70 +494,63 @@ def test_four_sidecars_at_nine_percent_each_are_normal_and_all_turn_alert_when_t
 ) -> None:
     """Issue 13: headers, /budgets, the sidecars' metrics and `kubectl get tb` speak of the fleet, not a lease."""
     kube = stack.kube
-    extra: list[Sidecar] = []
     limit, key = 4000, f"{NS}/fleetview"
-    try:
-        for ip, pod in ((pod_address(10), "chat-f"), (pod_address(11), "chat-g")):
-            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
-        for s in extra:
-            wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
-            sidecar_pod(kube, NS, s.pod, s.ip, {"app": "x", "pool": "shared"})
-        sidecars = [*stack.sidecars, *extra]
-        wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
-            set(s.budgets()) <= {key} for s in sidecars), timeout=15)
-        apply(kube, budget("fleetview", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit,
-                           ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
-        wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
+    pods = {"chat-f": pod_address(10), "chat-g": pod_address(11)}
+    with extra_sidecars(stack, NS, pods, {"app": "x", "pool": "shared"}) as extra:
+        try:
+            sidecars = [*stack.sidecars, *extra]
+            wait_for("no sidecar to enforce an earlier test's budget", lambda: all(
+                set(s.budgets()) <= {key} for s in sidecars), timeout=15)
+            apply(kube, budget("fleetview", stack.upstream, NS, selector={"pool": "shared"}, tokens=limit,
+                               ladder=[{"at": 50, "action": "Alert"}, {"at": 95, "action": "Block"}]))
+            wait_for("all four sidecars to hold a lease", lambda: all_enforce(sidecars, key, 1), timeout=15)
 
-        def own_used(s: Sidecar) -> int:
-            (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
-            return int(b["windows"][0]["used"])
+            def own_used(s: Sidecar) -> int:
+                (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
+                return int(b["windows"][0]["used"])
 
-        def call(s: Sidecar) -> str:
-            client = OpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=5)  # honours Retry-After
-            raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Say one thing."}])
-            return str(raw.headers["x-tokenbudget-stage"])
+            def call(s: Sidecar) -> str:
+                client = OpenAI(base_url=s.openai_url, api_key="sk-test", max_retries=5)  # honours Retry-After
+                raw = client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", max_tokens=40, messages=[{"role": "user", "content": "Say one thing."}])
+                return str(raw.headers["x-tokenbudget-stage"])
 
-        for s in sidecars:  # about 9 % each: 36 % for the fleet
-            while own_used(s) < limit * 9 // 100:
-                call(s)
+            for s in sidecars:  # about 9 % each: 36 % for the fleet
+                while own_used(s) < limit * 9 // 100:
+                    call(s)
 
-        def fleet_percent(s: Sidecar) -> tuple[int, str]:
-            (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
-            return int(b["windows"][0]["percent"]), str(b["stage"])
+            def fleet_percent(s: Sidecar) -> tuple[int, str]:
+                (b,) = [b for b in http("GET", f"{s.admin}/budgets")["budgets"] if b["name"] == key]
+                return int(b["windows"][0]["percent"]), str(b["stage"])
 
-        status = wait_for("status to count every sidecar", lambda: (st := get_tb(kube, "fleetview").get(
-            "status") or {}).get("usedPercent", 0) >= 36 and st, timeout=20)
-        assert status["stage"] == "Normal"
-        # After a lease round every sidecar sees the fleet's 36-39 %, not its own 9 % nor 9 % of a small grant.
-        def near_status() -> list[tuple[int, str]] | None:
-            seen = [fleet_percent(s) for s in sidecars]
-            return seen if all(abs(pct - status["usedPercent"]) <= 2 for pct, _ in seen) else None
+            status = wait_for("status to count every sidecar", lambda: (st := get_tb(kube, "fleetview").get(
+                "status") or {}).get("usedPercent", 0) >= 36 and st, timeout=20)
+            assert status["stage"] == "Normal"
+            # After a lease round every sidecar sees the fleet's 36-39 %, not its own 9 % nor 9 % of a small grant.
+            def near_status() -> list[tuple[int, str]] | None:
+                seen = [fleet_percent(s) for s in sidecars]
+                return seen if all(abs(pct - status["usedPercent"]) <= 2 for pct, _ in seen) else None
 
-        seen = wait_for("every sidecar to see the fleet", near_status, timeout=15)
-        assert all(stage == "Normal" for _, stage in seen), seen
-        assert all(call(s) == "Normal" for s in sidecars)
-        samples = [sample for s in sidecars for family in text_string_to_metric_families(
-            http_text(f"{s.admin}/metrics")) for sample in family.samples if sample.name == "tokenbudget_budget_stage"
-                   and sample.labels.get("budget") == key]
-        assert [sample.value for sample in samples] == [0.0] * 4
+            seen = wait_for("every sidecar to see the fleet", near_status, timeout=15)
+            assert all(stage == "Normal" for _, stage in seen), seen
+            assert all(call(s) == "Normal" for s in sidecars)
+            samples = [sample for s in sidecars for family in text_string_to_metric_families(
+                http_text(f"{s.admin}/metrics")) for sample in family.samples
+                       if sample.name == "tokenbudget_budget_stage" and sample.labels.get("budget") == key]
+            assert [sample.value for sample in samples] == [0.0] * 4
 
-        while fleet_percent(sidecars[0])[0] < 52:  # one pod takes the fleet past half
-            call(sidecars[0])
-        def all_alert() -> list[str] | None:
-            stages = [fleet_percent(s)[1] for s in sidecars]
-            return stages if all(stage == "Alert" for stage in stages) else None
+            while fleet_percent(sidecars[0])[0] < 52:  # one pod takes the fleet past half
+                call(sidecars[0])
+            def all_alert() -> list[str] | None:
+                stages = [fleet_percent(s)[1] for s in sidecars]
+                return stages if all(stage == "Alert" for stage in stages) else None
 
-        assert wait_for("every sidecar to report Alert", all_alert, timeout=5) == ["Alert"] * 4
-        assert call(sidecars[3]) == "Alert", "the pod that spent nothing more knows the fleet crossed 50 %"
-        wait_for("kubectl get tb to agree", lambda: kube.kubectl("get", "tb", "fleetview", "-n", NS).stdout
-                 .splitlines()[1].split()[1] == "Alert", timeout=10)
-    finally:
-        kube.kubectl("delete", "tb", "fleetview", "-n", NS, "--ignore-not-found", check=False)
-        for s in extra:
-            kube.kubectl("delete", "pod", s.pod, "-n", NS, "--ignore-not-found", "--wait=false", check=False)
-            kill(s.proc)
+            assert wait_for("every sidecar to report Alert", all_alert, timeout=5) == ["Alert"] * 4
+            assert call(sidecars[3]) == "Alert", "the pod that spent nothing more knows the fleet crossed 50 %"
+            wait_for("kubectl get tb to agree", lambda: kube.kubectl("get", "tb", "fleetview", "-n", NS).stdout
+                     .splitlines()[1].split()[1] == "Alert", timeout=10)
+        finally:
+            kube.kubectl("delete", "tb", "fleetview", "-n", NS, "--ignore-not-found", check=False)
 
 
 def test_a_new_pods_first_policy_carries_its_grant_and_its_first_call_is_admitted(stack: Stack) -> None:
@@ -644,11 +635,7 @@ def test_an_operator_outage_of_several_lease_lifetimes_refuses_no_call_a_grant_c
         assert counts["ok"] == len(served) > 50
         assert spent <= 200_000
 
-        def shown() -> str | None:
-            windows = (get_tb(kube, "outage").get("status") or {}).get("windows") or []
-            return windows[0]["used"] if windows and windows[0]["used"] == str(spent) else None
-
-        wait_for(f"status to show exactly {spent} tokens", shown, timeout=15)
+        wait_for_used(kube, "outage", spent, f"status to show exactly {spent} tokens", timeout=15)
         time.sleep(1.5)  # more rounds: nothing re-pulled is added again
         assert get_tb(kube, "outage")["status"]["windows"][0]["used"] == str(spent)
     finally:
