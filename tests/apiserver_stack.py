@@ -71,13 +71,24 @@ def http_text(url: str) -> str:
         return str(resp.read().decode())
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+RETRIED: tuple[type[Exception], ...] = (OSError, KeyError, ValueError)  # a process or object not there yet
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05,
+             retry: tuple[type[Exception], ...] = RETRIED) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds.
+
+    A `retry` exception counts as "not yet" and is what the failure shows as the last answer; any other fails
+    at once. `interval` and `retry` let a caller with a slower clock (Prometheus scraping each second) poll at
+    its own pace."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, KeyError, ValueError):
+        try:
             last = probe()
+        except retry as exc:
+            last = exc
+        else:
             if last:
                 return last
         time.sleep(interval)
@@ -126,7 +137,8 @@ class Stack:
         return found
 
 
-def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_upstream(workdir: Path, timeout: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
+    """The test upstream on a free loopback port: the process, and the URL it logs once it listens."""
     log = workdir / "upstream.log"
     proc = spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
                  dict(os.environ), log)
@@ -138,7 +150,7 @@ def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         assert proc.poll() is None, log.read_text()
         return None
 
-    return proc, wait_for("the test upstream", url, timeout=20)
+    return proc, wait_for("the test upstream", url, timeout=timeout)
 
 
 def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
@@ -176,13 +188,14 @@ def set_pod_ip(kube: ControlPlane, ns: str, name: str, ip: str) -> None:
 
 
 def budget(name: str, upstream: str, ns: str, *, selector: dict[str, str] | None = None, tokens: int = 100_000,
-           ladder: list[dict[str, Any]] | None = None, window: dict[str, Any] | None = None) -> dict[str, Any]:
+           ladder: list[dict[str, Any]] | None = None, window: dict[str, Any] | None = None,
+           limit_name: str = "daily-tokens") -> dict[str, Any]:
     """A TokenBudget in `ns` with one limit (`window`: a daily one unless given) and the test upstream as its
     OpenAI upstream; `selector` defaults to app=chat, the label every module's sidecars carry."""
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector or {"app": "chat"}},
         "timeZone": "UTC",
-        "limits": [{"name": "daily-tokens", "tokens": tokens, **(window or {"period": "Day"})}],
+        "limits": [{"name": limit_name, "tokens": tokens, **(window or {"period": "Day"})}],
         "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}],
     }
     if ladder:

@@ -1,35 +1,31 @@
 """The parts of the spend-history test (test_prometheus.py): the processes it runs (test upstream, sidecars,
 operator replicas as the chart's ServiceAccount), the budgets and pods it makes, what it scrapes, the calls it
-sends through the openai SDK, and the upstream's ledger grouped as the report groups it."""
+sends through the openai SDK, and the upstream's ledger grouped as the report groups it.
+
+The processes, pods and HTTP are tests/apiserver_stack.py's, as the reconciler tests use them; what is here is
+what the spend history adds: two operator replicas, Prometheus and the calls."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-from controlplane import ControlPlane, _die_with_parent, pod_address
+import apiserver_stack
+from apiserver_stack import REPO_ROOT, RETRIED, http
+from controlplane import ControlPlane, pod_address
 from openai import AsyncOpenAI
 from operator_harness import OPERATOR_NAMESPACE, OperatorProcess
 from prometheus_server import PrometheusServer
 
 from tokenbudget_api import names
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RBAC = REPO_ROOT / "deploy" / "rbac.yaml"
 FILES = REPO_ROOT / "charts" / "tokenbudget" / "files"
 NS = "tb-prom"
-TOKEN = "test-token"
 PODS = {"chat-a": (pod_address(40), {"app": "chat", "tier": "users"}, "gpt-4o-mini"),
         "chat-b": (pod_address(41), {"app": "chat"}, "gpt-4o")}
 USERS = ("alice", "bob")
@@ -42,30 +38,9 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (OSError, KeyError, ValueError, IndexError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
-
-
-def get_json(url: str, token: str | None = TOKEN) -> Any:
-    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # loopback only
-        return json.loads(resp.read())
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    """apiserver_stack.wait_for at Prometheus's pace: it scrapes each second, so a slower poll and a longer
+    wait by default."""
+    return apiserver_stack.wait_for(what, probe, timeout, interval=0.2, retry=(*RETRIED, IndexError))
 
 
 @dataclass
@@ -78,66 +53,13 @@ class Stack:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def served(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = get_json(f"{self.upstream}/_upstream/served", token=None)
+        found: list[dict[str, Any]] = http("GET", f"{self.upstream}/_upstream/served", token=None)
         return found
 
 
-def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = workdir / "upstream.log"
-    proc = spawn([sys.executable, "-m", "tokenbudget_testing.upstream", "--host", "127.0.0.1", "--port", "0"],
-                 dict(os.environ), log)
-
-    def url() -> str | None:
-        found = re.search(r"listening on (\S+)", log.read_text())
-        assert proc.poll() is None, log.read_text()
-        return found[1] if found else None
-
-    return proc, wait_for("the test upstream", url)
-
-
-def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, names.SIDECAR_ENV_DATA_HOST: ip, names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
-           names.SIDECAR_ENV_ADMIN_HOST: ip, names.SIDECAR_ENV_ADMIN_PORT: str(names.SIDECAR_ADMIN_PORT),
-           names.SIDECAR_ENV_ADMIN_TOKEN_FILE: str(token_file),
-           names.SIDECAR_ENV_LEDGER_DIR: str(workdir / f"ledger-{ip}")}
-    return spawn([sys.executable, "-m", "tokenbudget_sidecar"], env, workdir / f"sidecar-{ip}.log")
-
-
-def add_pod(kube: ControlPlane, name: str, ip: str, labels: dict[str, str]) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
-           "spec": {"initContainers": [{"name": names.SIDECAR_CONTAINER, "restartPolicy": "Always",
-                                        "image": "ghcr.io/tokenbudget/tokenbudget:0.1.0"}],
-                    "containers": [{"name": "app", "image": "registry.example.com/chat:1"}]}}
-    kube.kubectl("create", "-f", "-", input=json.dumps(pod))
-    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-    kube.kubectl("patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", json.dumps(status))
-
-
-def budget(name: str, upstream: str, selector: dict[str, str], limit: dict[str, Any],
-           ladder: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"selector": {"matchLabels": selector}, "timeZone": "UTC", "limits": [limit],
-                            "upstreams": [{"name": "openai", "baseURL": upstream, "dialect": "OpenAI"}]}
-    if ladder:
-        spec["ladder"] = ladder
-    return {"apiVersion": names.API_VERSION, "kind": names.TOKENBUDGET_KIND,
-            "metadata": {"name": name, "namespace": NS}, "spec": spec}
-
-
 def team(upstream: str, tokens: int) -> dict[str, Any]:
-    return budget("team", upstream, {"app": "chat"}, {"name": "daily", "period": "Day", "tokens": tokens},
-                  ladder=[{"at": 50, "action": "Alert"}])
-
-
-def operator_kubeconfig(kube: ControlPlane, workdir: Path) -> Path:
-    """The operator runs as the chart's ServiceAccount (deploy/rbac.yaml): least privilege, tested."""
-    kube.kubectl("apply", "-f", str(RBAC))
-    token = kube.kubectl("create", "token", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE,
-                         "--duration=1h").stdout.strip()
-    config = yaml.safe_load(kube.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    path = workdir / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return apiserver_stack.budget("team", upstream, NS, tokens=tokens, limit_name="daily",
+                                  ladder=[{"at": 50, "action": "Alert"}])
 
 
 def scrape_configs(operators: dict[str, OperatorProcess]) -> list[dict[str, Any]]:

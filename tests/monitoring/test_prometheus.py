@@ -10,7 +10,6 @@ must fire the stage alert.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -22,27 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apiserver_stack import (
+    RBAC,
+    TOKEN,
+    apply,
+    budget,
+    http,
+    namespaces,
+    sidecar_pod,
+    start_sidecar,
+    start_upstream,
+)
 from controlplane import ControlPlane, terminate
-from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, namespace
+from operator_harness import OPERATOR_NAMESPACE, OperatorProcess, service_account_kubeconfig
 from prometheus_server import PrometheusServer, prometheus
 from spend_stack import (
     FILES,
     NS,
     OPERATOR_SETTINGS,
     PODS,
-    TOKEN,
     USERS,
     Stack,
     Truth,
-    add_pod,
-    budget,
-    get_json,
     leader,
-    operator_kubeconfig,
     scrape_configs,
     spend,
-    start_sidecar,
-    start_upstream,
     team,
     truth,
     wait_for,
@@ -59,37 +62,35 @@ def stack(kube: ControlPlane, prometheus_bins: dict[str, Path],
     token_file = workdir / "admin-token"
     token_file.write_text(TOKEN)
     procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.suppress(Exception):
-        kube.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    namespaces(kube, NS)
     kube.kubectl("delete", "lease", "tokenbudget-operator", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
     kube.kubectl("delete", "configmap", "tokenbudget-usage-state", "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
-    namespace(kube, NS, enabled=False, secret=True)
     tls_dir = workdir / "tls"
     certs.write_material(certs.generate(["127.0.0.1"]), tls_dir)
-    kubeconfig = str(operator_kubeconfig(kube, workdir))
+    kubeconfig = str(service_account_kubeconfig(kube, workdir, RBAC))
     operators = {name: OperatorProcess(kube, workdir, f"operator-{name}", tls_dir=str(tls_dir), **OPERATOR_SETTINGS)
                  for name in ("a", "b")}
     for name, op in operators.items():
         op.env.update(KUBECONFIG=kubeconfig, HOSTNAME=f"operator-{name}")  # the Lease's holder identity
     try:
-        upstream_proc, upstream = start_upstream(workdir)
+        upstream_proc, upstream = start_upstream(workdir, timeout=30)
         procs.append(upstream_proc)
         for pod, (ip, labels, _) in PODS.items():
             procs.append(start_sidecar(ip, workdir, token_file))
-            wait_for(f"sidecar {pod}", lambda ip=ip: get_json(f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz"))
-            add_pod(kube, pod, ip, labels)
+            wait_for(f"sidecar {pod}", lambda ip=ip: http("GET", f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/healthz"))
+            sidecar_pod(kube, NS, pod, ip, labels)
         operators["a"].start()
         wait_for("replica a to lead", lambda: leader(kube) == "a")
         operators["b"].start()
         for manifest in (team(upstream, 1_000_000),
-                         budget("users", upstream, {"tier": "users"},
-                                {"name": "per-user", "period": "Day", "tokens": 100_000, "per": "User"})):
-            kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+                         budget("users", upstream, NS, selector={"tier": "users"}, tokens=100_000,
+                                window={"period": "Day", "per": "User"}, limit_name="per-user")):
+            apply(kube, manifest)
 
         def enforced() -> bool:
             """Each sidecar enforces its budgets, with a grant to spend in every leased window."""
-            held = {pod: {f"{b['namespace']}/{b['name']}" for b in get_json(
-                f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/policy")["budgets"]
+            held = {pod: {f"{b['namespace']}/{b['name']}" for b in http(
+                "GET", f"http://{ip}:{names.SIDECAR_ADMIN_PORT}/policy")["budgets"]
                 if b.get("leases") and all(float(lease["granted"]) > 0 for lease in b["leases"])}
                 for pod, (ip, _, _) in PODS.items()}
             return held == {"chat-a": {f"{NS}/team", f"{NS}/users"}, "chat-b": {f"{NS}/team"}}
@@ -265,7 +266,7 @@ def test_the_rules_evaluate_on_the_real_metrics_and_a_stage_change_fires_its_ale
     assert not bad, bad
     # Lower the team budget under ~85 % of what was spent: its ladder goes to Alert on the sidecars.
     used = spent.tokens["budget"][f"{NS}/team"]
-    stack.kube.kubectl("apply", "-f", "-", input=json.dumps(team(stack.upstream, used * 100 // 85)))
+    apply(stack.kube, team(stack.upstream, used * 100 // 85))
 
     def alerts() -> dict[str, dict[str, Any]] | None:
         found = {a["labels"]["alertname"]: a for a in stack.prom.api("/api/v1/alerts")["alerts"]}
