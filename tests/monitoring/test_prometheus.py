@@ -272,7 +272,7 @@ def test_the_rules_evaluate_on_the_real_metrics_and_a_stage_change_fires_its_ale
         found = {a["labels"]["alertname"]: a for a in stack.prom.api("/api/v1/alerts")["alerts"]}
         return found if "TokenBudgetStageChanged" in found and "TokenBudgetAbove80Percent" in found else None
 
-    found = wait_for("the stage and 80 % alerts", alerts, timeout=30)
+    found = wait_for("the stage and 80 % alerts", alerts, timeout=90)  # push, scrape, eval: ~5 s, more when loaded
     changed = found["TokenBudgetStageChanged"]
     assert changed["state"] == "firing"
     assert changed["labels"]["budget"] == f"{NS}/team"
