@@ -2,7 +2,7 @@
 
 Benchmarks print figures and assert nothing, and speed is never asserted in tests; but nothing ran them, so
 they rotted unseen (lease_round.py raised AttributeError for weeks after an internal API changed). Here each
-runs as a user would (`python benchmarks/X.py ...`) with arguments that shrink its sizes but keep its code
+runs as a user would (`python` on the script, from the repo root) with arguments that shrink its sizes but keep its code
 paths, and the test checks only that it exits 0 and printed the heading or table it always prints. No figure
 and no time is checked: at these sizes they mean nothing. The two that start their own etcd + kube-apiserver
 are marked `kube`, so `make test-fast` leaves them out.
