@@ -140,11 +140,11 @@ class Admission:
         await self._count_where_it_matters(call, prompt, base_url)
         for b in self.budgets:
             now = self.clock.now()
-            steps = b.active_steps(b.windows_for(call.model, call.user), now)
+            windows = b.windows_for(call.model, call.user)
+            steps = b.active_steps(windows, now)
             actions = {s.action for s in steps}
             if Action.BLOCK in actions:
-                await self._tighten(b, b.windows_for(call.model, call.user))  # its message gives the percent
-                windows = b.windows_for(call.model, call.user)
+                await self._tighten(b, windows)  # its message gives the percent
                 self._decide(b, ticket, Action.BLOCK, 429, at_block_stage(b.name, windows, now),
                              retry_after=block_lifts_in(windows, now))
             if Action.DOWNGRADE in actions:

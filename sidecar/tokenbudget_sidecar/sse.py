@@ -178,7 +178,7 @@ class SSEParser:
             self._pass(out, chunk, start, stop)
         elif self._data or self._event:
             out.append(Event(self._event, "\n".join(self._data), self._take(chunk, start, stop)))
-        elif self._held:  # comments or ids only: nothing to read, and no raw (proxy.py forwards none for it)
+        elif self._held:  # comments or ids only: nothing to read, and no raw (relay.py forwards none for it)
             self._held.clear()
         self._event, self._data = "", []
 
