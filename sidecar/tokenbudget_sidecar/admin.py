@@ -18,7 +18,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenbudget_api import names
 from tokenbudget_api.admin import (
     AdminError,
-    AlertReport,
     BudgetsAnswer,
     Health,
     PolicyApplied,
@@ -112,9 +111,7 @@ async def get_budgets(request: web.Request) -> web.Response:
         after = int(request.query.get("alertsAfter", "0"))
     except ValueError:
         return _error(400, "alertsAfter must be an integer")
-    alerts = sorted((AlertReport(seq=a.seq, budget=a.budget, window=a.window, stage=a.stage, percent=a.percent,
-                                 time=a.time)
-                     for b in admission.budgets for a in b.alerts if a.seq > after), key=lambda a: a.seq)
+    alerts = sorted((a for b in admission.budgets for a in b.alerts if a.seq > after), key=lambda a: a.seq)
     return _answer(BudgetsAnswer(budgets=[b.report(fullest) for b in admission.budgets], alerts=alerts))
 
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from tokenbudget_api import admin
-from tokenbudget_api.admin import BudgetReport
+from tokenbudget_api.admin import AlertReport, BudgetReport
 from tokenbudget_api.policy import BudgetPolicy, Lease
 from tokenbudget_api.tokenbudget import Action, Enforcement, FailMode, LadderStep, Limit, Stage
 from tokenbudget_api.windows import Clock, window_for
 from tokenbudget_sidecar import refusal_reasons
 from tokenbudget_sidecar.amounts import Demand, Spend, spent_in, unit_of
 from tokenbudget_sidecar.holds import Reservation
-from tokenbudget_sidecar.ladder import MAX_ALERTS, Alert, Ladder
+from tokenbudget_sidecar.ladder import MAX_ALERTS, Ladder
 from tokenbudget_sidecar.prompt_count import PromptCount
 from tokenbudget_sidecar.refusal_reasons import LEASE_ROUND_S
 from tokenbudget_sidecar.windows import Window, fullest_keys, key_for
@@ -71,7 +71,7 @@ class BudgetState:
         self.leases: dict[tuple[str, str | None], tuple[Lease, ...]] = {}
         for lease in policy.leases or []:
             self.leases[lease.window, lease.key] = (*self.leases.get((lease.window, lease.key), ()), lease)
-        self.alerts: collections.deque[Alert] = collections.deque(maxlen=MAX_ALERTS)
+        self.alerts: collections.deque[AlertReport] = collections.deque(maxlen=MAX_ALERTS)
         # Use before this instant may be missing from the windows (the checkpoint was lost, checkpoint.py):
         # a window whose span reaches back to it cannot be checked, and `failMode` decides (see reserve).
         self.history_lost_before: dt.datetime | None = None

@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import dataclass
 
+from tokenbudget_api.admin import AlertReport
 from tokenbudget_api.tokenbudget import LadderStep, Stage
 from tokenbudget_sidecar.windows import Window
 
 STAGE_ORDER = [Stage.NORMAL, Stage.ALERT, Stage.THROTTLE, Stage.DOWNGRADE, Stage.BLOCK]
 MAX_ALERTS = 1_000  # alerts kept for the operator's cursor; older ones are dropped (it pulls every round)
 _alert_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A ladder step reached by a window: logged, counted, and pulled by the operator as an Event."""
-
-    seq: int
-    budget: str
-    window: str
-    stage: Stage
-    percent: int
-    time: dt.datetime
 
 
 class Ladder:
@@ -56,14 +44,16 @@ class Ladder:
         return bool(window.lazy) and (self.next_step(window.step, window.percent_low(now))
                                       != self.next_step(window.step, window.percent(now)))
 
-    def place(self, window: Window, now: dt.datetime) -> list[Alert]:
-        """Put `window` on the step its percent puts it on; an Alert for every step it passed going up."""
+    def place(self, window: Window, now: dt.datetime) -> list[AlertReport]:
+        """Put `window` on the step its percent puts it on; an alert (as the operator pulls it, to become an
+        Event) for every step it passed going up."""
         pct = window.percent(now)
         i = self.next_step(window.step, pct)
-        alerts = [Alert(next(_alert_ids), self.budget, window.label, Stage(self.steps[up].action.value), pct, now)
+        alerts = [AlertReport(seq=next(_alert_ids), budget=self.budget, window=window.label,
+                              stage=Stage(self.steps[up].action.value), percent=pct, time=now)
                   for up in range(window.step + 1, i + 1)]
         window.step = i
         return alerts
 
 
-__all__ = ["MAX_ALERTS", "STAGE_ORDER", "Alert", "Ladder"]
+__all__ = ["MAX_ALERTS", "STAGE_ORDER", "Ladder"]
