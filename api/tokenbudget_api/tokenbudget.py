@@ -282,7 +282,9 @@ class TokenBudgetSpec(ApiModel):
     selector: LabelSelector = Field(description="Pods (in this namespace) the budget applies to.")
     enforcement: Enforcement = Field(
         default=Enforcement.ENFORCE,
-        description="Enforce, or DryRun: block, rewrite and delay nothing but record what would have happened.",
+        description="Enforce, or DryRun: block, rewrite and delay nothing but record what would have happened "
+                    "(status.dryRun); a DryRun budget's windows count only the calls enforcement would have let "
+                    "through.",
     )
     time_zone: str = Field(
         default="UTC", pattern=TIME_ZONE_PATTERN, max_length=64,

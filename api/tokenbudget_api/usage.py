@@ -30,6 +30,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+# The DryRun actions that mean "enforcement would have refused this call" (UsageRecord.counted_budgets).
+DRY_RUN_REFUSALS = frozenset({"Block", "Reject"})
+
 
 class Usage(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -152,3 +155,16 @@ class UsageRecord(BaseModel):
     # An acceptance report (features.py): carried by the call whose `x-tokenbudget-accepted` header named an
     # earlier answer, or by a record of its own (operation "outcome", no budgets) for POST /outcomes.
     accepted: Acceptance | None = None
+
+    def counted_budgets(self) -> list[str]:
+        """The budgets whose windows this call's use counts in: those it names, less any DryRun budget that
+        would have refused it (Block or Reject).
+
+        Why: enforcement would not have let that call spend, so a dry run that counted it would reach its
+        limit sooner than its enforcing twin and over-report refusals; its windows follow enforcement instead,
+        and the would-have refusal (with its tokens and dollars) is counted in `status.dryRun`. The sidecar's
+        windows, its ledger replay and checkpoint, and the operator's status and leases all use this one rule.
+        """
+        refused = {parts[0] for parts in (d.split(":") for d in self.decisions)
+                   if len(parts) == 3 and parts[1] == "DryRun" and parts[2] in DRY_RUN_REFUSALS}
+        return [b for b in self.budgets if b not in refused]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Action, OnOversize, UncappedOutput
-from tokenbudget_api.usage import Outcome, Usage, UsageRecord
+from tokenbudget_api.usage import DRY_RUN_REFUSALS, Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
 from tokenbudget_sidecar.amounts import Demand, Spend
 from tokenbudget_sidecar.budget import BudgetState, Refused
@@ -82,6 +82,12 @@ class Ticket:
     rewrote: bool = False  # the body or path changed (clamp, downgrade): re-serialize before forwarding
     settled: bool = False
     prompt: PromptCount | None = None  # set by the proxy: settlement counts it exactly if the record needs it
+
+
+def dry_run_actions(ticket: Ticket, budget: str) -> set[str]:
+    """What DryRun budget `budget` would have done to the call, each action once."""
+    prefix = f"{budget}:DryRun:"
+    return {d[len(prefix):] for d in ticket.decisions if d.startswith(prefix)}
 
 
 class Admission:
@@ -181,7 +187,8 @@ class Admission:
 
         for b in self.budgets:  # no await from here on: the holds are taken atomically
             reservation = b.reserve(b.windows_for(call.model, call.user), demand_of(prompt.value), self.ttl,
-                                    prompt, demand_of)
+                                    prompt, demand_of, refused=b.dry_run and bool(dry_run_actions(ticket, b.name)
+                                                                                  & DRY_RUN_REFUSALS))
             ticket.holds.append((b, reservation))
             ticket.decisions += [f"{b.name}:DryRun:{a.value}" for a in reservation.decisions]
         ticket.headers["x-tokenbudget-reserved-tokens"] = str(self._hold_tokens(call, prompt.value))
@@ -287,7 +294,8 @@ class Admission:
             return
         ticket.settled = True
         for b, reservation in ticket.holds:
-            b.settle(reservation, record.usage.total_tokens, record.cost_usd, record.time)
+            b.settle(reservation, record.usage.total_tokens, record.cost_usd, record.time,
+                     dry_run_actions(ticket, b.name))
         ticket.holds = []
         record.budgets = [b.name for b in self.budgets]
         record.decisions = list(ticket.decisions)
@@ -311,9 +319,9 @@ class Admission:
         for rec in records:
             if rec.outcome is Outcome.REFUSED:
                 continue
-            spend = Spend.of_record(rec)
+            spend, counted = Spend.of_record(rec), rec.counted_budgets()
             for b in chosen:
-                if b.name in rec.budgets:
+                if b.name in counted:
                     b.count(spend)
 
     def expire(self) -> int:

@@ -197,8 +197,13 @@ class BudgetState:
         return not allow or any(fnmatch.fnmatchcase(model, pattern) for pattern in allow)
 
     def reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, prompt: PromptCount | None = None,
-                demand_of: Callable[[int], Demand] | None = None) -> Reservation:
-        """Hold `demand` in every window, or raise Refused (in DryRun: record, then hold anyway).
+                demand_of: Callable[[int], Demand] | None = None, refused: bool = False) -> Reservation:
+        """Hold `demand` in every window, or raise Refused.
+
+        In DryRun nothing is refused: a call that fits is held as enforcement would hold it; one that would
+        have been refused (here, or already by `refused`: a cap or the ladder's Block) holds nothing and will
+        count nothing, as under enforcement (UsageRecord.counted_budgets), so the dry run's windows and its
+        would-have counts follow what its enforcing twin would do instead of running ahead of it.
 
         With `prompt` not yet counted exactly, `demand` is its upper bound (`demand_of(prompt.high)`): held
         as is where it fits with room to spare; where it does not fit, or lazy holds of earlier calls fill
@@ -217,12 +222,13 @@ class BudgetState:
                     self.tighten(w)
                 demand, lazy = demand_of(lazy.count_now()), None
                 break
-        reservation = self._reserve(windows, demand, ttl, now)
+        reservation = self._reserve(windows, demand, ttl, now, refused)
         if lazy is not None and demand_of is not None:
             reservation.hold_lazily(lazy, demand_of)
         return reservation
 
-    def _reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, now: dt.datetime) -> Reservation:
+    def _reserve(self, windows: list[Window], demand: Demand, ttl: dt.timedelta, now: dt.datetime,
+                 refused: bool = False) -> Reservation:
         holds: list[tuple[Window, Decimal]] = []
         decisions: list[Action] = []
         lost = self.history_lost_before
@@ -252,6 +258,8 @@ class BudgetState:
                                   awaits_grant=grant, budget=self.name)
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))
+        if self.dry_run and (refused or Action.BLOCK in decisions):
+            holds = []  # enforcement would not have let it spend
         reservation = Reservation.take(self.name, holds, now + ttl, decisions)
         self.reservations[reservation.id] = reservation
         return reservation
@@ -272,11 +280,12 @@ class BudgetState:
         reservation.give_back()
 
     def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal | None,
-               started: dt.datetime | None = None) -> None:
+               started: dt.datetime | None = None, would: Iterable[str] = ()) -> None:
         """Replace the holds by actual use, exactly once; unknown reservations are ignored (expired).
 
         Use counts in the period the call started in (`started`), as the operator and a ledger replay
-        count it: a call begun before midnight and settled after it belongs to the old day.
+        count it: a call begun before midnight and settled after it belongs to the old day. `would` names
+        what a DryRun budget would have done to the call (each action once), for `wouldHave`.
         """
         if self.reservations.pop(reservation.id, None) is None:
             return
@@ -286,11 +295,11 @@ class BudgetState:
             actual = spent_in(window.limit, tokens, cost_usd)
             if actual:
                 window.counter.add(actual, now)
-        for action in reservation.decisions:
-            would = self.would_have.setdefault(action.value, WouldHave())
-            would.count += 1
-            would.tokens += tokens
-            would.cost_usd += cost_usd or Decimal(0)
+        for action in dict.fromkeys(would):
+            counts = self.would_have.setdefault(action, WouldHave())
+            counts.count += 1
+            counts.tokens += tokens
+            counts.cost_usd += cost_usd or Decimal(0)
 
     def expire(self) -> int:
         """Release reservations past their deadline (a bug or a lost call must not hold budget forever)."""

@@ -130,7 +130,7 @@ class Checkpoint:
             if rec.outcome is Outcome.REFUSED or not rec.budgets:
                 continue
             spend = Spend.of_record(rec)
-            for name in rec.budgets:
+            for name in rec.counted_budgets():
                 if (plan := known.get(name)) is not None:
                     self._attribute(*plan, spend, now_us)
                 else:
@@ -171,7 +171,8 @@ class Checkpoint:
             if rec.seq <= self.cursor or rec.outcome is Outcome.REFUSED:
                 continue
             # A call made before the first push named no budget: it counts in every one the push brings.
-            named = list(fresh.values()) if rec.awaiting_policy else [fresh[n] for n in rec.budgets if n in fresh]
+            named = (list(fresh.values()) if rec.awaiting_policy
+                     else [fresh[n] for n in rec.counted_budgets() if n in fresh])
             if named:
                 spend = Spend.of_record(rec)
                 for budget in named:

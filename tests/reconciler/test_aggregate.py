@@ -326,16 +326,20 @@ def test_dry_run_would_have_counts_calls_tokens_and_dollars_of_this_budget_only(
         rec(3, t, 400, cost="0.4", decisions=["default/other:DryRun:Block", f"{BUDGET}:Clamp"]),
         rec(4, t, 800, outcome=Outcome.REFUSED, budgets=[], decisions=["tokenbudget: budget default/b ... left"]),
     ))
-    assert agg.status(view({**DAY, "enforcement": "DryRun"}), t)["dryRun"] == [
+    status = agg.status(view({**DAY, "enforcement": "DryRun"}), t)
+    assert status["dryRun"] == [
         {"action": "Block", "count": 2, "tokens": 300, "costUSD": "0.3"},
         {"action": "Downgrade", "count": 1, "tokens": 200, "costUSD": "0.2"},
     ]
+    # Its windows count only what enforcement would have let through: not the two calls it would have
+    # blocked, but the one another budget would have (UsageRecord.counted_budgets).
+    assert used(status, "daily") == "400"
 
 
 def test_the_status_is_a_valid_token_budget_status_with_conditions() -> None:
     t = SYDNEY_MIDNIGHT + dt.timedelta(hours=1)
     agg = Aggregator()
-    agg.add("pod-a", wire(rec(1, t, 1000, decisions=[f"{BUDGET}:DryRun:Block"])), pod_name="chat-0")
+    agg.add("pod-a", wire(rec(1, t, 1000)), pod_name="chat-0")
     usage = agg.status(view(LADDER, gen=4), t)
     conditions = budget_conditions(None, generation=4, now=t, usage=usage, selected=2, synced=2)
     status = TokenBudgetStatus.model_validate({**usage, "conditions": conditions, "pods": {"selected": 2,

@@ -106,6 +106,37 @@ async def test_the_ladder_fires_in_order_and_dry_run_reports_the_same_decisions(
     assert "Block" not in dry[37]
 
 
+async def test_a_dry_run_counts_in_its_windows_only_what_enforcement_would_have_let_spend() -> None:
+    """A call a DryRun budget would have refused is served but not counted in its windows, live and when
+    its records are replayed after a restart, so its percent follows its enforcing twin's (and the calls it
+    would have refused are the ones the twin refused) instead of running ahead of it."""
+    spec = {"ladder": LADDER, "limits": [{"name": "day", "period": "Day", "tokens": 2000}]}
+    clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
+    enforced, dry = admission(spec, clock), admission({**spec, "enforcement": "DryRun"}, clock)
+    refused, would, records = [], [], []
+    for i in range(60):
+        prompt, out = 30 + i % 7, 20 + i % 5  # sizes vary, so the tail of the window is not all-or-nothing
+        try:
+            await run_call(enforced, clock, prompt, out, cap=20)
+        except Refused:
+            refused.append(i)
+        c, body = call(cap=20)
+        ticket, _ = await dry.admit(OPENAI, c, body, "/v1/chat/completions", prompt, "http://127.0.0.1")
+        rec = record(c, prompt, out, clock)
+        dry.settle(ticket, rec)
+        records.append(rec)
+        if any(d.endswith(":DryRun:Block") for d in ticket.decisions):
+            would.append(i)
+    assert refused
+    assert would == refused
+    used = [b.report().windows[0].used for b in (enforced.budgets[0], dry.budgets[0])]
+    assert used[0] == used[1] < 2000
+    assert dry.budgets[0].would_have["Block"].count == len(refused)
+    replayed = admission({**spec, "enforcement": "DryRun"}, clock)
+    replayed.replay(records)
+    assert replayed.budgets[0].report().windows[0].used == used[1]
+
+
 async def test_hysteresis_keeps_a_budget_hovering_at_a_threshold_from_flapping() -> None:
     clock = ManualClock(at("2026-11-23T10:00:00+00:00"))
     adm = admission({"ladder": LADDER[:2], "hysteresisPercent": 3,

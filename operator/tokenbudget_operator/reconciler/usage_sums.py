@@ -39,7 +39,7 @@ class Entry:
     tokens: int
     cost: Decimal
     counted: bool  # not refused: counts against the budgets it names
-    budgets: tuple[str, ...]
+    budgets: tuple[str, ...]  # the budgets it counts in (UsageRecord.counted_budgets)
     dry_run: tuple[tuple[str, str], ...]  # (budget, action) pairs, each at most once per record
 
     @classmethod
@@ -52,7 +52,7 @@ class Entry:
         return cls(
             time=as_utc(record.time), pod=pod, user=record.user, model=record.model,
             tokens=record.usage.total_tokens, cost=record.cost_usd if record.cost_usd is not None else ZERO,
-            counted=record.outcome is not Outcome.REFUSED, budgets=tuple(record.budgets), dry_run=tuple(dry),
+            counted=record.outcome is not Outcome.REFUSED, budgets=tuple(record.counted_budgets()), dry_run=tuple(dry),
         )
 
     def wire(self) -> list[Any]:
