@@ -135,6 +135,7 @@ class UsageRecord(BaseModel):
     truncated: bool = False
     # The sidecar died with the call in flight: this record was made at its restart from the intent written
     # before forwarding (ledger.py), the prompt estimate plus the output cap, since the provider bills it.
+    # Also a background Response the sidecar never saw end, recorded so at its age limit (background.py).
     interrupted: bool = False
     # Made before the operator's first policy push reached this sidecar (injected pods wait for it, at most
     # TOKENBUDGET_AWAIT_POLICY_S): it names no budget, so the operator counts it against the budgets that

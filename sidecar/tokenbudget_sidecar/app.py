@@ -86,6 +86,7 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(_hold_expiry(state))
     proxy = Proxy(state)
+    app.cleanup_ctx.append(proxy.background.sweeper())  # background Responses nobody retrieves age out
     app.router.add_post("/outcomes", proxy.features.outcomes)  # acceptance reports (feature_hooks.py)
     app.router.add_route("*", "/{upstream}/{tail:.*}", proxy.handle)
     return app

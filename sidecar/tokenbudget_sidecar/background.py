@@ -10,17 +10,28 @@ open in the ledger (intents.py), so a sidecar that dies before the response ends
 once at its restart, estimated and flagged `interrupted`. The first retrieve or cancel whose answer has a
 terminal status (completed, failed, cancelled, incomplete) takes the deferred record, fills it from that
 answer (settlement.py), counts it in the budgets it was admitted against and appends it, closing the intent.
-Later retrieves find nothing deferred and are plain reads. Limits: a response polled through another pod's
-sidecar (or only by webhook) is recorded at this sidecar's next restart from its intent, estimated.
+Later retrieves find nothing deferred and are plain reads.
+
+A response this sidecar never sees end (polled through another pod's sidecar, or followed only by webhook) must
+not wait for a restart, nor hold memory forever: a deferral is given up `deferral_ttl_s` after its create (1 h;
+a background Response runs for minutes), and when `max_deferrals` wait, the oldest makes room for a new one. A
+deferral given up is recorded as the restart would record its intent: estimated (prompt estimate plus the
+output cap it was admitted with, the most the provider can bill), flagged `interrupted`, counted once in the
+budgets it was admitted against and in `tokenbudget_background_expired_calls_total`; its record closes the
+intent, so a restart adds nothing. A retrieve afterwards finds nothing deferred: a plain read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +40,7 @@ from yarl import URL
 
 from tokenbudget_api.policy import PolicyUpstream
 from tokenbudget_api.usage import UsageRecord
-from tokenbudget_sidecar import settlement
+from tokenbudget_sidecar import intents, settlement
 from tokenbudget_sidecar.admission import Ticket
 from tokenbudget_sidecar.dialects import Call, Dialect, Reading
 from tokenbudget_sidecar.headers import (
@@ -60,27 +71,93 @@ def response_id_of(method: str, path: str) -> str | None:
     return rid if (method == "GET" and not cancel) or (method == "POST" and cancel) else None
 
 
+@dataclass(slots=True)
+class Deferred:
+    """A create waiting for the retrieve that shows it ended."""
+
+    record: UsageRecord  # the create's record, filled from that retrieve
+    estimate: UsageRecord  # what it counts if none comes (its intent's figures, intents.interrupted_record)
+    deadline: float  # time.monotonic() past which it is given up
+    started: float  # time.perf_counter() at its create (the record's duration runs from there)
+
+
 class Background:
     def __init__(self, state: State, record: Recorder) -> None:
         self.state, self._record = state, record
-        self.pending: dict[tuple[str, str], UsageRecord] = {}  # (upstream, response id) -> the create's record
+        # (upstream, response id) -> the deferral, oldest first (insertion order: creates come in time order)
+        self.pending: OrderedDict[tuple[str, str], Deferred] = OrderedDict()
         self.request_ids: set[str] = set()
 
-    def defer(self, record: UsageRecord, reading: Reading, ticket: Ticket) -> bool:
+    def defer(self, record: UsageRecord, reading: Reading, ticket: Ticket, call: Call, base_url: str,
+              started: float) -> bool:
         """Keep an admitted create whose answer is still queued; False when there is no id to wait for."""
         if reading.response_id is None:
             return False
-        admission = self.state.admission
+        admission, settings = self.state.admission, self.state.settings
         record.response_id = reading.response_id
         record.budgets = [b.name for b in admission.budgets]
         record.decisions = list(ticket.decisions)
         admission.release(ticket)  # the holds: the usage is counted when it is known
         ticket.settled = True
-        self.pending[(record.upstream, reading.response_id)] = record
+        if ticket.prompt is not None:  # counted exactly before the answer without usage came (proxy.ready_to_estimate)
+            record.prompt_estimate, record.prompt_bound = ticket.prompt.value, not ticket.prompt.known
+        estimate = intents.interrupted_record(
+            record, call, default_output_tokens=settings.default_output_tokens, budgets=record.budgets,
+            decisions=record.decisions, prices=self.state.prices, base_url=base_url)
+        self.expire()
+        while len(self.pending) >= settings.max_deferrals:
+            self._give_up(next(iter(self.pending)), "evicted")
+        self.pending[(record.upstream, reading.response_id)] = Deferred(
+            record, estimate, time.monotonic() + settings.deferral_ttl_s, started)
         self.request_ids.add(record.request_id)
         log.info("settlement deferred", extra={"record": {"request_id": record.request_id,
                                                           "response_id": reading.response_id}})
         return True
+
+    def expire(self, now: float | None = None) -> int:
+        """Give up every deferral past its age limit (oldest first); returns how many."""
+        now = time.monotonic() if now is None else now
+        given_up = 0
+        while self.pending:
+            key, oldest = next(iter(self.pending.items()))
+            if oldest.deadline > now:
+                break
+            self._give_up(key, "expired")
+            given_up += 1
+        return given_up
+
+    def _give_up(self, key: tuple[str, str], reason: str) -> None:
+        """Record a deferral as its intent would be at a restart: once, estimated, `interrupted`, intent closed."""
+        deferred = self.pending.pop(key)
+        self.request_ids.discard(deferred.record.request_id)
+        record = deferred.estimate
+        self.state.admission.replay([record])
+        self._record(record, deferred.started, 0.0)  # same request_id: its ledger line closes the intent
+        metrics = self.state.metrics
+        metrics.child(metrics.background_expired, record.dialect, reason).inc()
+        log.info("background response not seen to end; recorded estimated", extra={"record": {
+            "request_id": record.request_id, "response_id": key[1], "reason": reason}})
+
+    def sweeper(self) -> Callable[[web.Application], AsyncIterator[None]]:
+        """A cleanup_ctx running `expire()` on a timer: a deferral ages out even when no call comes."""
+        every = max(min(60.0, self.state.settings.deferral_ttl_s / 4), 0.01)  # seconds; a tiny TTL never spins
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    self.expire()
+                except Exception:  # a bug here must not stop the timer for the deferrals still waiting
+                    log.exception("background deferral expiry failed")
+
+        async def run(_: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(sweep(), name="tokenbudget-deferral-expiry")
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return run
 
     def waiting(self, request_id: str) -> bool:
         return request_id in self.request_ids
@@ -91,9 +168,10 @@ class Background:
 
     def settle(self, upstream: PolicyUpstream, response_id: str, reading: Reading, started: float) -> None:
         """Once: the first terminal answer takes the record; any later one finds nothing."""
-        record = self.pending.pop((upstream.name, response_id), None)
-        if record is None:
+        deferred = self.pending.pop((upstream.name, response_id), None)
+        if deferred is None:
             return
+        record = deferred.record
         self.request_ids.discard(record.request_id)
         record.time = self.state.clock.now()
         record.status = 200
@@ -107,13 +185,14 @@ class Background:
         started = time.perf_counter()
         rid = response_id_of(request.method, path)
         assert rid is not None
+        # Read before the first await: the deferral may be given up meanwhile (settle() then finds nothing).
+        call = Call("responses", self.pending[(upstream.name, rid)].record.model, stream=True)
         url = forward_url(upstream.base_url, path, request.query_string)
         try:
             headers = upstream_headers(request.headers, upstream, dialect)
         except KeyUnavailable as exc:
             return key_unavailable(dialect, exc, request_id)
         data = await request.read() if request.body_exists else None
-        call = Call("responses", self.pending[(upstream.name, rid)].model, stream=True)
         try:
             return await self._relay(request, url, data, headers, call, upstream, dialect, rid, request_id, started)
         except (aiohttp.ClientError, TimeoutError) as exc:  # the deferral stays: a later retrieve settles it
@@ -161,4 +240,4 @@ class Background:
             return resp
 
 
-__all__ = ["TERMINAL", "Background", "response_id_of"]
+__all__ = ["TERMINAL", "Background", "Deferred", "response_id_of"]

@@ -48,9 +48,15 @@ class Metrics:
         self.unmetered = Counter("tokenbudget_unmetered_calls", "Calls forwarded to a route whose answers report "
                                  "no usage (file uploads, batch creation), by route without ids.",
                                  ["provider", "route", "outcome"], registry=r)
-        self.interrupted = Counter("tokenbudget_interrupted_calls", "Calls in flight when the sidecar last died, "
-                                   "recorded at its start from their intents (estimated).", ["provider"],
-                                   registry=r)
+        self.interrupted = Counter("tokenbudget_interrupted_calls", "Calls recorded from their intents, estimated: "
+                                   "in flight when the sidecar last died (recorded at its start), or background "
+                                   "Responses it never saw end (tokenbudget_background_expired_calls).",
+                                   ["provider"], registry=r)
+        self.background_expired = Counter(
+            "tokenbudget_background_expired_calls", "Background Responses recorded estimated because this sidecar "
+            "never saw them end: reason expired (TOKENBUDGET_DEFERRAL_TTL_S after the create) or evicted (the "
+            "oldest past TOKENBUDGET_MAX_DEFERRALS). Many: the app polls through another pod or uses webhooks.",
+            ["provider", "reason"], registry=r)
         self.lease_starved = Counter(
             "tokenbudget_lease_starved_calls", "Calls refused because this pod's lease grant was spent (or missing "
             "for the period) while the budget had room, after waiting for a push: lease rounds are not keeping up.",

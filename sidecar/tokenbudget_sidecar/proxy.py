@@ -263,7 +263,9 @@ class Proxy:
                     await self.ready_to_estimate(reading, record, ticket)
                     # Record before answering: a sidecar killed after the app got its answer must not
                     # lose a call the provider billed. A queued background Response waits for its retrieve.
-                    if not (reading.deferred and self.background.defer(record, reading, ticket)):
+                    deferred = reading.deferred and self.background.defer(record, reading, ticket, call,
+                                                                          upstream.base_url, started)
+                    if not deferred:
                         self.settle(record, reading, started, time.perf_counter() - after + added, ticket, think)
                     settled = True
                     with contextlib.suppress(*CLIENT_GONE):  # already recorded: the provider billed it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenbudget_api import names
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     # After that wait with no push: Open serves calls, metered and counted once the policy arrives; Closed
     # answers them 503 in the provider's shape until it does.
     pending_fail_mode: FailMode = FailMode.OPEN
+
+    # Background Responses (background.py): a create answered `queued` is settled by the first retrieve that shows
+    # it ended. One this sidecar never sees end (polled through another pod, or followed by webhook) is recorded,
+    # estimated, this long after its create; and at most this many wait at once (past that, the oldest is).
+    deferral_ttl_s: float = Field(default=3600.0, gt=0)
+    max_deferrals: int = Field(default=10_000, ge=1)
 
     drain_timeout_s: float = 20.0  # preStop waits this long at most for the operator's last pull (drain.py)
 
