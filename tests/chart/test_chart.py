@@ -273,6 +273,34 @@ def test_the_deployment_passes_only_settings_the_operator_reads_and_they_parse(
         )
 
 
+# operator.notifications.<value> → the OperatorSettings field it sets (notify_loop.py, notify_send.py)
+NOTIFY_VALUES = {"intervalSeconds": "notify_interval_s", "attempts": "notify_attempts",
+                 "backoffSeconds": "notify_backoff_s", "backoffMaxSeconds": "notify_backoff_max_s",
+                 "timeoutSeconds": "notify_timeout_s", "retryAfterSeconds": "notify_retry_after_s",
+                 "summaryDelaySeconds": "notify_summary_delay_s"}
+
+
+def test_notification_settings_reach_the_operator_from_values_with_its_own_defaults(
+    helm: Path, operator_settings: ReadSettings
+) -> None:
+    """Every notify_* setting is a chart value, set in the environment even at its default (so the chart's
+    defaults, shown in values.yaml and the README, are the ones in force), and equal to config.py's."""
+    container = operator_container(by_key(documents(render(helm))))
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = operator_settings(container)
+    for field in NOTIFY_VALUES.values():
+        assert f"TOKENBUDGET_OPERATOR_{field.upper()}" in env, f"{field} is not set from the chart"
+        assert getattr(settings, field) == OperatorSettings.model_fields[field].default, field
+    sets = {"intervalSeconds": 2, "attempts": 3, "backoffSeconds": 0.25, "backoffMaxSeconds": 4,
+            "timeoutSeconds": 5, "retryAfterSeconds": 120, "summaryDelaySeconds": 0}
+    assert sets.keys() == NOTIFY_VALUES.keys()
+    # --set-json: plain --set reads 0.25 as a string, which the schema refuses (numbers only)
+    container = operator_container(by_key(documents(render(
+        helm, extra=("--set-json", f"operator.notifications={json.dumps(sets)}")))))
+    settings = operator_settings(container)
+    assert {k: getattr(settings, NOTIFY_VALUES[k]) for k in sets} == sets
+
+
 @pytest.mark.parametrize("variant", ["defaults", "own-tls", "cert-manager", "image-and-sidecar"])
 def test_ports_probes_tls_mount_and_service_match_the_operators_settings(
     helm: Path, variant: str, operator_settings: ReadSettings

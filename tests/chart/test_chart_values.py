@@ -29,6 +29,11 @@ DIGEST = "sha256:" + "ab" * 32
         (("sidecarAdminToken.namespaces={Team_A}",), "namespaces"),
         (("webhook.caBundle=not base64!",), "caBundle"),
         (("imagePullSecrets[0].nam=regcred",), "imagePullSecrets"),
+        # the schema's path, not only the --set text: these values are checked, not refused as unknown
+        (("operator.notifications.attempts=0",), "/operator/notifications/attempts"),
+        (("operator.notifications.backoffSeconds=0",), "/operator/notifications/backoffSeconds"),
+        (("operator.notifications.summaryDelaySeconds=-1",), "/operator/notifications/summaryDelaySeconds"),
+        (("operator.notifications.retryAfter=5",), "properties 'retryAfter' not allowed"),
     ],
     ids=lambda v: v[0] if isinstance(v, tuple) else v,
 )
