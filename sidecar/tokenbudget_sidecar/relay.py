@@ -2,8 +2,10 @@
 
 Streams are forwarded chunk by chunk exactly as read, except OpenAI chat streams where we asked for the
 usage chunk on the app's behalf: those are forwarded per complete SSE event so the extra usage chunk
-can be dropped (each OpenAI event is one line, so this adds no measurable delay). The app's hang-up and
-the provider's failure each end the relay their own way (onDisconnect; the app's stream is dropped too).
+can be dropped (each OpenAI event is one line, so this adds no measurable delay); comment-only blocks, the
+keep-alives idle streams rely on, come from the parser as events with nothing to read and are forwarded too.
+The app's hang-up and the provider's failure each end the relay their own way (onDisconnect; the app's stream
+is dropped too).
 """
 
 from __future__ import annotations

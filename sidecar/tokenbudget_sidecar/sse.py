@@ -10,6 +10,10 @@ linear in the stream whatever the chunking. The buffer is bounded: an event past
 assembled. Its bytes are handed back as they come, as `Unread` events with nothing to read (the proxy
 re-emits events' `raw` for OpenAI chat streams, so the app still gets every byte), up to the blank line that
 ends it; `SSEParser.oversized` counts such events, so the caller can tell metering missed one.
+
+Every byte fed comes back in exactly one event's `raw`, in order: a block of comments (keep-alives such as
+`: ping`), ids or blank lines only is an event with nothing to read (event and data ""), so the relay, which
+forwards events' raw where it hides the injected usage chunk, passes keep-alives on to the app.
 """
 
 from __future__ import annotations
@@ -161,7 +165,7 @@ class SSEParser:
         if not self._skip:
             if self._line:
                 self._field(bytes(self._held[-self._line :]))
-            if self._data or self._event:
+            if self._held:  # an event, or comments only (its bytes still reach the app: relay.py forwards raw)
                 out.append(Event(self._event, "\n".join(self._data), bytes(self._held)))
         self._held.clear()
         self._line, self._cr, self._done, self._skip = 0, False, False, False
@@ -178,8 +182,8 @@ class SSEParser:
             self._pass(out, chunk, start, stop)
         elif self._data or self._event:
             out.append(Event(self._event, "\n".join(self._data), self._take(chunk, start, stop)))
-        elif self._held:  # comments or ids only: nothing to read, and no raw (relay.py forwards none for it)
-            self._held.clear()
+        elif self._held or stop > start:  # comments (keep-alives), ids or blank lines: nothing to read, but
+            out.append(Event("", "", self._take(chunk, start, stop)))  # relay.py forwards events' raw: keep it
         self._event, self._data = "", []
 
     def _oversize(self, out: list[Event], chunk: bytes, start: int, stop: int) -> None:

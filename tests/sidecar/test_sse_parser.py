@@ -39,6 +39,8 @@ def reference(stream: bytes, cap: int = MAX_EVENT_BYTES) -> tuple[list[Event], i
             events.append(Unread("", "", stream[start:stop]))
         elif data or event:
             events.append(Event(event, "\n".join(data), stream[start:stop]))
+        elif stop > start:  # comments, ids or blank lines only: nothing to read, the bytes handed back
+            events.append(Event("", "", stream[start:stop]))
         event, data, start = "", [], stop
 
     def field(line: bytes) -> None:
@@ -100,6 +102,7 @@ def test_events_and_their_raw_bytes_do_not_depend_on_where_reads_split_the_strea
     assert at_once == want
     assert chunked == want
     assert one_byte == want
+    assert b"".join(e.raw for e in chunked) == stream, "every byte once, in order: keep-alives reach the app"
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,7 +122,8 @@ def test_an_event_past_the_cap_is_handed_back_unread_whatever_the_chunking(strea
 def test_each_line_end_a_comment_and_a_last_event_without_its_blank_line() -> None:
     stream = b": keep-alive\n\nevent: a\r\ndata: 1\r\n\r\ndata: 2\rdata: 3\r\r:c\ndata:4\n\ndata: last"
     events, _ = parse([stream])
-    assert events == [Event("a", "1", b"event: a\r\ndata: 1\r\n\r\n"),
+    assert events == [Event("", "", b": keep-alive\n\n"),  # nothing to read; its bytes are relayed
+                      Event("a", "1", b"event: a\r\ndata: 1\r\n\r\n"),
                       Event("", "2\n3", b"data: 2\rdata: 3\r\r"),
                       Event("", "4", b":c\ndata:4\n\n"),
                       Event("", "last", b"data: last")]

@@ -50,6 +50,9 @@ stall-mid-stream``
     waits for all its chunks before answering.
 ``x-upstream-omit-usage: true``
     Behave like an old server that reports no usage at all, streamed or not.
+``x-upstream-keepalive: true``
+    Streams (SSE) send an SSE comment block, ``: keep-alive`` and a blank line, before each event, as servers
+    and gateways do to keep idle streams open.
 
 Prompt tokens are counted with tiktoken o200k_base and the cookbook chat rule; see
 :mod:`tokenbudget_testing.upstream.tokens` for the exact rule.
@@ -76,6 +79,7 @@ from .behaviour import (
     H_CHUNK_TOKENS,
     H_FAIL,
     H_FAIL_ATTEMPTS,
+    H_KEEPALIVE,
     H_OMIT_USAGE,
     H_OUTPUT,
     H_REASONING,
@@ -93,6 +97,7 @@ __all__ = [
     "H_CHUNK_TOKENS",
     "H_FAIL",
     "H_FAIL_ATTEMPTS",
+    "H_KEEPALIVE",
     "H_OMIT_USAGE",
     "H_OUTPUT",
     "H_REASONING",

@@ -33,6 +33,7 @@ H_CHUNK_DELAY = "x-upstream-chunk-delay-ms"
 H_CHUNK_TOKENS = "x-upstream-chunk-tokens"
 H_OMIT_USAGE = "x-upstream-omit-usage"
 H_REQUEST_ID = "x-upstream-request-id"
+H_KEEPALIVE = "x-upstream-keepalive"
 
 Failure = Literal["429", "500", "503", "529", "reset-before-headers", "reset-mid-stream", "in-stream-error",
                   "stall-mid-stream"]
@@ -60,6 +61,7 @@ class Controls:
     chunk_delay_s: float
     chunk_tokens: int
     omit_usage: bool
+    keepalive: bool = False
 
 
 def _int(headers: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -103,6 +105,9 @@ def parse_controls(headers: Mapping[str, str], settings: UpstreamSettings) -> Co
     omit_raw = (headers.get(H_OMIT_USAGE) or "").strip().lower()
     if omit_raw not in _TRUE | _FALSE:
         raise ControlError(f"{H_OMIT_USAGE} must be true or false, got {omit_raw!r}")
+    keepalive_raw = (headers.get(H_KEEPALIVE) or "").strip().lower()
+    if keepalive_raw not in _TRUE | _FALSE:
+        raise ControlError(f"{H_KEEPALIVE} must be true or false, got {keepalive_raw!r}")
     delay_ms = _float(headers, H_CHUNK_DELAY)
     return Controls(
         output_tokens=_int(headers, H_OUTPUT, settings.default_output_tokens),
@@ -114,6 +119,7 @@ def parse_controls(headers: Mapping[str, str], settings: UpstreamSettings) -> Co
         chunk_delay_s=(delay_ms or 0.0) / 1000.0,
         chunk_tokens=_int(headers, H_CHUNK_TOKENS, settings.default_chunk_tokens, minimum=1),
         omit_usage=omit_raw in _TRUE,
+        keepalive=keepalive_raw in _TRUE,
     )
 
 

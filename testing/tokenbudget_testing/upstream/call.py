@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import socket
@@ -30,6 +31,9 @@ from .settings import UpstreamSettings
 
 #: Request bodies larger than this are token-counted in a worker thread.
 OFFLOAD_COUNT_BYTES = 32 * 1024
+#: Written before each streamed frame under ``x-upstream-keepalive: true``: an SSE comment block, the keep-alive
+#: servers and gateways send on idle streams (a comment is not an event; clients ignore it, but it must arrive).
+KEEPALIVE = b": keep-alive\n\n"
 
 
 class UpstreamError(Exception):
@@ -214,6 +218,8 @@ class Call:
         self.note(status=200)
         await response.prepare(self.request)
 
+        if self.ctl.keepalive and content_type.startswith("text/event-stream"):  # never inside a JSON array
+            frames = [dataclasses.replace(f, data=KEEPALIVE + f.data) if f.data else f for f in frames]
         fail = self.ctl.fail
         cut_at: int | None = None
         if fail in ("reset-mid-stream", "in-stream-error", "stall-mid-stream"):
