@@ -22,7 +22,7 @@ async def run(fleet: Fleet, seed: int, rounds: int = ROUNDS) -> int:
     rng = random.Random(seed)
     refused = 0
     for _ in range(rounds):
-        refused += await fleet.traffic(rng, CALLS, ["anyone"])
+        refused += await fleet.traffic(rng, CALLS, ["anyone"], grant_wait=True)
         fleet.lease_round()
         fleet.clock.advance(dt.timedelta(seconds=2))
     return refused
@@ -55,11 +55,12 @@ async def test_a_dry_run_twin_would_have_refused_what_its_enforcing_twin_refused
     print(f"seed {seed}: enforcing refused {refused}, leased twin would have {would}, "
           f"unleased twin {would_block(alone)} of {ROUNDS * CALLS} calls")
     assert refused > ROUNDS * CALLS // 2, "the workload must cross the limit for the comparison to mean anything"
-    # The twin's windows count only what enforcement would have let spend (UsageRecord.counted_budgets), and
-    # both fleets get their grants from the same lease rounds, so the twin decides call for call as its
-    # enforcing twin: no tolerance here. (Counting the would-have-refused calls' spend, as before, gave
-    # 110-112 against 93-96: the twin crossed the limit sooner.) Live, the two see the same rounds one round
-    # apart at most, the bound the README gives.
-    assert would == refused
-    assert used(twin) == used(enforcing), "the twin's windows show what enforcement let spend"
+    # The twin's windows count only what enforcement would have let spend (UsageRecord.counted_budgets) and
+    # both fleets get grants from the same lease rounds, so they decide alike but for one case: a pod whose
+    # grant is short waits for the next round under enforcement (admitted if the new grant fits), while the
+    # twin, which never waits, counts a would-have Block. That is the tolerance one round gives: seeds 1-20
+    # differ by at most 3 calls of 120 and 220 tokens of 3,000 (counting the would-have-refused calls'
+    # spend, as before, gave 110-112 against 93-96: the twin crossed the limit sooner).
+    assert abs(would - refused) <= 3
+    assert abs(used(twin) - used(enforcing)) <= LIMIT // 10, "the twin's windows show what enforcement let spend"
     assert would_block(alone) < refused / 2, "unleased, each pod compares only itself with the whole limit"

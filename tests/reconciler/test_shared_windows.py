@@ -87,7 +87,9 @@ class Fleet:
         for uid, leases in grants.items():
             self.pods[uid] = self._admission(uid, leases, self.pods[uid])
 
-    async def traffic(self, rng: random.Random, calls: int, keys: list[str]) -> int:
+    async def traffic(self, rng: random.Random, calls: int, keys: list[str], *, grant_wait: bool = False) -> int:
+        """`calls` seeded calls; `grant_wait`: as the sidecar does (proxy.admit), a refusal for want of a grant
+        waits for the operator's next round (run here at once) and is admitted if the new grant fits."""
         refused = 0
         for _ in range(calls):
             uid = rng.choice(list(self.pods))
@@ -95,9 +97,15 @@ class Fleet:
             prompt, out = rng.randint(20, 120), rng.randint(10, 80)
             try:
                 await run_call(self.pods[uid], self.clock, prompt, out, cap=80, user=key)
-            except Refused:
-                refused += 1
-                continue
+            except Refused as first:
+                try:
+                    if not (grant_wait and first.awaits_grant):
+                        raise
+                    self.lease_round()
+                    await run_call(self.pods[uid], self.clock, prompt, out, cap=80, user=key)
+                except Refused:
+                    refused += 1
+                    continue
             self.settled.append((key, self.clock.now(), prompt + out))
         return refused
 
