@@ -153,9 +153,11 @@ def start_upstream(workdir: Path, timeout: float = 20.0) -> tuple[subprocess.Pop
     return proc, wait_for("the test upstream", url, timeout=timeout)
 
 
-def start_sidecar(ip: str, workdir: Path, token_file: Path) -> subprocess.Popen[bytes]:
+def start_sidecar(ip: str, workdir: Path, token_file: Path,
+                  env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **(env_extra or {}),
         names.SIDECAR_ENV_DATA_HOST: ip,
         names.SIDECAR_ENV_DATA_PORT: str(names.SIDECAR_DATA_PORT),
         names.SIDECAR_ENV_ADMIN_HOST: ip,
@@ -256,11 +258,11 @@ def sidecar_pod(kube: ControlPlane, ns: str, name: str, ip: str, labels: dict[st
 
 @contextlib.contextmanager
 def sidecar_stack(kube: ControlPlane, workdir: Path, ns: str, pods: dict[str, str], labels: dict[str, str],
-                  **operator_settings: str) -> Iterator[Stack]:
+                  sidecar_env: dict[str, str] | None = None, **operator_settings: str) -> Iterator[Stack]:
     """The stack in namespace `ns`: the test upstream, a sidecar process and its Pod (all with `labels`) for
-    each `pods` entry (pod name → loopback address), then the operator (`operator_settings` on top of
-    OPERATOR_SETTINGS) once every sidecar answers. Module-scoped fixtures wrap it, each in its own `ns` and
-    addresses.
+    each `pods` entry (pod name → loopback address; `sidecar_env` on top of the environment), then the
+    operator (`operator_settings` on top of OPERATOR_SETTINGS) once every sidecar answers. Module-scoped
+    fixtures wrap it, each in its own `ns` and addresses.
 
     Teardown stops the operator, kills every process in `Stack.procs` (where a test puts a sidecar it
     restarts) and deletes `ns` without waiting for it."""
@@ -273,7 +275,7 @@ def sidecar_stack(kube: ControlPlane, workdir: Path, ns: str, pods: dict[str, st
         procs.append(upstream_proc)
         sidecars: list[Sidecar] = []
         for pod, ip in pods.items():
-            sidecars.append(Sidecar(ip, start_sidecar(ip, workdir, token_file), pod))
+            sidecars.append(Sidecar(ip, start_sidecar(ip, workdir, token_file, sidecar_env), pod))
             procs.append(sidecars[-1].proc)
         for s in sidecars:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
@@ -287,7 +289,8 @@ def sidecar_stack(kube: ControlPlane, workdir: Path, ns: str, pods: dict[str, st
 
 
 @contextlib.contextmanager
-def extra_sidecars(stack: Stack, ns: str, pods: dict[str, str], labels: dict[str, str]) -> Iterator[list[Sidecar]]:
+def extra_sidecars(stack: Stack, ns: str, pods: dict[str, str], labels: dict[str, str],
+                   sidecar_env: dict[str, str] | None = None) -> Iterator[list[Sidecar]]:
     """Sidecars beyond the stack's own for one test: a process and a Pod (with `labels`) for each `pods` entry
     (pod name → loopback address), yielded once every one answers. On the way out their Pods are deleted
     (without waiting) and their processes killed, whatever the test left, so the next test sees only the
@@ -295,7 +298,7 @@ def extra_sidecars(stack: Stack, ns: str, pods: dict[str, str], labels: dict[str
     extra: list[Sidecar] = []
     try:
         for pod, ip in pods.items():
-            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file), pod))
+            extra.append(Sidecar(ip, start_sidecar(ip, stack.workdir, stack.token_file, sidecar_env), pod))
         for s in extra:
             wait_for(f"sidecar {s.ip}", lambda s=s: http("GET", f"{s.admin}/healthz", token=None), timeout=20)
             sidecar_pod(stack.kube, ns, s.pod, s.ip, labels)
