@@ -209,15 +209,30 @@ class Proxy:
 
         Each retry runs the whole admission again on the policy then in force (a push replaces it), so a
         wait for a grant under Throttle also waits for another throttle slot.
+
+        A wait that runs out marks the budget starved for another `grant_wait_s`: the operator's rounds
+        had the whole wait to grant more and did not (near the end of a budget, where its increments
+        shrink), so calls short of the grant meanwhile are answered at once. Without it every call there
+        waited the full 5 s, and an SDK retrying on Retry-After took about 20 s to see its 429.
         """
+        state = self.state
         while True:
-            admission = self.state.admission
+            admission = state.admission
             try:
                 ticket, path = await admission.admit(dialect, call, body, path, prompt, upstream.base_url)
                 return admission, ticket, path
             except Refused as refused:
-                left = self.state.settings.grant_wait_s - (time.perf_counter() - started)
-                if not refused.awaits_grant or left <= 0 or not await self.state.next_policy(left):
+                if not refused.awaits_grant:
+                    raise
+                key = refused.budget or ""
+                if (until := state.grant_starved.get(key, 0.0)) > time.monotonic():
+                    raise Refused(refused.status, f"{refused.message}; no larger grant came in this pod's last "
+                                  f"wait of {state.settings.grant_wait_s:g} s, so it does not wait again for "
+                                  f"{until - time.monotonic():.1f} s", refused.retry_after, True,
+                                  refused.budget) from None
+                left = state.settings.grant_wait_s - (time.perf_counter() - started)
+                if left <= 0 or not await state.next_policy(left):
+                    state.grant_starved[key] = time.monotonic() + state.settings.grant_wait_s
                     raise
 
     async def forward(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,

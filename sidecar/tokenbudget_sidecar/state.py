@@ -47,6 +47,9 @@ class State:
     _acks: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _applied: asyncio.Event = field(init=False, default_factory=asyncio.Event)  # set (and replaced) per push
     pushed: bool = False  # a policy came through PUT /policy since start
+    # Budget -> monotonic time until which a call short of this pod's grant is refused without waiting:
+    # a wait for that budget's grant just ran out (proxy.admit).
+    grant_starved: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

@@ -103,3 +103,39 @@ def test_a_call_the_budget_itself_cannot_fit_is_refused_at_once() -> None:
             client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
         assert time.monotonic() - began < 3.0, "waited for a grant the budget could never give"
         assert starved(s) == 0  # the budget itself is spent: not starvation
+
+
+def test_after_a_wait_that_ran_out_the_next_call_short_of_the_grant_is_answered_at_once() -> None:
+    """Near the end of a budget the operator's increments shrink below a call's size: the first call waits
+    `grant_wait_s` for nothing, and the calls after it (an SDK's retries included) do not wait again."""
+    settings = Settings(data_port=0, admin_port=0, grant_wait_s=1.0)
+    with stack(settings, budgets=[budget_with_grant(200)]) as s:
+        spend_the_grant(s)
+        with pytest.raises(openai.RateLimitError) as first:
+            client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
+        assert "does not wait again" not in first.value.message
+        began = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as second:
+            client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
+        assert "no larger grant came in this pod's last wait of 1 s, so it does not wait again" in \
+            second.value.message
+        assert time.monotonic() - began < 0.9, "waited again"
+        assert second.value.response.headers["retry-after"] == "2"
+        assert starved(s) == 2
+        # A push with room ends it at once: admission passes before the mark is looked at.
+        push_bigger_grant_after(s, 0).join()
+        client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
+
+
+def test_the_mark_lasts_one_wait_then_a_call_waits_again() -> None:
+    settings = Settings(data_port=0, admin_port=0, grant_wait_s=0.3)
+    with stack(settings, budgets=[budget_with_grant(200)]) as s:
+        spend_the_grant(s)
+        with pytest.raises(openai.RateLimitError):
+            client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
+        time.sleep(0.4)  # the mark (one grant_wait_s) is over
+        pusher = push_bigger_grant_after(s, 0.1)
+        raw = client(s).chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES,
+                                                                  max_tokens=150)
+        pusher.join()
+        assert raw.http_response.status_code == 200, "did not wait for the grant once the mark was over"
