@@ -254,7 +254,7 @@ class BudgetState:
             if amount > window.room(now):
                 if not self.dry_run:
                     retry, grant = refusal_reasons.retry_after(window, amount, now)
-                    raise Refused(429, refusal_reasons.exhausted(self.name, window, amount, now), retry,
+                    raise Refused(429, refusal_reasons.exhausted(self.name, window, amount, now, grant), retry,
                                   awaits_grant=grant, budget=self.name)
                 decisions.append(Action.BLOCK)
             holds.append((window, amount))

@@ -37,11 +37,18 @@ def no_price(budget: str, window: Window) -> str:
             f"{window.limit.name}; add it under spec.models.prices")
 
 
-def exhausted(budget: str, window: Window, amount: Decimal, now: dt.datetime) -> str:
+def exhausted(budget: str, window: Window, amount: Decimal, now: dt.datetime, awaits_grant: bool = False) -> str:
+    """`awaits_grant`: the budget has room and this pod's grant has not (retry_after), so the message speaks
+    of the grant and the next lease round, not of the period's end."""
+    unit, room = unit_of(window.limit), max(window.room(now), Decimal(0))
+    if awaits_grant:
+        return (f"tokenbudget: budget {budget} limit {window.label}: this pod's grant has {room} {unit} left of "
+                f"{window.amount(now)} and this call may need {amount}; the budget has "
+                f"{window.budget_remaining(now)} left, which the operator's lease rounds share between its pods")
     resets = window.counter.resets_at(now)
     when = f"; it frees up at {resets.isoformat()}" if resets else ""
-    return (f"tokenbudget: budget {budget} limit {window.label} has {max(window.room(now), Decimal(0))} "
-            f"{unit_of(window.limit)} left of {window.amount(now)} and this call may need {amount}{when}")
+    return (f"tokenbudget: budget {budget} limit {window.label} has {room} "
+            f"{unit} left of {window.amount(now)} and this call may need {amount}{when}")
 
 
 def retry_after(window: Window, amount: Decimal, now: dt.datetime) -> tuple[float | None, bool]:

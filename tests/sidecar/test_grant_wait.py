@@ -114,6 +114,9 @@ def test_after_a_wait_that_ran_out_the_next_call_short_of_the_grant_is_answered_
         with pytest.raises(openai.RateLimitError) as first:
             client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
         assert "does not wait again" not in first.value.message
+        # It speaks of this pod's grant and the budget's room, not of the period's end.
+        assert "this pod's grant has 70 tokens left of 200 and this call may need 166; the budget has " \
+            "99870 left" in first.value.message
         began = time.monotonic()
         with pytest.raises(openai.RateLimitError) as second:
             client(s).chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=150)
