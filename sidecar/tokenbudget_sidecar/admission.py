@@ -145,6 +145,8 @@ class Admission:
             self._caps(b, ticket, dialect, call, body, prompt.value)
         await self._count_where_it_matters(call, prompt, base_url)
         for b in self.budgets:
+            if b.dry_run and dry_run_actions(ticket, b.name) & DRY_RUN_REFUSALS:
+                continue  # enforcement would have refused it already: nothing later would have happened
             now = self.clock.now()
             windows = b.windows_for(call.model, call.user)
             steps = b.active_steps(windows, now)
@@ -153,6 +155,7 @@ class Admission:
                 await self._tighten(b, windows)  # its message gives the percent
                 self._decide(b, ticket, Action.BLOCK, 429, at_block_stage(b.name, windows, now),
                              retry_after=block_lifts_in(windows, now))
+                continue  # (DryRun: enforcement would not have downgraded or throttled a call it blocked)
             if Action.DOWNGRADE in actions:
                 mapping: dict[str, str] = {}
                 for s in steps:

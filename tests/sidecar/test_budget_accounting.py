@@ -104,6 +104,9 @@ async def test_the_ladder_fires_in_order_and_dry_run_reports_the_same_decisions(
     assert not any(s.startswith("Refused") for s in dry)
     assert "Block" in dry[38]
     assert "Block" not in dry[37]
+    # A call it would have blocked would not also have been downgraded or throttled (enforcement refuses
+    # first), and its would-have counts say so.
+    assert {s for s in dry[38:]} == {"Block"}, dry[38:]
 
 
 async def test_a_dry_run_counts_in_its_windows_only_what_enforcement_would_have_let_spend() -> None:
