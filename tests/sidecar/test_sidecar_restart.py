@@ -158,7 +158,7 @@ def test_a_leased_window_refuses_at_its_grant_instead_of_granting_it_again(
         # The grant the operator computed from its books: what this pod spent, plus less than one call.
         push(s, leases=[{"window": "day", "granted": str(before["day", None] + 10), "periodStart": start,
                          "expiresAt": "2099-01-01T00:00:00Z"}])
-        with pytest.raises(openai.RateLimitError, match=r"limit day has 10 tokens left"):
+        with pytest.raises(openai.RateLimitError, match=r"limit day: this pod's grant has 10 tokens left"):
             call(s, "ann")
 
 
@@ -392,5 +392,5 @@ def test_a_sigkilled_sidecar_process_refuses_at_its_lease_after_the_restart(tmp_
                          if w["name"] == "day")
             push(s, leases=[{"window": "day", "granted": str(before["day", None] + 10), "periodStart": start,
                              "expiresAt": "2099-01-01T00:00:00Z"}])
-            with pytest.raises(openai.RateLimitError, match=r"limit day has 10 tokens left"):
+            with pytest.raises(openai.RateLimitError, match=r"limit day: this pod's grant has 10 tokens left"):
                 call(s, "carl")
