@@ -15,7 +15,8 @@ reasoning_tokens (subset)    *_details.reasoning_tokens     output_tokens_detail
 Media: image and audio tokens are priced apart from text, so their shares are kept as subsets of the totals:
 input_image_tokens (OpenAI images `input_tokens_details.image_tokens`), input_audio_tokens (transcription
 `input_token_details.audio_tokens`), output_image_tokens (images `output_tokens_details.image_tokens`, or all
-of an image answer's output when it gives no breakdown). Whisper bills by the second and reports no tokens:
+of an image answer's output when it gives no breakdown), output_audio_tokens and cached_input_audio_tokens
+(Realtime's and Gemini Live's audio shares, priced at audio rates). Whisper bills by the second and reports no tokens:
 audio_seconds holds its `usage.seconds` (docs/wire-formats.md, "Images and audio").
 
 Streaming usage is a snapshot (Anthropic message_delta, Gemini usageMetadata): the last value of each
@@ -43,8 +44,10 @@ class Usage(BaseModel):
     output_tokens: int = 0
     reasoning_tokens: int = 0
     input_image_tokens: int = 0  # part of input_tokens: image input (OpenAI images edits)
-    input_audio_tokens: int = 0  # part of input_tokens: audio input (gpt-4o-transcribe)
+    input_audio_tokens: int = 0  # part of input_tokens: audio input (gpt-4o-transcribe, Realtime, Gemini Live)
+    cached_input_audio_tokens: int = 0  # part of cached_input_tokens: audio read from the cache (Realtime)
     output_image_tokens: int = 0  # part of output_tokens: generated image (gpt-image-*)
+    output_audio_tokens: int = 0  # part of output_tokens: generated audio (Realtime, Gemini Live)
     audio_seconds: float = 0.0  # audio billed by duration (whisper-1); no tokens
 
     @property

@@ -51,7 +51,7 @@ def _flat(price: genai_prices.types.ModelPrice) -> Flat | None:
 
 def _media(usage: Usage) -> bool:
     return bool(usage.input_image_tokens or usage.input_audio_tokens or usage.output_image_tokens
-                or usage.audio_seconds)
+                or usage.output_audio_tokens or usage.cached_input_audio_tokens or usage.audio_seconds)
 
 
 Flat = tuple[Decimal, Decimal, Decimal, Decimal | None]
@@ -68,6 +68,10 @@ def catalog_cost(price: genai_prices.types.ModelPrice, usage: Usage, flat: Flat 
             media["input_audio_tokens"] = usage.input_audio_tokens
         if usage.output_image_tokens:
             media["output_image_tokens"] = usage.output_image_tokens
+        if usage.output_audio_tokens:  # Realtime, Gemini Live: audio out costs several times text out
+            media["output_audio_tokens"] = usage.output_audio_tokens
+        if usage.cached_input_audio_tokens:
+            media["cache_audio_read_tokens"] = usage.cached_input_audio_tokens
         if usage.audio_seconds:  # whisper-1: billed by the second of input audio
             seconds = Decimal(str(usage.audio_seconds))
             media["audio_seconds"] = media["input_audio_seconds"] = seconds
