@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import time
 import urllib.request
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.usage import UsageRecord
-from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
+from tokenbudget_sidecar.app import create_admin_app, create_app, create_state, data_ssl_context
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.state import State
 from tokenbudget_testing.upstream.app import LEDGER, serve_in_thread
@@ -42,8 +43,10 @@ def http_post(url: str, body: Any, method: str = "POST") -> str:
 
 
 @contextlib.contextmanager
-def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "127.0.0.1") -> Iterator[list[str]]:
-    """Serve each app on a free port of `host`; yields their base URLs; always stops them."""
+def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "127.0.0.1",
+                  tls: ssl.SSLContext | None = None) -> Iterator[list[str]]:
+    """Serve each app on a free port of `host`; yields their base URLs; always stops them. With `tls`, the first
+    app (the data port) is served over it (https)."""
     loop = asyncio.new_event_loop()
     urls: list[str] = []
     errors: list[BaseException] = []
@@ -52,12 +55,13 @@ def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "1
 
     async def main() -> None:
         try:
-            for app in make_apps():
+            for i, app in enumerate(make_apps()):
                 runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
                 await runner.setup()
                 runners.append(runner)
-                await web.TCPSite(runner, host, 0).start()
-                urls.append(f"http://{host}:{runner.addresses[0][1]}")
+                context = tls if i == 0 else None
+                await web.TCPSite(runner, host, 0, ssl_context=context).start()
+                urls.append(f"{'https' if context else 'http'}://{host}:{runner.addresses[0][1]}")
         except BaseException as exc:
             errors.append(exc)
         started.set()
@@ -129,5 +133,6 @@ def stack(settings: Settings | None = None, ledger_dir: Path | None = None, **po
     with serve_in_thread(app=upstream_app) as upstream_url:
         settings = settings or Settings(data_port=0, admin_port=0, ledger_dir=ledger_dir)
         state = create_state(settings, policy_for(upstream_url, **policy))
-        with app_in_thread(lambda: [create_app(settings, state), create_admin_app(state)]) as (data, admin):
+        with app_in_thread(lambda: [create_app(settings, state), create_admin_app(state)],
+                           tls=data_ssl_context(settings)) as (data, admin):
             yield Stack(data, admin, upstream_url, state, upstream_app[LEDGER])

@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 
 from tokenbudget_sidecar import logs
-from tokenbudget_sidecar.app import create_admin_app, create_app, create_state
+from tokenbudget_sidecar.app import create_admin_app, create_app, create_state, data_ssl_context
 from tokenbudget_sidecar.settings import Settings
 
 log = logging.getLogger("tokenbudget_sidecar")
@@ -28,7 +28,8 @@ async def serve(settings: Settings) -> None:
     # after; it shows in benchmarks/sidecar_latency.py's c=64 p99).
     gc.collect()
     gc.freeze()
-    await web.TCPSite(data, settings.data_host, settings.data_port, backlog=1024).start()
+    await web.TCPSite(data, settings.data_host, settings.data_port, backlog=1024,
+                      ssl_context=data_ssl_context(settings)).start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info("listening", extra={"record": {"data": f"{settings.data_host}:{settings.data_port}",
                                             "admin": f"{settings.admin_host}:{settings.admin_port}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
@@ -35,6 +36,15 @@ def create_state(settings: Settings, policy: SidecarPolicy | None = None) -> Sta
     usage_log = UsageLog.from_settings(settings)
     usage_log.register_metrics(metrics.registry)
     return State(settings=settings, policy=policy, metrics=metrics, usage_log=usage_log)
+
+
+def data_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The data port's TLS context when the settings name a certificate (google-genai's Live API needs wss)."""
+    if settings.data_tls_cert_file is None or settings.data_tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.data_tls_cert_file, settings.data_tls_key_file)
+    return context
 
 
 def _hold_expiry(state: State) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -92,4 +102,4 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
     return app
 
 
-__all__ = ["STATE", "create_admin_app", "create_app", "create_state"]
+__all__ = ["STATE", "create_admin_app", "create_app", "create_state", "data_ssl_context"]

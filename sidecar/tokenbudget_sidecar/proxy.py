@@ -43,6 +43,7 @@ from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.thinking import Decision
 from tokenbudget_sidecar.transparent import Transparent, route_of
 from tokenbudget_sidecar.upstream_url import OutsideUpstream, check_path, forward_url
+from tokenbudget_sidecar.websocket import WebSockets, is_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Proxy:
         self.transparent = Transparent(state, self.record)
         self.background = Background(state, self.record)
         self.features = FeatureHooks(state)
+        self.websockets = WebSockets(state, self.record, self.transparent.deny)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One call; whatever goes wrong in the sidecar itself is answered in the provider's shape.
@@ -111,6 +113,9 @@ class Proxy:
             check_path(path)  # before anything is forwarded, a background Response's follow-up included
         except OutsideUpstream as exc:
             return error_response(dialect, 400, str(exc), request_id=request_id)
+        if is_upgrade(request):  # Realtime, Responses over WebSocket, Gemini Live, ...: relayed (websocket.py)
+            user = next((v for h in self.state.user_headers() if (v := request.headers.get(h))), None)
+            return await self.websockets.handle(request, upstream, dialect, path, request_id, user)
         if self.background.wants(upstream.name, request.method, path):  # a deferred background Response
             return await self.background.follow(request, upstream, dialect, path, request_id)
         operation = dialect.operation(request.method, path)

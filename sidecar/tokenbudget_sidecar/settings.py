@@ -17,6 +17,10 @@ class Settings(BaseSettings):
 
     data_host: str = "127.0.0.1"  # loopback: only the pod's own containers reach the data port
     data_port: int = names.SIDECAR_DATA_PORT
+    # TLS on the data port (PEM files; both or neither). Needed by google-genai's live.connect, which always dials
+    # wss:// whatever the base URL's scheme (websocket.py): the app must then trust the certificate.
+    data_tls_cert_file: Path | None = None
+    data_tls_key_file: Path | None = None
     admin_host: str = "127.0.0.1"  # loopback unless told: the webhook sets the pod IP, where the operator calls
     admin_port: int = names.SIDECAR_ADMIN_PORT
     admin_token_file: Path | None = None  # bearer token for the admin API; None: admin API is open

@@ -83,7 +83,7 @@ class Transparent:
             record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
                                  dialect=dialect.name, operation="unmetered", model="", route=route,
                                  source=UsageSource.UNMETERED, awaiting_policy=self.state.awaiting_policy)
-            refusal = self._deny(record)
+            refusal = self.deny(record)
             if refusal is not None:
                 record.outcome, record.status, record.source = Outcome.REFUSED, 403, UsageSource.NONE
                 self._finish(record, started)
@@ -97,7 +97,7 @@ class Transparent:
                 self._finish(record, started)
                 self.state.usage_log.abandon(request_id)
 
-    def _deny(self, record: UsageRecord) -> str | None:
+    def deny(self, record: UsageRecord) -> str | None:
         """The refusal message when an enforcing budget denies unmetered routes (DryRun: noted only)."""
         for budget in self.state.policy.budgets:
             if budget.spec.unmetered_routes is not UnmeteredRoutes.DENY:

@@ -1,0 +1,264 @@
+"""WebSocket sessions through the sidecar: the SDK methods that open one (OpenAI `realtime.connect`,
+`responses.connect`, google-genai `live.connect`, ...) work as they did before injection, and what their
+sessions bill is metered.
+
+An upgrade on any path under an upstream is forwarded by the same rules as HTTP (`forward_url`, the path
+confined under the base URL, the provider's auth header set from the sidecar's key file by headers.py),
+then every message is relayed both ways as it comes: text, binary, ping and pong, and the close with its
+code and reason. Either side closing closes the other with the same code; either side dropping (no close
+frame) drops the other, so the app's SDK sees what it would have seen from the provider. Messages are
+capped at `max_body_bytes` each way (1009, "message too big", past it).
+
+Metering (ws_meters.py): each usage report in the session (a Realtime `response.done`, a Responses
+`response.completed`, a Gemini Live turn's `usageMetadata`) becomes one record, priced and counted in the
+budgets' windows as it arrives. A session that reported nothing, on a known route or not, is recorded
+once as `unmetered` with its route; an unknown route is refused under `unmeteredRoutes: Deny`. Budgets are
+checked once, at connect (Admission.admit_session): a refusal is the provider's HTTP error before the
+upgrade (429 with Retry-After, 403), which the SDK raises from its handshake. After that nothing is
+held: the overrun bound is what a session's responses in flight bill past the limit (README).
+
+What is not seen: a response the session was cut in before its usage report (the provider may bill its
+partial output; a Gemini turn cut before turnComplete is recorded with its last figure, `truncated`), and
+a session in flight when the sidecar is killed (sessions write no intent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict, MultiDict
+
+from tokenbudget_api.policy import PolicyUpstream
+from tokenbudget_api.usage import Outcome, UsageRecord, UsageSource
+from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.dialects import Dialect
+from tokenbudget_sidecar.headers import KeyUnavailable, error_response, key_unavailable, upstream_headers, upstream_key
+from tokenbudget_sidecar.relay import UPSTREAM_FAILED
+from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.upstream_url import forward_url
+from tokenbudget_sidecar.ws_meters import Billed, Meter, meter_for
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[UsageRecord, float, float], None]
+Deny = Callable[[UsageRecord], "str | None"]
+HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                       "sec-websocket-protocol", "sec-websocket-accept"})
+KEY_PROTOCOL = "openai-insecure-api-key."  # browsers' way to send an OpenAI key: the key file replaces it
+RELAYED_CLOSE = range(1000, 5000)
+
+
+def is_upgrade(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("upgrade", "").lower() == "websocket"
+
+
+class WebSockets:
+    def __init__(self, state: State, record: Recorder, deny: Deny) -> None:
+        self.state, self._record, self._deny = state, record, deny
+
+    async def handle(self, request: web.Request, upstream: PolicyUpstream, dialect: Dialect, path: str,
+                     request_id: str, user: str | None) -> web.StreamResponse:
+        started = time.perf_counter()
+        meter = meter_for(dialect.name, path, request.query)
+        record = UsageRecord(request_id=request_id, time=self.state.clock.now(), upstream=upstream.name,
+                             dialect=dialect.name, operation=meter.operation if meter else "websocket",
+                             model=meter.model if meter else "", user=user, stream=True,
+                             route=f"WS {path if meter else route_path(path)}",
+                             awaiting_policy=self.state.awaiting_policy)
+        refusal = self._admit(meter, record)
+        if refusal is not None:
+            record.outcome, record.source = Outcome.REFUSED, UsageSource.NONE
+            record.status = refusal.status
+            record.decisions.append(refusal.message)
+            self._record(record, started, 0.0)
+            return error_response(dialect, refusal.status, refusal.message, retry_after=refusal.retry_after,
+                                  request_id=request_id)
+        session = Session(self, request, upstream, dialect, record, meter or Meter(), started)
+        return await session.run(path)
+
+    def _admit(self, meter: Meter | None, record: UsageRecord) -> Refused | None:
+        if meter is None:  # a route whose messages we cannot read: Deny refuses it like an unmetered HTTP route
+            message = self._deny(record)
+            return Refused(403, message) if message is not None else None
+        try:
+            record.decisions += self.state.admission.admit_session(meter.model, record.user)
+        except Refused as refused:
+            return refused
+        return None
+
+    def bill(self, base: UsageRecord, billed: Billed, n: int, started: float) -> None:
+        """One usage report: its own record (request id `<session>.<n>`), priced, counted in the windows."""
+        upstream = self.state.policy.upstream(base.upstream)
+        record = base.model_copy(update={
+            "request_id": f"{base.request_id}.{n}", "time": self.state.clock.now(), "model": billed.model,
+            "usage": billed.usage, "source": UsageSource.PROVIDER, "response_id": billed.response_id,
+            "truncated": billed.truncated, "route": None, "status": 101, "decisions": list(base.decisions)})
+        record.cost_usd, record.price_source = self.state.prices.cost(
+            billed.model, upstream.base_url if upstream else "", billed.usage)
+        admission = self.state.admission  # the policy in force now: a push may have come during the session
+        record.budgets = [b.name for b in admission.budgets]
+        admission.replay([record])
+        self._record(record, started, 0.0)
+
+
+def route_path(path: str) -> str:
+    """The path without ids, as transparent.route_of gives it (bounded metric labels)."""
+    from tokenbudget_sidecar.transparent import route_of
+
+    return route_of("WS", path).removeprefix("WS ")
+
+
+class Session:
+    """One relayed session: the app's socket, the provider's, and the two pumps between them."""
+
+    def __init__(self, owner: WebSockets, request: web.Request, upstream: PolicyUpstream, dialect: Dialect,
+                 record: UsageRecord, meter: Meter, started: float) -> None:
+        self.owner, self.request, self.upstream, self.dialect = owner, request, upstream, dialect
+        self.record, self.meter, self.started = record, meter, started
+        self.reports = 0
+        self.cap = owner.state.settings.max_body_bytes
+
+    async def run(self, path: str) -> web.StreamResponse:
+        state, request, record = self.owner.state, self.request, self.record
+        assert state.session is not None, "the client session starts with the app"
+        query = MultiDict(request.query)
+        try:
+            headers = self._headers()
+            if upstream_key(self.upstream) is not None:
+                query.popall("key", None)  # Gemini's key= query auth: the key file's header replaces it
+        except KeyUnavailable as exc:
+            record.outcome, record.source = Outcome.UPSTREAM_FAILED, UsageSource.NONE
+            self.owner._record(record, self.started, 0.0)
+            return key_unavailable(self.dialect, exc, record.request_id)
+        url = forward_url(self.upstream.base_url, path, "").with_query(query)
+        protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        if upstream_key(self.upstream) is not None:
+            protocols = [p for p in protocols if not p.startswith(KEY_PROTOCOL)]
+        try:
+            up = await state.session.ws_connect(url, headers=headers, protocols=protocols, autoclose=False,
+                                                autoping=False, max_msg_size=self.cap, compress=0)
+        except aiohttp.WSServerHandshakeError as exc:  # the provider refused the upgrade: its status, our words
+            record.status, record.outcome, record.source = exc.status, Outcome.UPSTREAM_ERROR, UsageSource.NONE
+            self.owner._record(record, self.started, 0.0)
+            return error_response(self.dialect, exc.status, f"tokenbudget: upstream {self.upstream.name} refused "
+                                  f"the WebSocket upgrade: {exc.status} {exc.message}", request_id=record.request_id)
+        except UPSTREAM_FAILED as exc:
+            record.outcome, record.source = Outcome.UPSTREAM_FAILED, UsageSource.NONE
+            self.owner._record(record, self.started, 0.0)
+            return error_response(self.dialect, 504 if isinstance(exc, asyncio.TimeoutError) else 502,
+                                  f"tokenbudget: upstream {self.upstream.name} failed: {type(exc).__name__}",
+                                  request_id=record.request_id)
+        ws = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), autoclose=False,
+                                   autoping=False, max_msg_size=self.cap, compress=False)
+        ws.headers["x-tokenbudget-request-id"] = record.request_id
+        record.status = 101
+        try:
+            await ws.prepare(request)
+            await self._relay(ws, up)
+        finally:
+            if not up.closed:
+                await up.close(code=WSCloseCode.GOING_AWAY)
+            self._finish()
+        return ws
+
+    def _headers(self) -> CIMultiDict[str]:
+        out = upstream_headers(self.request.headers, self.upstream, self.dialect)
+        for name in HANDSHAKE:
+            out.popall(name, None)
+        out.popall("accept-encoding", None)
+        return out
+
+    async def _relay(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        to_up = asyncio.create_task(self._from_app(ws, up))
+        to_app = asyncio.create_task(self._from_upstream(ws, up))
+        try:
+            await asyncio.wait((to_up, to_app), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_up, to_app):
+                task.cancel()
+            for task in (to_up, to_app):
+                with contextlib.suppress(asyncio.CancelledError, *UPSTREAM_FAILED, ConnectionError):
+                    await task
+
+    async def _from_app(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                self.meter.client(msg.data)
+                await up.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self.meter.client(msg.data)
+                await up.send_bytes(msg.data)
+            elif msg.type is WSMsgType.PING:
+                await up.ping(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                await up.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSE:  # the app closes: the provider gets its code and reason
+                code, reason = close_of(msg)
+                await up.close(code=code, message=reason.encode())
+                await ws.close(code=code, message=reason.encode())
+                return
+            else:  # the app dropped (or sent past the cap): so does the session upstream
+                code = WSCloseCode.MESSAGE_TOO_BIG if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG else (
+                    WSCloseCode.GOING_AWAY)
+                self.record.outcome = Outcome.CLIENT_DISCONNECTED
+                await up.close(code=code)
+                return
+
+    async def _from_upstream(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await up.receive()
+            if msg.type is WSMsgType.TEXT:
+                self._count(self.meter.upstream(msg.data))
+                await ws.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self._count(self.meter.upstream(msg.data))
+                await ws.send_bytes(msg.data)
+            elif msg.type is WSMsgType.PING:
+                await ws.ping(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSE:  # the provider closes: the app gets its code and reason
+                code, reason = close_of(msg)
+                await ws.close(code=code, message=reason.encode())
+                if code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY):
+                    self.record.outcome = Outcome.UPSTREAM_ERROR
+                return
+            else:  # the provider dropped without a close frame: drop the app too, as the provider did
+                self.record.outcome = Outcome.UPSTREAM_FAILED
+                if self.request.transport is not None:
+                    self.request.transport.close()
+                return
+
+    def _count(self, reports: list[Billed]) -> None:
+        for billed in reports:
+            self.reports += 1
+            self.owner.bill(self.record, billed, self.reports, self.started)
+
+    def _finish(self) -> None:
+        """Bill what is still pending, or record the session once as unmetered when it reported nothing."""
+        self._count(self.meter.end())
+        if self.reports == 0:
+            record = self.record
+            record.source = UsageSource.UNMETERED
+            record.model = record.model or self.meter.model
+            metrics = self.owner.state.metrics
+            metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
+            self.owner._record(record, self.started, 0.0)
+
+
+def close_of(msg: aiohttp.WSMessage) -> tuple[int, str]:
+    """The code and reason of a close frame; a code that may not be sent on (1005, 1006, 1015) becomes 1000."""
+    code = msg.data if isinstance(msg.data, int) and msg.data in RELAYED_CLOSE else WSCloseCode.OK
+    if code in (1005, 1006, 1015):
+        code = WSCloseCode.OK
+    return code, msg.extra if isinstance(msg.extra, str) else ""
+
+
+__all__ = ["Session", "WebSockets", "is_upgrade"]
