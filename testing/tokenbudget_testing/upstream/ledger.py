@@ -33,7 +33,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Dialect = Literal["openai-chat", "openai-completions", "openai-responses", "openai-embeddings", "openai-images",
-                  "openai-transcriptions", "openai-speech", "anthropic", "gemini"]
+                  "openai-transcriptions", "openai-speech", "anthropic", "gemini", "openai-realtime",
+                  "openai-responses-ws", "gemini-live"]
 
 
 class ServedRecord(BaseModel):
@@ -57,6 +58,7 @@ class ServedRecord(BaseModel):
     reasoning_tokens: int = 0
     input_image_tokens: int = Field(0, description="Part of input_tokens: uploaded images (image edits).")
     input_audio_tokens: int = Field(0, description="Part of input_tokens: audio (gpt-4o-*transcribe).")
+    output_audio_tokens: int = Field(0, description="Part of output_tokens: generated audio (Realtime, Live).")
     audio_seconds: float = Field(0.0, description="Seconds of audio billed (whisper-1), which reports no tokens.")
     emitted_output_tokens: int = Field(0, description="Output tokens generated before the response ended.")
     truncated: bool = Field(False, description="The output cap cut thinking or answer.")
