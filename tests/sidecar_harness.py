@@ -82,15 +82,17 @@ def app_in_thread(make_apps: Callable[[], list[web.Application]], host: str = "1
         loop.close()
 
 
-def policy_for(upstream_url: str, **extra: Any) -> SidecarPolicy:
-    return SidecarPolicy.model_validate({
-        "upstreams": [
-            {"name": "openai", "baseURL": upstream_url, "dialect": "OpenAI"},
-            {"name": "anthropic", "baseURL": upstream_url, "dialect": "Anthropic"},
-            {"name": "gemini", "baseURL": upstream_url, "dialect": "Gemini"},
-        ],
-        **extra,
-    })
+def policy_for(upstream_url: str, key_files: dict[str, Path] | None = None, **extra: Any) -> SidecarPolicy:
+    """Every dialect at the test upstream; `key_files` (upstream name → file) makes the sidecar hold those keys."""
+    upstreams: list[dict[str, Any]] = [
+        {"name": "openai", "baseURL": upstream_url, "dialect": "OpenAI"},
+        {"name": "anthropic", "baseURL": upstream_url, "dialect": "Anthropic"},
+        {"name": "gemini", "baseURL": upstream_url, "dialect": "Gemini"},
+    ]
+    for upstream in upstreams:
+        if key_files and upstream["name"] in key_files:
+            upstream.update(apiKeySecret=f"{upstream['name']}-key", apiKeyFile=str(key_files[upstream["name"]]))
+    return SidecarPolicy.model_validate({"upstreams": upstreams, **extra})
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Stack:
     upstream: str
     state: State
     ledger: Ledger
+    upstream_app: web.Application | None = None  # the test upstream's app (its ws_sessions.WS_SESSIONS, ...)
 
     @property
     def openai_url(self) -> str:
@@ -128,11 +131,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(settings: Settings | None = None, ledger_dir: Path | None = None, **policy: Any) -> Iterator[Stack]:
+def stack(settings: Settings | None = None, ledger_dir: Path | None = None, key_files: dict[str, Path] | None = None,
+          **policy: Any) -> Iterator[Stack]:
     upstream_app = create_upstream()
     with serve_in_thread(app=upstream_app) as upstream_url:
         settings = settings or Settings(data_port=0, admin_port=0, ledger_dir=ledger_dir)
-        state = create_state(settings, policy_for(upstream_url, **policy))
+        state = create_state(settings, policy_for(upstream_url, key_files, **policy))
         with app_in_thread(lambda: [create_app(settings, state), create_admin_app(state)],
                            tls=data_ssl_context(settings)) as (data, admin):
-            yield Stack(data, admin, upstream_url, state, upstream_app[LEDGER])
+            yield Stack(data, admin, upstream_url, state, upstream_app[LEDGER], upstream_app)

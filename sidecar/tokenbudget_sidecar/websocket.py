@@ -75,7 +75,8 @@ class WebSockets:
         if refusal is not None:
             record.outcome, record.source = Outcome.REFUSED, UsageSource.NONE
             record.status = refusal.status
-            record.decisions.append(refusal.message)
+            if meter is not None:  # a budget's refusal says why, as an HTTP call's does (Deny noted its own)
+                record.decisions = [refusal.message]
             self._record(record, started, 0.0)
             return error_response(dialect, refusal.status, refusal.message, retry_after=refusal.retry_after,
                                   request_id=request_id)
@@ -205,9 +206,9 @@ class Session:
                 await ws.close(code=code, message=reason.encode())
                 return
             else:  # the app dropped (or sent past the cap): so does the session upstream
-                code = WSCloseCode.MESSAGE_TOO_BIG if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG else (
-                    WSCloseCode.GOING_AWAY)
-                self.record.outcome = Outcome.CLIENT_DISCONNECTED
+                code = WSCloseCode.MESSAGE_TOO_BIG if too_big(msg) else WSCloseCode.GOING_AWAY
+                if self.record.outcome is Outcome.OK:  # else we dropped the app, after the provider dropped us
+                    self.record.outcome = Outcome.CLIENT_DISCONNECTED
                 await up.close(code=code)
                 return
 
@@ -230,6 +231,10 @@ class Session:
                 if code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY):
                     self.record.outcome = Outcome.UPSTREAM_ERROR
                 return
+            elif too_big(msg):  # the provider sent past the cap: the app gets the same 1009 we sent upstream
+                await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too big")
+                self.record.outcome = Outcome.UPSTREAM_ERROR
+                return
             else:  # the provider dropped without a close frame: drop the app too, as the provider did
                 self.record.outcome = Outcome.UPSTREAM_FAILED
                 if self.request.transport is not None:
@@ -251,6 +256,11 @@ class Session:
             metrics = self.owner.state.metrics
             metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
             self.owner._record(record, self.started, 0.0)
+
+
+def too_big(msg: aiohttp.WSMessage) -> bool:
+    """A message past `max_msg_size` (aiohttp already closed that side with 1009)."""
+    return msg.type is WSMsgType.ERROR and getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
 
 
 def close_of(msg: aiohttp.WSMessage) -> tuple[int, str]:
