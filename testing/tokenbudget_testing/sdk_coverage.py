@@ -19,10 +19,13 @@ import re
 import sys
 from collections.abc import Iterable
 
+import multidict
+
 from tokenbudget_api.tokenbudget import Dialect as DialectName
 from tokenbudget_sidecar.background import response_id_of
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH
 from tokenbudget_sidecar.transparent import UNBILLED_METHODS
+from tokenbudget_sidecar.ws_meters import meter_for
 
 from .sdk_methods import Route, SdkMethod, sdk_methods
 
@@ -37,7 +40,10 @@ HANDLING = {
     "read": "passed through, a read or a delete: no record",
     "unmetered": "passed through, recorded `unmetered` with its route; refused (403) under `unmeteredRoutes: Deny`",
     "local": "no HTTP call (runs in the app)",
-    "websocket": "not proxied: a WebSocket (the sidecar forwards HTTP only); the call fails through the sidecar",
+    "session": "a WebSocket relayed both ways; each usage report in it (Realtime `response.done`, Responses "
+               "`response.completed`, a Gemini Live turn's `usageMetadata`) metered; budgets checked at connect",
+    "unmeteredsession": "a WebSocket relayed both ways, recorded `unmetered` once with its route; refused (403) "
+                        "under `unmeteredRoutes: Deny`",
     "vertex": "Vertex AI only: never sent to a Gemini API upstream",
     "raw": "a raw request to any path the app names: handled as that path",
 }
@@ -77,6 +83,13 @@ MANUAL: dict[tuple[str, str], Route] = {
     ("openai", "uploads.upload_file_chunked"): Route("POST", "/v1/uploads"),
     ("azure", "uploads.upload_file_chunked"): Route("POST", "/openai/uploads"),
 }
+# Connect methods that dial wss:// whatever the base URL's scheme (read from the SDKs' source): through the sidecar
+# they need its data port on TLS (TOKENBUDGET_DATA_TLS_CERT_FILE / _KEY_FILE) trusted by the app, or, for the
+# openai SDK, the client's `websocket_base_url` set to the sidecar's ws:// URL.
+WSS_ONLY = frozenset({("openai", "beta.realtime.connect"), ("azure", "beta.realtime.connect"),
+                      ("azure", "realtime.connect"), ("genai", "aio.live.connect"),
+                      ("genai", "aio.live.music.connect")})
+WSS_NOTE = " (wss://)"
 VERTEX_ONLY = frozenset({  # "only supported in Gemini Enterprise Agent Platform mode"
     "models.compute_tokens", "models.edit_image", "models.generate_images", "models.generate_videos",
     "models.recontext_image", "models.segment_image", "models.upscale_image", "tunings.list",
@@ -109,7 +122,8 @@ def classify(sdk: str, name: str, route: Route | None) -> str:
     if route.method == "local":
         return "local"
     if route.method == "ws":
-        return "websocket"
+        name = DIALECTS[SDK_DIALECT[sdk]].name
+        return "session" if meter_for(name, route.path, multidict.MultiDict()) is not None else "unmeteredsession"
     if response_id_of(route.method, route.path) is not None:
         return "deferred"
     operation = DIALECTS[SDK_DIALECT[sdk]].operation(route.method, route.path)
@@ -125,9 +139,17 @@ def rows(methods: Iterable[SdkMethod], classes: dict[tuple[str, str], type]) -> 
     for m in methods:
         route = MANUAL.get((m.sdk, m.name)) or m.route or from_source(m.sdk, m, classes.get((m.sdk, m.name)))
         handling = classify(m.sdk, m.name, route)
-        shown = "" if route is None or route.method in ("local", "ws") else f"{route.method} {route.path}"
+        shown = "" if route is None or route.method == "local" else f"{route.method.upper()} {route.path}"
+        if (m.sdk, m.name) in WSS_ONLY:
+            shown += WSS_NOTE
         out.append((m.sdk, m.name, shown, handling))
     return out
+
+
+def code(route: str) -> str:
+    """The route as code, a `(wss://)` note after it."""
+    plain, wss, _ = route.partition(WSS_NOTE)
+    return f"`{plain}`{wss}" if plain else ""
 
 
 def render(table: list[tuple[str, str, str, str]]) -> str:
@@ -141,7 +163,8 @@ def render(table: list[tuple[str, str, str, str]]) -> str:
         "sidecar's routing disagree. Each method was called once against a recording transport; its first request",
         "went through the sidecar's own routing. Routes are relative to the upstream's base URL, `x` for any id.",
         "Any call the sidecar forwards can also be refused by a budget before it leaves (limits, ladder, allow",
-        "list); `unmetered` calls are refused as a whole by `unmeteredRoutes: Deny`.",
+        "list); `unmetered` calls are refused as a whole by `unmeteredRoutes: Deny`. `WS` is a WebSocket upgrade;",
+        "`(wss://)` marks a method that dials TLS whatever the base URL says (README, \"WebSockets\").",
         "",
         "| handling | meaning |",
         "|---|---|",
@@ -155,8 +178,7 @@ def render(table: list[tuple[str, str, str, str]]) -> str:
         lines.append(f"| {SDK_TITLE[sdk]} | " + " | ".join(str(n) for n in per) + f" | {sum(per)} |")
     for sdk, title in SDK_TITLE.items():
         lines += ["", f"## {title}", "", "| method | first request | handling |", "|---|---|---|"]
-        lines += [f"| `{name}` | {route and f'`{route}`'} | {handling} |" for s, name, route, handling in table
-                  if s == sdk]
+        lines += [f"| `{name}` | {code(route)} | {handling} |" for s, name, route, handling in table if s == sdk]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,9 @@ live in the SDK's package (openai `client.chat.completions`, anthropic `client.m
 
 To learn the route of a method, it is called once with placeholder arguments on a client whose HTTP transport
 is an `httpx.MockTransport` that records the request and answers 400: nothing leaves the process. A method
-that sends nothing is `local` (webhook signature checks, `chats.create`); one that opens a WebSocket is `ws`.
+that sends nothing is `local` (webhook signature checks, `chats.create`); one that opens a WebSocket is `ws`, with
+the path it dials: the openai SDK's connection manager says it (`_prepare_url`); google-genai's are read from its
+source (`live.py`, `live_music.py`, `_interactions_websocket.py`) and built here from the client's API version.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from google.genai import types as gtypes
 
 SKIP = frozenset({"with_raw_response", "with_streaming_response", "with_options", "copy", "aio"})
 WS_METHODS = frozenset({"connect"})  # realtime, responses, live: a WebSocket, not HTTP
+GENAI_WS = {"aio.live.connect": "/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateContent",
+            "aio.live.music.connect": "/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateMusic",
+            "aio.interactions.connect": "/{v}/interactions/live"}
 AZURE_API_VERSION = "2025-04-01-preview"
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a placeholder in the format the SDK decodes
 
@@ -172,6 +177,15 @@ def clients(sent: list[httpx.Request]) -> dict[str, tuple[Any, str, str]]:
     }
 
 
+def ws_route(sdk: str, name: str, client: Any, fn: Callable[..., Any]) -> Route:
+    """The path a `connect` method dials, relative to the base URL (its query left out)."""
+    if sdk == "genai":
+        return Route("ws", GENAI_WS[name].format(v=client._api_client._http_options.api_version))
+    manager = call_with_placeholders(fn)
+    prepare = next(getattr(manager, a) for a in dir(manager) if a.endswith("_prepare_url"))
+    return Route("ws", str(prepare().path))
+
+
 def sdk_methods() -> list[SdkMethod]:
     """Every method of the four clients (openai, AzureOpenAI, anthropic, google-genai), with its first request."""
     sent: list[httpx.Request] = []
@@ -184,7 +198,7 @@ def sdk_methods() -> list[SdkMethod]:
         for name, resource, method in found:
             fn = getattr(resource, method)
             if method in WS_METHODS:
-                out.append(SdkMethod(sdk, name, Route("ws", "")))
+                out.append(SdkMethod(sdk, name, ws_route(sdk, name, client, fn)))
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -57,3 +57,7 @@ def test_the_core_calls_are_metered_in_the_document() -> None:
         assert written[(section, name)] == "metered", (section, name)
     assert written[("openai (`OpenAI`)", "files.create")] == "unmetered"
     assert written[("openai (`OpenAI`)", "responses.retrieve")] == "deferred"
+    for section, name in [("openai (`OpenAI`)", "realtime.connect"), ("openai (`OpenAI`)", "responses.connect"),
+                          ("openai (`AzureOpenAI`)", "realtime.connect"), ("google-genai", "aio.live.connect")]:
+        assert written[(section, name)] == "session", (section, name)  # WebSockets: metered per usage report
+    assert written[("openai (`OpenAI`)", "realtime.translations.connect")] == "unmeteredsession"
