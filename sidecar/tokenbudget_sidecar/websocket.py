@@ -77,6 +77,9 @@ class WebSockets:
             record.status = refusal.status
             if meter is not None:  # a budget's refusal says why, as an HTTP call's does (Deny noted its own)
                 record.decisions = [refusal.message]
+            else:  # counted as a refused unmetered call, as transparent.py counts an HTTP one
+                metrics = self.state.metrics
+                metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
             self._record(record, started, 0.0)
             return error_response(dialect, refusal.status, refusal.message, retry_after=refusal.retry_after,
                                   request_id=request_id)
@@ -253,9 +256,7 @@ class Session:
             record = self.record
             record.source = UsageSource.UNMETERED
             record.model = record.model or self.meter.model
-            metrics = self.owner.state.metrics
-            metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
-            self.owner._record(record, self.started, 0.0)
+            self.owner._record(record, self.started, 0.0)  # counts it in tokenbudget_unmetered_calls_total too
 
 
 def too_big(msg: aiohttp.WSMessage) -> bool:

@@ -23,7 +23,7 @@ import websockets.exceptions
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as gtypes
-from sidecar_harness import Stack, stack
+from sidecar_harness import Stack, http_get, stack
 
 from tokenbudget_api.usage import Outcome, UsageSource
 from tokenbudget_operator.injector import certs
@@ -161,6 +161,7 @@ async def test_gemini_live_turns_are_metered_with_their_audio(g: Stack, tls_dir:
 
 
 async def test_a_session_that_reports_nothing_is_recorded_once_as_unmetered(s: Stack) -> None:
+    before = unmetered_count(s, "WS /v1/realtime")
     async with oa(s).realtime.connect(model="gpt-realtime") as conn:
         await conn.session.update(session={"type": "realtime", "instructions": "Wait."})
         async for event in conn:
@@ -169,6 +170,15 @@ async def test_a_session_that_reports_nothing_is_recorded_once_as_unmetered(s: S
     (rec,) = await asyncio.to_thread(s.records, 1)
     assert (rec.source, rec.route, rec.status, rec.usage.total_tokens) == (
         UsageSource.UNMETERED, "WS /v1/realtime", 101, 0)
+    assert unmetered_count(s, "WS /v1/realtime") == before + 1
+
+
+def unmetered_count(s: Stack, route: str) -> float:
+    """tokenbudget_unmetered_calls_total of `route`, summed over outcomes (this stack's registry)."""
+    for line in http_get(f"{s.admin}/metrics").splitlines():
+        if line.startswith("tokenbudget_unmetered_calls_total{") and f'route="{route}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def blocking_budget(spec: dict[str, Any]) -> dict[str, Any]:
@@ -219,8 +229,10 @@ def test_deny_refuses_an_unmetered_websocket_route_before_the_upgrade() -> None:
 async def test_close_codes_and_reasons_pass_both_ways(s: Stack) -> None:
     async with oa(s).realtime.connect(model="gpt-realtime") as conn:
         await conn.close(code=4001, reason="app is done")
-    await wait_for(lambda: len(upstream_sessions(s)) == 1)
-    assert (upstream_sessions(s)[0]["close_code"], upstream_sessions(s)[0]["close_reason"]) == (4001, "app is done")
+    # an earlier test's session may end at the upstream after the fixture cleared the list: look for this one
+    await wait_for(lambda: any(e["close_code"] == 4001 for e in upstream_sessions(s)))
+    (ended,) = [e for e in upstream_sessions(s) if e["close_code"] == 4001]
+    assert ended["close_reason"] == "app is done"
 
     url = s.openai_url.replace("http", "ws") + "/realtime?model=gpt-realtime"
     async with aiohttp.ClientSession() as http, http.ws_connect(
@@ -284,6 +296,7 @@ def test_the_sidecars_key_replaces_the_apps_on_the_upgrade(tmp_path: Path) -> No
                 await conn.close()
 
         asyncio.run(connect())
+        asyncio.run(wait_for(lambda: len(upstream_sessions(st)) == 1))  # the upstream notes the end just after
         (ended,) = upstream_sessions(st)
         assert ended["headers"]["authorization"] == "Bearer sk-held-by-the-sidecar"
 
