@@ -101,6 +101,7 @@ class WebSockets:
         upstream = self.state.policy.upstream(base.upstream)
         record = base.model_copy(update={
             "request_id": f"{base.request_id}.{n}", "time": self.state.clock.now(), "model": billed.model,
+            "operation": billed.operation or base.operation,
             "usage": billed.usage, "source": UsageSource.PROVIDER, "response_id": billed.response_id,
             "truncated": billed.truncated, "route": None, "status": 101, "decisions": list(base.decisions)})
         record.cost_usd, record.price_source = self.state.prices.cost(

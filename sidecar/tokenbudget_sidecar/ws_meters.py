@@ -8,7 +8,11 @@ its path under the upstream (docs/wire-formats.md, "WebSockets"):
   event carries `response.usage` {input_tokens, output_tokens, input_token_details {cached_tokens,
   text_tokens, audio_tokens, image_tokens, cached_tokens_details {text_tokens, audio_tokens}},
   output_token_details {text_tokens, audio_tokens}}. The model is the URL's `model=` (Azure: `deployment=`),
-  then what `session.created` / `session.updated` / the app's `session.update` say.
+  then what `session.created` / `session.updated` / the app's `session.update` say. Input audio transcription,
+  when the session asks for it (`session.audio.input.transcription.model`; beta `input_audio_transcription`),
+  is billed apart at that model's rates and reported on `conversation.item.input_audio_transcription.completed`
+  as `usage` {type `tokens`: input_tokens, output_tokens, input_token_details {text_tokens, audio_tokens}; or
+  type `duration`: seconds (whisper-1)}: a record of its own, operation `transcriptions`.
 - OpenAI Responses over WebSocket (`/v1/responses`): the app sends `response.create` events, the server
   the same events as the SSE stream; `response.completed`, `response.incomplete` and `response.failed`
   carry Responses usage and the model.
@@ -17,9 +21,8 @@ its path under the upstream (docs/wire-formats.md, "WebSockets"):
   generateContent's, with `responseTokenCount` for candidates and per-modality details). One report per
   turn: a turn's last figure is billed when `serverContent.turnComplete` has been seen (before or after it).
 
-Not seen, so not counted: what a provider bills without reporting it in the session (OpenAI's input audio
-transcription, which reports its own usage on `conversation.item.input_audio_transcription.completed`
-under another model, is left out; so is a response the session was cut before `response.done`).
+Not seen, so not counted: what a provider bills without reporting it in the session, such as a response the
+session was cut in before its `response.done`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ REALTIME = re.compile(r"^(?:/openai)?(?:/v1)?/realtime$")
 RESPONSES = re.compile(r"^(?:/openai)?(?:/v1)?/responses$")
 LIVE = re.compile(r"^/ws/google\.ai\.generativelanguage\.v\w+\.GenerativeService\.BidiGenerateContent(?:Constrained)?$")
 RESPONSES_DONE = ("response.completed", "response.incomplete", "response.failed")
+TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Billed:
     model: str
     response_id: str | None = None
     truncated: bool = False  # cut before the provider said the turn was complete (its last figure so far)
+    operation: str | None = None  # when not the session's: a Realtime input audio transcription
 
 
 def load(data: str | bytes) -> JSON | None:
@@ -107,13 +112,30 @@ def realtime_usage(raw: object) -> Usage | None:
                  output_tokens=as_int(raw.get("output_tokens")), output_audio_tokens=as_int(out.get("audio_tokens")))
 
 
+def transcription_usage(raw: object) -> Usage | None:
+    """A Realtime input transcription's usage: tokens (gpt-4o-*transcribe) or seconds (whisper-1)."""
+    if not isinstance(raw, dict):
+        return None
+    if raw.get("type") == "duration":
+        seconds = raw.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+            return Usage(audio_seconds=float(seconds))
+        return None
+    details = as_dict(raw.get("input_token_details"))
+    return Usage(input_tokens=as_int(raw.get("input_tokens")), input_audio_tokens=as_int(details.get("audio_tokens")),
+                 output_tokens=as_int(raw.get("output_tokens")))
+
+
+@dataclass
 class RealtimeMeter(Meter):
+    transcription_model: str = ""
+
     def client(self, data: str | bytes) -> None:
         if _has(data, '"session.update"') and (event := load(data)) is not None:
             self._model_from(event)
 
     def upstream(self, data: str | bytes) -> list[Billed]:
-        if not _has(data, '"response.done"', '"session.created"', '"session.updated"'):
+        if not _has(data, '"response.done"', '"session.created"', '"session.updated"', f'"{TRANSCRIBED}"'):
             return []
         event = load(data)
         if event is None:
@@ -122,6 +144,12 @@ class RealtimeMeter(Meter):
         if kind in ("session.created", "session.updated", "session.update"):
             self._model_from(event)
             return []
+        if kind == TRANSCRIBED:
+            usage = transcription_usage(event.get("usage"))
+            item = event.get("item_id") if isinstance(event.get("item_id"), str) else None
+            if usage is None:
+                return []
+            return self.once(Billed(usage, self.transcription_model, item, operation="transcriptions"))
         if kind != "response.done":
             return []
         response = as_dict(event.get("response"))
@@ -130,9 +158,14 @@ class RealtimeMeter(Meter):
         return self.once(Billed(usage, self.model, rid)) if usage is not None else []
 
     def _model_from(self, event: JSON) -> None:
-        model = as_dict(event.get("session")).get("model")
+        session = as_dict(event.get("session"))
+        model = session.get("model")
         if isinstance(model, str) and model:
             self.model = model
+        transcription = as_dict(as_dict(as_dict(session.get("audio")).get("input")).get("transcription")) or as_dict(
+            session.get("input_audio_transcription"))  # GA, then beta
+        if isinstance(transcription.get("model"), str) and transcription["model"]:
+            self.transcription_model = transcription["model"]
 
 
 class ResponsesMeter(Meter):

@@ -9,6 +9,7 @@ for frame-level facts, by an aiohttp client, against the test upstream's WebSock
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 from collections.abc import Iterator
@@ -112,6 +113,31 @@ async def test_realtime_sessions_record_each_response_as_the_provider_reported_i
             output_audio_tokens=up.output_audio_tokens), "gpt-realtime", provider_id="openai").total_price
         assert rec.cost_usd == expected, "audio output priced at its audio rate"
     assert len(s.state.usage_log.all()) == 2, "the session itself adds no record beside its responses"
+
+
+@pytest.mark.parametrize(("model", "billed"), [("gpt-4o-transcribe", "tokens"), ("whisper-1", "seconds")])
+async def test_realtime_input_audio_transcription_is_a_record_of_its_own_at_its_models_rates(
+        s: Stack, model: str, billed: str) -> None:
+    async with oa(s).realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}})
+        await conn.input_audio_buffer.append(audio=base64.b64encode(b"\0" * 48000 * 2).decode())  # 2 s of pcm16
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    transcribed, answered = await asyncio.to_thread(s.records, 2)
+    served_transcription, served_response = s.ledger.find(lambda r: r.dialect == "openai-realtime")
+    assert (transcribed.operation, transcribed.model) == ("transcriptions", model)
+    assert transcribed.response_id == served_transcription.request_id
+    if billed == "tokens":
+        assert (transcribed.usage.input_audio_tokens, transcribed.usage.output_tokens) == (20, 2)
+    else:
+        assert (transcribed.usage.audio_seconds, transcribed.usage.total_tokens) == (2.0, 0)
+    assert transcribed.cost_usd is not None
+    assert transcribed.cost_usd > 0
+    assert (answered.operation, answered.model) == ("realtime", "gpt-realtime")
+    assert answered.usage.input_audio_tokens == served_response.input_audio_tokens == 20, "the audio is context too"
 
 
 async def test_responses_over_a_websocket_are_metered_per_completed_response(s: Stack) -> None:

@@ -100,3 +100,23 @@ def test_a_gemini_turn_cut_before_turn_complete_keeps_its_last_figure_flagged_tr
     meter.upstream(json.dumps({"usageMetadata": live_usage(10, 7)}))
     (cut,) = meter.end()
     assert (cut.truncated, cut.usage.output_tokens) == (True, 10)
+
+
+def test_realtime_input_transcription_is_billed_to_the_transcription_model_once() -> None:
+    meter = RealtimeMeter("gpt-realtime", "realtime")
+    meter.client(json.dumps({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}}}))
+    event = {"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "transcript": "hi",
+             "usage": {"type": "tokens", "input_tokens": 30, "output_tokens": 2, "total_tokens": 32,
+                       "input_token_details": {"text_tokens": 0, "audio_tokens": 30}}}
+    (billed,) = meter.upstream(json.dumps(event))
+    assert (billed.model, billed.operation, billed.response_id) == (
+        "gpt-4o-mini-transcribe", "transcriptions", "item_1")
+    assert billed.usage == Usage(input_tokens=30, input_audio_tokens=30, output_tokens=2)
+    assert meter.upstream(json.dumps(event)) == []
+    beta = RealtimeMeter("gpt-4o-realtime-preview", "realtime")
+    beta.upstream(json.dumps({"type": "session.updated", "session": {"input_audio_transcription": {
+        "model": "whisper-1"}}}))
+    (seconds,) = beta.upstream(json.dumps({**event, "item_id": "item_2", "usage": {"type": "duration",
+                                                                                    "seconds": 2.5}}))
+    assert (seconds.model, seconds.usage) == ("whisper-1", Usage(audio_seconds=2.5))

@@ -16,6 +16,10 @@ tokens per response, default 0), ``x-upstream-input-audio-tokens`` (input audio 
 response stops after its first delta and the connection drops without a close frame),
 ``x-upstream-ws-close: CODE reason`` (the server closes with it after the first response).
 
+Realtime input audio (``input_audio_buffer.append`` / ``commit``) counts 10 tokens a second of pcm16 at 24 kHz;
+with ``session.audio.input.transcription.model`` set, each commit is transcribed and billed on
+``conversation.item.input_audio_transcription.completed`` (its own ServedRecord under that model).
+
 Wire shapes: Realtime's ``response.done`` carries ``response.usage`` {input_tokens, output_tokens,
 total_tokens, input_token_details {text_tokens, audio_tokens, image_tokens, cached_tokens,
 cached_tokens_details}, output_token_details {text_tokens, audio_tokens}}; Responses events are the SSE
@@ -71,6 +75,8 @@ class Conversation:
     messages: list[dict[str, Any]] = field(default_factory=list)
     instructions: str = ""
     responses: int = 0
+    audio_buffer: int = 0  # bytes appended and not committed yet (Realtime input_audio_buffer)
+    audio_tokens: int = 0  # input audio committed into the conversation, in tokens
 
     def input_tokens(self) -> int:
         system = [{"role": "system", "content": self.instructions}] if self.instructions else []
@@ -154,7 +160,7 @@ async def _after_response(ws: web.WebSocketResponse, conv: Conversation) -> None
 def realtime_usage(conv: Conversation) -> tuple[dict[str, Any], dict[str, int]]:
     """(the wire's usage object, the ledger's normalized fields) of the next response."""
     text_in = conv.input_tokens()
-    audio_in = conv.ctl.input_audio
+    audio_in = conv.ctl.input_audio + conv.audio_tokens
     cached = min(conv.ctl.cached, text_in)
     out_text, out_audio = conv.ctl.output, conv.ctl.audio
     wire = {"total_tokens": text_in + audio_in + out_text + out_audio, "input_tokens": text_in + audio_in,
@@ -198,6 +204,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 conv.messages.append({"role": item.get("role", "user"), "content": "".join(texts)})
                 await send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
                 await send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
+            elif kind == "input_audio_buffer.append":
+                conv.audio_buffer += len(base64.b64decode(str(event.get("audio", ""))))
+            elif kind == "input_audio_buffer.commit":
+                await _commit_audio(conv, served, send, session)
             elif kind == "response.create":
                 await _realtime_response(request, ws, conv, served, send, session)
             else:
@@ -206,6 +216,37 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                                                        "event_id": event.get("event_id")}})
 
     return await _session(request, "openai-realtime", run)
+
+
+AUDIO_BYTES_PER_TOKEN = 4800  # this upstream's rule: pcm16 at 24 kHz (48,000 bytes/s), 10 tokens a second
+TRANSCRIPT = "hello there"  # two o200k tokens
+
+
+async def _commit_audio(conv: Conversation, served: Callable[..., None],
+                        send: Callable[[dict[str, Any]], Awaitable[None]], session: dict[str, Any]) -> None:
+    """The buffer becomes a user audio item; with transcription configured, its transcript and that usage follow
+    (billed at the transcription model's rates: tokens for gpt-4o-*transcribe, seconds for whisper-1)."""
+    tokens, seconds = max(conv.audio_buffer // AUDIO_BYTES_PER_TOKEN, 1), conv.audio_buffer / 48000
+    conv.audio_buffer, conv.audio_tokens = 0, conv.audio_tokens + tokens
+    item_id = new_id("item_")
+    item = {"id": item_id, "type": "message", "object": "realtime.item", "status": "completed", "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}]}
+    await send({"type": "input_audio_buffer.committed", "previous_item_id": None, "item_id": item_id})
+    await send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
+    transcription = ((session.get("audio") or {}).get("input") or {}).get("transcription") or {}
+    model = transcription.get("model") if isinstance(transcription, dict) else None
+    if not model:
+        return
+    if model == "whisper-1":
+        usage: dict[str, Any] = {"type": "duration", "seconds": round(seconds, 3)}
+        normalized: dict[str, Any] = {"audio_seconds": round(seconds, 3)}
+    else:
+        usage = {"type": "tokens", "input_tokens": tokens, "output_tokens": 2, "total_tokens": tokens + 2,
+                 "input_token_details": {"text_tokens": 0, "audio_tokens": tokens}}
+        normalized = {"input_tokens": tokens, "input_audio_tokens": tokens, "output_tokens": 2}
+    await send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
+                "content_index": 0, "transcript": TRANSCRIPT, "usage": usage})
+    served(str(model), item_id, normalized)
 
 
 async def _realtime_response(request: web.Request, ws: web.WebSocketResponse, conv: Conversation,
