@@ -143,6 +143,34 @@ def write(target: str, items: list[bytes]) -> None:
         (folder / hashlib.sha1(item).hexdigest()).write_bytes(item)
 
 
+# (kind: 0 Realtime, 1 Responses, 2 Gemini Live; messages alternating app, provider)
+WS_SESSIONS: list[tuple[int, list[object]]] = [
+    (0, [{"type": "session.update", "session": {"type": "realtime", "model": "gpt-realtime",
+                                                 "audio": {"input": {"transcription": {"model": "whisper-1"}}}}},
+         {"type": "session.updated", "session": {"model": "gpt-realtime"}},
+         {"type": "response.create"},
+         {"type": "response.done", "response": {"id": "resp_1", "usage": {
+             "input_tokens": 20, "output_tokens": 9, "input_token_details": {
+                 "cached_tokens": 4, "audio_tokens": 8, "cached_tokens_details": {"audio_tokens": 2}},
+             "output_token_details": {"text_tokens": 3, "audio_tokens": 6}}}},
+         {"type": "input_audio_buffer.commit"},
+         {"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1",
+          "usage": {"type": "duration", "seconds": 1.5}}]),
+    (1, [{"type": "response.create", "model": "gpt-4o-mini", "input": "hi"},
+         {"type": "response.completed", "response": {"id": "resp_2", "model": "gpt-4o-mini", "usage": {
+             "input_tokens": 5, "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 1}}}}]),
+    (2, [{"setup": {"model": "models/gemini-live-2.5-flash-preview"}},
+         {"setupComplete": {}},
+         {"client_content": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turn_complete": True}},
+         {"usageMetadata": {"promptTokenCount": 4, "responseTokenCount": 2}},
+         {"realtime_input": {"text": "more"}},
+         {"serverContent": {"turnComplete": True}, "usageMetadata": {
+             "promptTokenCount": 9, "responseTokenCount": 5, "thoughtsTokenCount": 2,
+             "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 3}],
+             "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}]}}]),
+]
+
+
 def main() -> None:
     for dialect, requests in REQUESTS.items():
         write(f"request_{dialect}", [bytes([i]) + json.dumps(body).encode() for i, body in requests])
@@ -150,6 +178,8 @@ def main() -> None:
         # no cuts, and cuts inside CRLF pairs, multibyte characters and field names
         write(target, [b"\x00" + s for s in streams] + [bytes([3, 7, 30, 61]) + s for s in streams])
     write("usage", [json.dumps(u).encode() for u in USAGE])
+    write("ws_session", [bytes([kind]) + b"\0".join(json.dumps(m).encode() for m in messages)
+                         for kind, messages in WS_SESSIONS])
     write("policy", _policies())
     write("admin", _admin())
 

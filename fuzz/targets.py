@@ -25,11 +25,12 @@ from typing import Any
 
 import pydantic
 import yaml
+from multidict import MultiDict
 
 from tokenbudget_api.policy import SidecarPolicy
 from tokenbudget_api.tokenbudget import Dialect as DialectName
 from tokenbudget_api.usage import Usage
-from tokenbudget_sidecar import tokens
+from tokenbudget_sidecar import tokens, ws_meters
 from tokenbudget_sidecar.dialects import DIALECTS, PASSTHROUGH, BadRequest, Call, Dialect
 from tokenbudget_sidecar.dialects import anthropic as anthropic_dialect
 from tokenbudget_sidecar.dialects import gemini as gemini_dialect
@@ -169,6 +170,40 @@ def usage_target(data: bytes) -> None:
                 assert isinstance(value, kinds) and not isinstance(value, bool), usage
 
 
+WS_PATHS = (("openai", "/v1/realtime"), ("openai", "/v1/responses"),
+            ("gemini", "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"))
+
+
+def ws_session_target(data: bytes) -> None:
+    """A WebSocket session's meter (ws_meters.py) on any messages: the first byte picks the kind, then messages
+    split at NUL bytes alternate app → provider, text or binary. Never raises; each report is a Usage of
+    non-negative integers (seconds for audio) with a model string; no response id is billed twice; at most one
+    report per provider message, plus one pending Gemini turn at the end."""
+    if not data:
+        return
+    dialect, path = WS_PATHS[data[0] % len(WS_PATHS)]
+    meter = ws_meters.meter_for(dialect, path, MultiDict(model="m"))
+    assert meter is not None
+    reports: list[ws_meters.Billed] = []
+    messages = data[1:].split(b"\0")
+    for i, message in enumerate(messages):
+        payload: str | bytes = message if i % 4 >= 2 else message.decode("utf-8", "replace")
+        if i % 2 == 0:
+            meter.client(payload)
+        else:
+            reports += meter.upstream(payload)
+    assert len(reports) <= len(messages) // 2 + 1
+    reports += meter.end()
+    assert len(reports) <= len(messages) // 2 + 2
+    ids = [r.response_id for r in reports if r.response_id is not None]
+    assert len(ids) == len(set(ids)), ids
+    for report in reports:
+        assert isinstance(report.model, str)
+        for name, value in report.usage.model_dump().items():
+            kinds = (int, float) if name.endswith("_seconds") else (int,)
+            assert isinstance(value, kinds) and not isinstance(value, bool), report
+
+
 def policy_target(data: bytes) -> None:
     """The policy loader (a standalone policy file, YAML or JSON): a policy, or a validation error."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,6 +291,7 @@ def targets() -> dict[str, Target]:
     out["stream_gemini_sse"] = stream_target(DialectName.GEMINI, "generate")
     out["stream_gemini_array"] = stream_target(DialectName.GEMINI, "generate", json_array=True)
     out["usage"] = usage_target
+    out["ws_session"] = ws_session_target
     out["policy"] = policy_target
     out["admin"] = AdminTarget()
     return out
