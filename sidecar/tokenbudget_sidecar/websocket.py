@@ -52,6 +52,7 @@ HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websoc
                        "sec-websocket-protocol", "sec-websocket-accept"})
 KEY_PROTOCOL = "openai-insecure-api-key."  # browsers' way to send an OpenAI key: the key file replaces it
 RELAYED_CLOSE = range(1000, 5000)
+CLOSE_TIMEOUT_S = 10.0  # aiohttp's own wait for the peer's close frame
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -180,14 +181,19 @@ class Session:
         return out
 
     async def _relay(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+        """Two pumps; the one that sees its side end closes (or drops) the other side, which ends the other pump
+        (its receive() gets CLOSING or CLOSED). Cancelled only if that takes longer than a close handshake may."""
         to_up = asyncio.create_task(self._from_app(ws, up))
         to_app = asyncio.create_task(self._from_upstream(ws, up))
+        tasks = (to_up, to_app)
         try:
-            await asyncio.wait((to_up, to_app), return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
         finally:
-            for task in (to_up, to_app):
+            for task in tasks:
                 task.cancel()
-            for task in (to_up, to_app):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *UPSTREAM_FAILED, ConnectionError):
                     await task
 
@@ -204,6 +210,8 @@ class Session:
                 await up.ping(msg.data)
             elif msg.type is WSMsgType.PONG:
                 await up.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSING:  # we are closing the app's side (the provider closed or dropped)
+                return
             elif msg.type is WSMsgType.CLOSE:  # the app closes: the provider gets its code and reason
                 code, reason = close_of(msg)
                 await up.close(code=code, message=reason.encode())
@@ -229,6 +237,8 @@ class Session:
                 await ws.ping(msg.data)
             elif msg.type is WSMsgType.PONG:
                 await ws.pong(msg.data)
+            elif msg.type is WSMsgType.CLOSING:  # we are closing the provider's side (the app closed or dropped)
+                return
             elif msg.type is WSMsgType.CLOSE:  # the provider closes: the app gets its code and reason
                 code, reason = close_of(msg)
                 await ws.close(code=code, message=reason.encode())

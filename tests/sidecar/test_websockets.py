@@ -259,6 +259,8 @@ async def test_close_codes_and_reasons_pass_both_ways(s: Stack) -> None:
     await wait_for(lambda: any(e["close_code"] == 4001 for e in upstream_sessions(s)))
     (ended,) = [e for e in upstream_sessions(s) if e["close_code"] == 4001]
     assert ended["close_reason"] == "app is done"
+    (app_closed,) = await asyncio.to_thread(s.records, 1)
+    assert app_closed.outcome is Outcome.OK, "closing is how a session ends, not a failure"
 
     url = s.openai_url.replace("http", "ws") + "/realtime?model=gpt-realtime"
     async with aiohttp.ClientSession() as http, http.ws_connect(
@@ -267,6 +269,8 @@ async def test_close_codes_and_reasons_pass_both_ways(s: Stack) -> None:
         while (msg := await ws.receive()).type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             pass
         assert (msg.type, ws.close_code, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4002, "over and out")
+    _, billed = await asyncio.to_thread(s.records, 2)
+    assert billed.source is UsageSource.PROVIDER, "the response before the close is the session's one record"
 
 
 async def test_pings_and_binary_frames_are_relayed_as_they_are(g: Stack, tls_dir: Path) -> None:
