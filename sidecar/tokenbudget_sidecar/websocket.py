@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -41,10 +40,9 @@ from tokenbudget_sidecar.dialects import Dialect
 from tokenbudget_sidecar.headers import KeyUnavailable, error_response, key_unavailable, upstream_headers, upstream_key
 from tokenbudget_sidecar.relay import UPSTREAM_FAILED
 from tokenbudget_sidecar.state import State
+from tokenbudget_sidecar.transparent import route_of
 from tokenbudget_sidecar.upstream_url import forward_url
 from tokenbudget_sidecar.ws_meters import Billed, Meter, meter_for
-
-log = logging.getLogger(__name__)
 
 Recorder = Callable[[UsageRecord, float, float], None]
 Deny = Callable[[UsageRecord], "str | None"]
@@ -81,7 +79,7 @@ class WebSockets:
             else:  # counted as a refused unmetered call, as transparent.py counts an HTTP one
                 metrics = self.state.metrics
                 metrics.child(metrics.unmetered, record.dialect, record.route or "", record.outcome.value).inc()
-            self._record(record, started, 0.0)
+            self.keep(record, started)
             return error_response(dialect, refusal.status, refusal.message, retry_after=refusal.retry_after,
                                   request_id=request_id)
         session = Session(self, request, upstream, dialect, record, meter or Meter(), started)
@@ -104,19 +102,22 @@ class WebSockets:
             "request_id": f"{base.request_id}.{n}", "time": self.state.clock.now(), "model": billed.model,
             "operation": billed.operation or base.operation,
             "usage": billed.usage, "source": UsageSource.PROVIDER, "response_id": billed.response_id,
-            "truncated": billed.truncated, "route": None, "status": 101, "decisions": list(base.decisions)})
+            "truncated": billed.truncated, "route": None, "status": 101, "decisions": list(base.decisions),
+            "awaiting_policy": self.state.awaiting_policy})  # as of now: the first push may come mid-session
         record.cost_usd, record.price_source = self.state.prices.cost(
             billed.model, upstream.base_url if upstream else "", billed.usage)
         admission = self.state.admission  # the policy in force now: a push may have come during the session
         record.budgets = [b.name for b in admission.budgets]
         admission.replay([record])
+        self.keep(record, started)
+
+    def keep(self, record: UsageRecord, started: float) -> None:
+        """The record to the usage log, metrics and the call log (Proxy.record); nothing is added latency here."""
         self._record(record, started, 0.0)
 
 
 def route_path(path: str) -> str:
     """The path without ids, as transparent.route_of gives it (bounded metric labels)."""
-    from tokenbudget_sidecar.transparent import route_of
-
     return route_of("WS", path).removeprefix("WS ")
 
 
@@ -140,7 +141,7 @@ class Session:
                 query.popall("key", None)  # Gemini's key= query auth: the key file's header replaces it
         except KeyUnavailable as exc:
             record.outcome, record.source = Outcome.UPSTREAM_FAILED, UsageSource.NONE
-            self.owner._record(record, self.started, 0.0)
+            self.owner.keep(record, self.started)
             return key_unavailable(self.dialect, exc, record.request_id)
         url = forward_url(self.upstream.base_url, path, "").with_query(query)
         protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
@@ -151,12 +152,12 @@ class Session:
                                                 autoping=False, max_msg_size=self.cap, compress=0)
         except aiohttp.WSServerHandshakeError as exc:  # the provider refused the upgrade: its status, our words
             record.status, record.outcome, record.source = exc.status, Outcome.UPSTREAM_ERROR, UsageSource.NONE
-            self.owner._record(record, self.started, 0.0)
+            self.owner.keep(record, self.started)
             return error_response(self.dialect, exc.status, f"tokenbudget: upstream {self.upstream.name} refused "
                                   f"the WebSocket upgrade: {exc.status} {exc.message}", request_id=record.request_id)
         except UPSTREAM_FAILED as exc:
             record.outcome, record.source = Outcome.UPSTREAM_FAILED, UsageSource.NONE
-            self.owner._record(record, self.started, 0.0)
+            self.owner.keep(record, self.started)
             return error_response(self.dialect, 504 if isinstance(exc, asyncio.TimeoutError) else 502,
                                   f"tokenbudget: upstream {self.upstream.name} failed: {type(exc).__name__}",
                                   request_id=record.request_id)
@@ -267,7 +268,7 @@ class Session:
             record = self.record
             record.source = UsageSource.UNMETERED
             record.model = record.model or self.meter.model
-            self.owner._record(record, self.started, 0.0)  # counts it in tokenbudget_unmetered_calls_total too
+            self.owner.keep(record, self.started)  # counts it in tokenbudget_unmetered_calls_total too
 
 
 def too_big(msg: aiohttp.WSMessage) -> bool:
