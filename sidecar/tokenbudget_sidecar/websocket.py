@@ -137,20 +137,21 @@ class Session:
         query = MultiDict(request.query)
         try:
             headers = self._headers()
-            if upstream_key(self.upstream) is not None:
-                query.popall("key", None)  # Gemini's key= query auth: the key file's header replaces it
+            held = upstream_key(self.upstream) is not None  # the sidecar sends the key: the app's is dropped
         except KeyUnavailable as exc:
             record.outcome, record.source = Outcome.UPSTREAM_FAILED, UsageSource.NONE
             self.owner.keep(record, self.started)
             return key_unavailable(self.dialect, exc, record.request_id)
-        url = forward_url(self.upstream.base_url, path, "").with_query(query)
         protocols = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-        if upstream_key(self.upstream) is not None:
+        if held:  # Gemini's key= query and a browser's key subprotocol: the key file's header replaces them
+            query.popall("key", None)
             protocols = [p for p in protocols if not p.startswith(KEY_PROTOCOL)]
+        url = forward_url(self.upstream.base_url, path, "").with_query(query)
         try:
             up = await state.session.ws_connect(url, headers=headers, protocols=protocols, autoclose=False,
                                                 autoping=False, max_msg_size=self.cap, compress=0)
         except aiohttp.WSServerHandshakeError as exc:  # the provider refused the upgrade: its status, our words
+            # (aiohttp keeps the status and reason of a refused handshake, not its body)
             record.status, record.outcome, record.source = exc.status, Outcome.UPSTREAM_ERROR, UsageSource.NONE
             self.owner.keep(record, self.started)
             return error_response(self.dialect, exc.status, f"tokenbudget: upstream {self.upstream.name} refused "

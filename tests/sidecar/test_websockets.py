@@ -317,18 +317,32 @@ async def test_an_upstream_that_drops_mid_session_drops_the_app_and_records_what
 
 
 def test_the_sidecars_key_replaces_the_apps_on_the_upgrade(tmp_path: Path) -> None:
-    key_file = tmp_path / "api-key"
-    key_file.write_text("sk-held-by-the-sidecar\n")
-    with stack(key_files={"openai": key_file}) as st:
+    for name in ("openai", "gemini"):
+        (tmp_path / name).write_text(f"{name}-key-held-by-the-sidecar\n")
+    with stack(key_files={"openai": tmp_path / "openai", "gemini": tmp_path / "gemini"}) as st:
         async def connect() -> None:
             client = openai.AsyncOpenAI(base_url=st.openai_url, api_key="placeholder", max_retries=0)
             async with client.realtime.connect(model="gpt-realtime") as conn:
                 await conn.close()
+            async with aiohttp.ClientSession() as http:  # a browser's key subprotocol, Gemini's key= query
+                url = st.openai_url.replace("http", "ws") + "/realtime?model=gpt-realtime"
+                async with http.ws_connect(url, protocols=("realtime", "openai-insecure-api-key.app-key")) as ws:
+                    await ws.receive(timeout=5)
+                live = st.gemini_url.replace("http", "ws") + "/ws/google.ai.generativelanguage.v1beta." \
+                    "GenerativeService.BidiGenerateContent?key=app-key"
+                async with http.ws_connect(live) as ws:
+                    await ws.send_json({"setup": {"model": "models/gemini-live-2.5-flash-preview"}})
+                    await ws.receive(timeout=5)
+            await wait_for(lambda: len(upstream_sessions(st)) == 3)  # the upstream notes each end just after
 
         asyncio.run(connect())
-        asyncio.run(wait_for(lambda: len(upstream_sessions(st)) == 1))  # the upstream notes the end just after
-        (ended,) = upstream_sessions(st)
-        assert ended["headers"]["authorization"] == "Bearer sk-held-by-the-sidecar"
+        sdk, browser, gemini = sorted(upstream_sessions(st), key=lambda e: (e["path"], "sec-websocket-protocol"
+                                                                            in e["headers"]))
+        assert sdk["headers"]["authorization"] == browser["headers"]["authorization"] == (
+            "Bearer openai-key-held-by-the-sidecar")
+        assert browser["headers"]["sec-websocket-protocol"] == "realtime", "the app's key left with its subprotocol"
+        assert gemini["headers"]["x-goog-api-key"] == "gemini-key-held-by-the-sidecar"
+        assert "key" not in gemini["query"]
 
 
 async def test_a_message_over_the_size_cap_closes_both_sides_with_1009(tls_dir: Path) -> None:
