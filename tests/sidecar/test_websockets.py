@@ -345,6 +345,15 @@ def test_the_sidecars_key_replaces_the_apps_on_the_upgrade(tmp_path: Path) -> No
         assert "key" not in gemini["query"]
 
 
+async def test_an_upgrade_stays_under_its_upstreams_base_url(s: Stack) -> None:
+    url = s.sidecar.replace("http", "ws") + "/openai/v1/..%2f..%2fadmin"
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url)
+    assert refused.value.status == 400
+    assert not upstream_sessions(s), "nothing reached the provider"
+
+
 async def test_a_message_over_the_size_cap_closes_both_sides_with_1009(tls_dir: Path) -> None:
     settings = Settings(data_port=0, admin_port=0, max_body_bytes=4096)
     with stack(settings) as st:
