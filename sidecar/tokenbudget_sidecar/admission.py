@@ -316,8 +316,9 @@ class Admission:
             for w in windows:
                 least = Decimal(1) if w.limit.cost_usd is None else Decimal("0.000001")
                 lease = w.lease(now)
-                if lease is not None and not w.lease_holds(lease, least, now) and b.spec.fail_mode is FailMode.CLOSED:
-                    self._note(b, decisions, 429, refusal_reasons.no_grant(b.name, w, lease, now), LEASE_ROUND_S)
+                if lease is not None and not w.lease_holds(lease, least, now):  # as _reserve: failMode decides
+                    if b.spec.fail_mode is FailMode.CLOSED:
+                        self._note(b, decisions, 429, refusal_reasons.no_grant(b.name, w, lease, now), LEASE_ROUND_S)
                 elif w.room(now) < least:
                     retry, _ = refusal_reasons.retry_after(w, least, now)
                     self._note(b, decisions, 429, refusal_reasons.exhausted(b.name, w, least, now), retry)
