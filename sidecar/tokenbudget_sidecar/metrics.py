@@ -67,6 +67,9 @@ class Metrics:
             "other usage came).",
             ["provider"], registry=r)
         self.in_flight = Gauge("tokenbudget_in_flight", "Calls in flight.", ["provider"], registry=r)
+        self.sessions = Gauge("tokenbudget_websocket_sessions", "WebSocket sessions open through the sidecar "
+                              "(websocket.py): their responses are counted as they report, never held.",
+                              ["provider"], registry=r)
         r.register(TokenizerCollector(TOKENIZER))
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:

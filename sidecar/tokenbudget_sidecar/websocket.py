@@ -166,10 +166,14 @@ class Session:
                                    autoping=False, max_msg_size=self.cap, compress=False)
         ws.headers["x-tokenbudget-request-id"] = record.request_id
         record.status = 101
+        metrics = state.metrics
+        gauge = metrics.child(metrics.sessions, self.dialect.name)
+        gauge.inc()
         try:
             await ws.prepare(request)
             await self._relay(ws, up)
         finally:
+            gauge.dec()
             if not up.closed:
                 await up.close(code=WSCloseCode.GOING_AWAY)
             self._finish()

@@ -193,10 +193,19 @@ async def test_a_session_that_reports_nothing_is_recorded_once_as_unmetered(s: S
         async for event in conn:
             if event.type == "session.updated":
                 break
+        assert metric(s, 'tokenbudget_websocket_sessions{provider="openai"}') == 1
+    await wait_for(lambda: metric(s, 'tokenbudget_websocket_sessions{provider="openai"}') == 0)
     (rec,) = await asyncio.to_thread(s.records, 1)
     assert (rec.source, rec.route, rec.status, rec.usage.total_tokens) == (
         UsageSource.UNMETERED, "WS /v1/realtime", 101, 0)
     assert unmetered_count(s, "WS /v1/realtime") == before + 1
+
+
+def metric(s: Stack, series: str) -> float:
+    for line in http_get(f"{s.admin}/metrics").splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def unmetered_count(s: Stack, route: str) -> float:
