@@ -130,6 +130,7 @@ class Session:
         self.record, self.meter, self.started = record, meter, started
         self.reports = 0
         self.cap = owner.state.settings.max_body_bytes
+        self._to_app: asyncio.Task[None] | None = None  # the provider's pump
 
     async def run(self, path: str) -> web.StreamResponse:
         state, request, record = self.owner.state, self.request, self.record
@@ -190,7 +191,7 @@ class Session:
         """Two pumps; the one that sees its side end closes (or drops) the other side, which ends the other pump
         (its receive() gets CLOSING or CLOSED). Cancelled only if that takes longer than a close handshake may."""
         to_up = asyncio.create_task(self._from_app(ws, up))
-        to_app = asyncio.create_task(self._from_upstream(ws, up))
+        to_app = self._to_app = asyncio.create_task(self._from_upstream(ws, up))
         tasks = (to_up, to_app)
         try:
             _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -220,15 +221,28 @@ class Session:
                 return
             elif msg.type is WSMsgType.CLOSE:  # the app closes: the provider gets its code and reason
                 code, reason = close_of(msg)
-                await up.close(code=code, message=reason.encode())
+                await self._close_upstream(up, code, reason)
                 await ws.close(code=code, message=reason.encode())
                 return
             else:  # the app dropped (or sent past the cap): so does the session upstream
                 code = WSCloseCode.MESSAGE_TOO_BIG if too_big(msg) else WSCloseCode.GOING_AWAY
                 if self.record.outcome is Outcome.OK:  # else we dropped the app, after the provider dropped us
                     self.record.outcome = Outcome.CLIENT_DISCONNECTED
-                await up.close(code=code)
+                await self._close_upstream(up, code)
                 return
+
+    async def _close_upstream(self, up: aiohttp.ClientWebSocketResponse, code: int, reason: str = "") -> None:
+        """Close the provider's side with the app's code, from the app's pump. The provider's pump is stopped
+        first: aiohttp's client close() from one task while another reads lets that reader send a close of its
+        own (1000, no reason) before ours. Every message it had received is metered already (metering precedes
+        the relay's await); what the provider sends after the app's close is not read (as aiohttp's own close
+        handshake would discard it)."""
+        task = self._to_app
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *UPSTREAM_FAILED, ConnectionError):
+                await task
+        await up.close(code=code, message=reason.encode())
 
     async def _from_upstream(self, ws: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
         while True:

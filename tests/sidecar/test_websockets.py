@@ -265,7 +265,10 @@ async def test_close_codes_and_reasons_pass_both_ways(s: Stack) -> None:
     async with oa(s).realtime.connect(model="gpt-realtime") as conn:
         await conn.close(code=4001, reason="app is done")
     # an earlier test's session may end at the upstream after the fixture cleared the list: look for this one
-    await wait_for(lambda: any(e["close_code"] == 4001 for e in upstream_sessions(s)))
+    def seen() -> str:
+        return f"the upstream saw {[(e['close_code'], e['close_reason']) for e in upstream_sessions(s)]}"
+
+    await wait_for(lambda: any(e["close_code"] == 4001 for e in upstream_sessions(s)), why=seen)
     (ended,) = [e for e in upstream_sessions(s) if e["close_code"] == 4001]
     assert ended["close_reason"] == "app is done"
     (app_closed,) = await asyncio.to_thread(s.records, 1)
@@ -376,9 +379,9 @@ async def test_a_message_over_the_size_cap_closes_both_sides_with_1009(tls_dir: 
         assert upstream_sessions(st)[0]["close_code"] == 1009
 
 
-async def wait_for(condition: Any, within: float = 5.0) -> None:
+async def wait_for(condition: Any, within: float = 5.0, why: Any = None) -> None:
     for _ in range(int(within / 0.01)):
         if condition():
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"condition not met in time{': ' + why() if why else ''}")
