@@ -13,13 +13,11 @@ import collections
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from tokenbudget_api.policy import SidecarPolicy
-from tokenbudget_api.tokenbudget import Action, FailMode, LimitKey, OnOversize, UncappedOutput
+from tokenbudget_api.tokenbudget import Action, OnOversize, UncappedOutput
 from tokenbudget_api.usage import DRY_RUN_REFUSALS, Outcome, Usage, UsageRecord
 from tokenbudget_api.windows import Clock
-from tokenbudget_sidecar import refusal_reasons
 from tokenbudget_sidecar.amounts import Demand, Spend
 from tokenbudget_sidecar.budget import BudgetState, Refused
 from tokenbudget_sidecar.dialects import Call, Dialect
@@ -27,8 +25,8 @@ from tokenbudget_sidecar.holds import Reservation
 from tokenbudget_sidecar.ladder import STAGE_ORDER
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.prompt_count import PromptCount
-from tokenbudget_sidecar.refusal_reasons import LEASE_ROUND_S, at_block_stage, block_lifts_in
-from tokenbudget_sidecar.windows import Window, key_for
+from tokenbudget_sidecar.refusal_reasons import at_block_stage, block_lifts_in
+from tokenbudget_sidecar.windows import Window
 
 GENERATIVE = frozenset({"chat", "responses", "completions", "messages", "generate"})  # operations that write output
 # The field a call sets its output cap in, per (dialect, operation); "" is the dialect's default.
@@ -293,45 +291,6 @@ class Admission:
         dry = [d for d in ticket.decisions if ":DryRun:" in d]
         if dry:
             ticket.headers["x-tokenbudget-dry-run"] = ", ".join(dry)
-
-    def admit_session(self, model: str, user: str | None) -> list[str]:
-        """A WebSocket session at connect (websocket.py): raise Refused when a call would be blocked now (model
-        not allowed, Block stage, a window or this pod's grant with no room left); else return the DryRun
-        decisions. Nothing is held and no concurrency slot is kept: each usage the session reports is
-        counted as it arrives, so a session may overrun by what its responses in flight bill (README).
-
-        `model` is "" when the session names it only after the upgrade (Gemini's setup, Responses' events):
-        the allow list and per-Model windows are then not consulted.
-        """
-        decisions: list[str] = []
-        now = self.clock.now()
-        for b in self.budgets:
-            if model and not b.models_allowed(model):
-                self._note(b, decisions, 403, f"tokenbudget: model {model} is not allowed by budget {b.name} "
-                           "(spec.models.allow)")
-            windows = [b.window(limit, key_for(limit, model, user)) for limit in b.spec.limits or []
-                       if model or limit.per is not LimitKey.MODEL]
-            if Action.BLOCK in {s.action for s in b.active_steps(windows, now)}:
-                self._note(b, decisions, 429, at_block_stage(b.name, windows, now), block_lifts_in(windows, now))
-            for w in windows:
-                least = Decimal(1) if w.limit.cost_usd is None else Decimal("0.000001")
-                lease = w.lease(now)
-                if lease is not None and not w.lease_holds(lease, least, now):  # as _reserve: failMode decides
-                    if b.spec.fail_mode is FailMode.CLOSED:
-                        self._note(b, decisions, 429, refusal_reasons.no_grant(b.name, w, lease, now), LEASE_ROUND_S)
-                elif w.room(now) < least:
-                    retry, _ = refusal_reasons.retry_after(w, least, now)
-                    self._note(b, decisions, 429, refusal_reasons.exhausted(b.name, w, least, now), retry)
-        return decisions
-
-    @staticmethod
-    def _note(b: BudgetState, decisions: list[str], status: int, message: str,
-              retry_after: float | None = None) -> None:
-        """Refuse a session, or in DryRun note that we would have (once per budget)."""
-        if not b.dry_run:
-            raise Refused(status, message, retry_after, budget=b.name)
-        if f"{b.name}:DryRun:Block" not in decisions:
-            decisions.append(f"{b.name}:DryRun:Block")
 
     def settle(self, ticket: Ticket, record: UsageRecord) -> None:
         if ticket.settled:

@@ -13,7 +13,7 @@ Metering (ws_meters.py): each usage report in the session (a Realtime `response.
 `response.completed`, a Gemini Live turn's `usageMetadata`) becomes one record, priced and counted in the
 budgets' windows as it arrives. A session that reported nothing, on a known route or not, is recorded
 once as `unmetered` with its route; an unknown route is refused under `unmeteredRoutes: Deny`. Budgets are
-checked once, at connect (Admission.admit_session): a refusal is the provider's HTTP error before the
+checked once, at connect (session_admission.py): a refusal is the provider's HTTP error before the
 upgrade (429 with Retry-After, 403), which the SDK raises from its handshake. After that nothing is
 held: the overrun bound is what a session's responses in flight bill past the limit (README).
 
@@ -39,6 +39,7 @@ from tokenbudget_sidecar.budget import Refused
 from tokenbudget_sidecar.dialects import Dialect
 from tokenbudget_sidecar.headers import KeyUnavailable, error_response, key_unavailable, upstream_headers, upstream_key
 from tokenbudget_sidecar.relay import UPSTREAM_FAILED
+from tokenbudget_sidecar.session_admission import admit_session
 from tokenbudget_sidecar.state import State
 from tokenbudget_sidecar.transparent import route_of
 from tokenbudget_sidecar.upstream_url import forward_url
@@ -90,7 +91,7 @@ class WebSockets:
             message = self._deny(record)
             return Refused(403, message) if message is not None else None
         try:
-            record.decisions += self.state.admission.admit_session(meter.model, record.user)
+            record.decisions += admit_session(self.state.admission, meter.model, record.user)
         except Refused as refused:
             return refused
         return None

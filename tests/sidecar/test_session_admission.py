@@ -1,4 +1,4 @@
-"""A WebSocket session is checked once, at connect (Admission.admit_session): refused when a call would be blocked
+"""A WebSocket session is checked once, at connect (session_admission.py): refused when a call would be blocked
 now, with the budget's words and Retry-After; noted only in DryRun; nothing held afterwards."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from budget_helpers import admission, at, run_call
 
 from tokenbudget_api.windows import ManualClock
 from tokenbudget_sidecar.budget import Refused
+from tokenbudget_sidecar.session_admission import admit_session
 
 NOW = "2026-11-23T10:00:00+00:00"
 
@@ -15,7 +16,7 @@ NOW = "2026-11-23T10:00:00+00:00"
 async def test_a_window_with_room_admits_and_holds_nothing() -> None:
     clock = ManualClock(at(NOW))
     adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 1000}]}, clock)
-    assert adm.admit_session("gpt-realtime", None) == []
+    assert admit_session(adm, "gpt-realtime", None) == []
     (b,) = adm.budgets
     assert not b.reservations
     assert all(w.reserved == 0 for w in b.windows.values())
@@ -26,7 +27,7 @@ async def test_a_spent_window_refuses_with_the_time_it_frees_up() -> None:
     adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 1000}]}, clock)
     await run_call(adm, clock, 500, 500, cap=500)
     with pytest.raises(Refused) as refused:
-        adm.admit_session("gpt-realtime", None)
+        admit_session(adm, "gpt-realtime", None)
     assert refused.value.status == 429
     assert refused.value.retry_after == pytest.approx(14 * 3600, abs=1)  # midnight UTC
     assert "limit day has 0 tokens left of 1000" in refused.value.message
@@ -38,13 +39,13 @@ async def test_the_block_stage_and_the_allow_list_refuse_but_dry_run_only_notes(
             "models": {"allow": ["gpt-realtime*"]}}
     adm = admission(spec, clock)
     with pytest.raises(Refused, match="not allowed"):
-        adm.admit_session("gpt-4o-realtime-preview", None)
+        admit_session(adm, "gpt-4o-realtime-preview", None)
     await run_call(adm, clock, 300, 300, cap=300, model="gpt-realtime")
     with pytest.raises(Refused, match="Block stage"):
-        adm.admit_session("gpt-realtime", None)
+        admit_session(adm, "gpt-realtime", None)
     dry = admission({**spec, "enforcement": "DryRun"}, clock)
     await run_call(dry, clock, 300, 300, cap=300, model="gpt-realtime")
-    assert dry.admit_session("gpt-4o-realtime-preview", None) == ["default/b:DryRun:Block"], "once per budget"
+    assert admit_session(dry, "gpt-4o-realtime-preview", None) == ["default/b:DryRun:Block"], "once per budget"
 
 
 async def test_a_model_named_only_after_the_upgrade_skips_the_allow_list_and_per_model_windows() -> None:
@@ -52,7 +53,7 @@ async def test_a_model_named_only_after_the_upgrade_skips_the_allow_list_and_per
     spec = {"limits": [{"name": "per-model", "period": "Day", "tokens": 10, "per": "Model"}],
             "models": {"allow": ["gemini-*"]}}
     adm = admission(spec, clock)
-    assert adm.admit_session("", None) == []
+    assert admit_session(adm, "", None) == []
     (b,) = adm.budgets
     assert not b.windows, "no window for an empty model name"
 
@@ -64,7 +65,7 @@ async def test_a_spent_grant_refuses_under_closed_and_admits_under_open() -> Non
     limits = [{"name": "day", "period": "Day", "tokens": 100000}]
     closed = admission({"limits": limits, "failMode": "Closed"}, clock, leases=[lease])
     with pytest.raises(Refused) as refused:
-        closed.admit_session("gpt-realtime", None)
+        admit_session(closed, "gpt-realtime", None)
     assert refused.value.retry_after == 2.0  # a lease round
     opened = admission({"limits": limits, "failMode": "Open"}, clock, leases=[lease])
-    opened.admit_session("gpt-realtime", None)
+    admit_session(opened, "gpt-realtime", None)
