@@ -4,9 +4,9 @@ One aiohttp server speaks three dialects on their native paths (relative to each
 URL): OpenAI (``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``, ``GET /v1/models``),
 Anthropic (``POST /v1/messages``, ``/v1/messages/count_tokens``) and Gemini
 (``POST /v1beta/models/{model}:generateContent`` / ``:streamGenerateContent`` / ``:countTokens``, and the
-same under ``/v1/models/…``, which google-genai 3.x uses), and WebSocket sessions (``ws_sessions``: OpenAI
-Realtime ``GET /v1/realtime``, Responses ``GET /v1/responses``, Gemini Live ``GET /ws/…BidiGenerateContent``).
-The official SDKs talk to it unchanged:
+same under ``/v1/models/…``, which google-genai 3.x uses), and WebSocket sessions (``ws_sessions``,
+``ws_openai``, ``ws_gemini``: OpenAI Realtime ``GET /v1/realtime``, Responses ``GET /v1/responses``, Gemini Live
+``GET /ws/…BidiGenerateContent``). The official SDKs talk to it unchanged:
 ``OpenAI(base_url=f"{url}/v1")``, ``Anthropic(base_url=url)``,
 ``genai.Client(http_options=HttpOptions(base_url=url))``. Auth headers are accepted and recorded, never
 checked.

@@ -27,6 +27,8 @@ from . import (
     openai_dialect,
     openai_responses,
     responses_background,
+    ws_gemini,
+    ws_openai,
     ws_sessions,
 )
 from .behaviour import STATUS_FAILURES, ControlError, parse_controls
@@ -235,10 +237,10 @@ def create_app(settings: UpstreamSettings | None = None) -> web.Application:
     azure_images = route(openai_dialect.IMAGES, lambda call, raw: media_routes.images(call, raw, edit=False))
     add("POST", "/openai/deployments/{deployment}/images/generations", azure_images)
     add("POST", "/openai/images/generations", azure_images)  # the SDK's path when the call names no model
-    # WebSocket sessions (ws_sessions.py): OpenAI Realtime, Responses over WebSocket, Gemini Live
-    add("GET", "/v1/realtime", ws_sessions.realtime)
-    add("GET", "/v1/responses", ws_sessions.responses)
-    add("GET", "/ws/{service}", ws_sessions.live)
+    # WebSocket sessions (ws_sessions.py; ws_openai.py: Realtime, Responses; ws_gemini.py: Live)
+    add("GET", "/v1/realtime", ws_openai.realtime)
+    add("GET", "/v1/responses", ws_openai.responses)
+    add("GET", "/ws/{service}", ws_gemini.live)
     add("GET", "/_upstream/served", _served)
     add("DELETE", "/_upstream/served", _clear)
     add("*", "/{tail:.*}", more_routes.not_found)  # last: any other path, as the providers answer it
