@@ -42,8 +42,10 @@ def admit_session(admission: Admission, model: str, user: str | None) -> list[st
                 if b.spec.fail_mode is FailMode.CLOSED:
                     _note(b, decisions, 429, refusal_reasons.no_grant(b.name, w, lease, now), LEASE_ROUND_S)
             elif w.room(now) < least:
-                retry, _ = refusal_reasons.retry_after(w, least, now)
-                _note(b, decisions, 429, refusal_reasons.exhausted(b.name, w, least, now), retry)
+                # A grant short while the budget has room is refused at once (Retry-After: a lease round): a
+                # session does not wait for the next push as a call does (proxy.py's admit).
+                retry, grant = refusal_reasons.retry_after(w, least, now)
+                _note(b, decisions, 429, refusal_reasons.exhausted(b.name, w, least, now, grant), retry)
     return decisions
 
 
