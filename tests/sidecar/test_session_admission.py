@@ -69,3 +69,15 @@ async def test_a_spent_grant_refuses_under_closed_and_admits_under_open() -> Non
     assert refused.value.retry_after == 2.0  # a lease round
     opened = admission({"limits": limits, "failMode": "Open"}, clock, leases=[lease])
     admit_session(opened, "gpt-realtime", None)
+
+
+async def test_a_spent_current_grant_refuses_for_a_lease_round_and_says_the_budget_has_room() -> None:
+    clock = ManualClock(at(NOW))
+    lease = {"window": "day", "granted": "8", "periodStart": "2026-11-23T00:00:00+00:00",
+             "expiresAt": "2026-11-23T11:00:00+00:00"}
+    adm = admission({"limits": [{"name": "day", "period": "Day", "tokens": 100000}]}, clock, leases=[lease])
+    await run_call(adm, clock, 4, 4, cap=4)
+    with pytest.raises(Refused) as refused:
+        admit_session(adm, "gpt-realtime", None)
+    assert refused.value.retry_after == 2.0
+    assert "this pod's grant has 0 tokens left of 8" in refused.value.message
