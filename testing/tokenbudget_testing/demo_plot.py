@@ -56,7 +56,10 @@ def _spend(ax: Axes, ladder: LadderRun) -> None:
         ax.axhline(at, ls="--", lw=0.8, color="grey")
         ax.text(0.7, at + 0.8, f"{stage.value} {at}%", fontsize=7, color="dimgrey")
     ax.plot(calls, [s.enforce_percent for s in samples], lw=2, color="#1565c0", label="Enforce")
-    ax.plot(calls, [s.twin_percent for s in samples], lw=1.5, ls=":", color="#6a1b9a", label="DryRun twin")
+    # Drawn over the enforcing line, which it follows (a DryRun budget's windows count only what enforcement
+    # would have let through): dotted on top, so both stay visible where they coincide.
+    ax.plot(calls, [s.twin_percent for s in samples], lw=2, ls=(0, (1, 2)), color="#ffb300", label="DryRun twin",
+            zorder=3)
     ax.set_xlim(0.5, len(samples) + 0.5)
     ax.set_ylim(0, 112)
     ax.set_xlabel("call")
