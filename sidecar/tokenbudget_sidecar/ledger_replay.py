@@ -1,14 +1,17 @@
 """Reading a ledger directory back at start (ledger.py): the records, the damage a crash left, the open intents.
 
 Its own module because replay is the one place that must tolerate every kind of damage, and reads both kinds
-of line: records (`{"seq":…}`) and intents with their close lines (intents.py).
+of line: records (`{"seq":…}`) and intents with their close lines (intents.py). What a crash leaves: a torn
+last line (no newline: the process died mid-write, the record was never durable, so never reported) is cut
+off with a warning; a line that does not parse or repeats a seq is skipped with a warning. (A missing or
+unreadable ack file counts as "nothing acknowledged", ledger_ack.py: the operator's own cursor still filters
+what it already counted.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +19,9 @@ import pydantic
 
 from tokenbudget_api.usage import UsageRecord
 from tokenbudget_sidecar import intents
+from tokenbudget_sidecar.ledger_segments import SEGMENT_RE
 
 log = logging.getLogger("tokenbudget_sidecar.ledger")
-
-SEGMENT_RE = re.compile(r"^usage-(\d{20})\.jsonl$")
 
 
 @dataclass(frozen=True)

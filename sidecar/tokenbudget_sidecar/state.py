@@ -20,7 +20,8 @@ from tokenbudget_sidecar import tokens
 from tokenbudget_sidecar.admission import Admission
 from tokenbudget_sidecar.budget import BudgetState
 from tokenbudget_sidecar.budget_metrics import BudgetCollector
-from tokenbudget_sidecar.checkpoint import Checkpoint, CheckpointFile
+from tokenbudget_sidecar.checkpoint import Checkpoint
+from tokenbudget_sidecar.checkpoint_file import CheckpointFile
 from tokenbudget_sidecar.metrics import Metrics
 from tokenbudget_sidecar.pricing import PriceBook
 from tokenbudget_sidecar.settings import Settings
