@@ -36,15 +36,16 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenbudget_api.tokenbudget import Limit, Stage
+from tokenbudget_api.tokenbudget import Limit
 from tokenbudget_api.usage import UsageRecord
-from tokenbudget_api.windows import as_utc, limit_amount, percent_used
+from tokenbudget_api.windows import as_utc
+from tokenbudget_operator.reconciler import usage_status
 from tokenbudget_operator.reconciler.conditions import k8s_time
 from tokenbudget_operator.reconciler.insights import InsightBook
 from tokenbudget_operator.reconciler.spend import SpendCounters
+from tokenbudget_operator.reconciler.usage_status import Folded
 from tokenbudget_operator.reconciler.usage_sums import (
     ANONYMOUS,
-    ZERO,
     BudgetSums,
     ConsumerSlot,
     ConsumerSums,
@@ -53,11 +54,8 @@ from tokenbudget_operator.reconciler.usage_sums import (
     Totals,
     WindowSums,
     consumer_limit,
-    fmt,
     key_of,
-    ladder_digest,
     shape_of,
-    unit_of,
 )
 from tokenbudget_operator.reconciler.views import BudgetView
 
@@ -138,7 +136,7 @@ class Aggregator:
 
     # ----- folding -----
 
-    def _fold(self, view: BudgetView) -> tuple[BudgetSums, list[tuple[Limit, Slots, WindowSums]],
+    def _fold(self, view: BudgetView) -> tuple[BudgetSums, Folded,
                                               tuple[Slots, ConsumerSums]]:
         spec = view.spec
         sums = self._budgets.setdefault(view.key, BudgetSums())
@@ -183,44 +181,18 @@ class Aggregator:
                 del sums.consumers.slots[start]
         return sums, windows, (cslots, sums.consumers)
 
-    # ----- output -----
+    # ----- output (usage_status.py reads the folded windows) -----
 
     def settled(self, view: BudgetView, window: str, key: str | None, now: dt.datetime) -> dict[str, Decimal]:
         """Per pod uid, what usage pulls settled in `window` (and `key`) at `now`, in the limit's unit.
 
-        The `settled` input of `leases.WindowInput`; pods that are gone are included. `key` None on a
-        per-User/per-Model limit means every key, as the lease every key shares does: each pod's fullest key.
+        The `settled` input of `leases.WindowInput`; pods that are gone are included (usage_status.settled).
         """
-        now = as_utc(now)
-        _, windows, _ = self._fold(view)
-        for lim, slots, ws in windows:
-            if lim.name != window:
-                continue
-            sums: dict[tuple[str | None, str], Decimal] = {}
-            for start in slots.live(ws.slots, now):
-                for (k, pod), totals in ws.slots[start].items():
-                    if k == key or (key is None and lim.per is not None):
-                        sums[k, pod] = sums.get((k, pod), ZERO) + totals.amount(lim)
-            out: dict[str, Decimal] = {}
-            for (_, pod), amount in sums.items():
-                out[pod] = max(out.get(pod, ZERO), amount)
-            return out
-        return {}
+        return usage_status.settled(self._fold(view)[1], window, key, as_utc(now))
 
     def key_usage(self, view: BudgetView, window: str, now: dt.datetime) -> dict[str, dict[str, Decimal]]:
         """Per key of a per-User/per-Model window, what each pod (uid) settled in it at `now`."""
-        now = as_utc(now)
-        _, windows, _ = self._fold(view)
-        out: dict[str, dict[str, Decimal]] = {}
-        for lim, slots, ws in windows:
-            if lim.name != window or lim.per is None:
-                continue
-            for start in slots.live(ws.slots, now):
-                for (k, pod), totals in ws.slots[start].items():
-                    if k is not None:
-                        by_pod = out.setdefault(k, {})
-                        by_pod[pod] = by_pod.get(pod, ZERO) + totals.amount(lim)
-        return out
+        return usage_status.key_usage(self._fold(view)[1], window, as_utc(now))
 
     def status(self, view: BudgetView, now: dt.datetime) -> dict[str, Any]:
         """The usage part of `TokenBudgetStatus` for `view` at `now`, in wire form (camelCase).
@@ -230,52 +202,13 @@ class Aggregator:
         same answer.
         """
         now = as_utc(now)
-        spec = view.spec
         sums, windows, (cslots, consumers) = self._fold(view)
-        entries: list[dict[str, Any]] = []
-        fullest: tuple[int, str] | None = None
-        for lim, slots, ws in windows:
-            live = slots.live(ws.slots, now)
-            by_key: dict[str | None, dict[dt.datetime, Decimal]] = {}
-            for start in live:
-                for (k, _pod), totals in ws.slots[start].items():
-                    per_slot = by_key.setdefault(k, {})
-                    per_slot[start] = per_slot.get(start, ZERO) + totals.amount(lim)
-            if lim.per is None:
-                by_key.setdefault(None, {})
-            cap = limit_amount(lim)
-            rows = []
-            for k, per_slot in by_key.items():
-                used = sum(per_slot.values(), ZERO)
-                rows.append((percent_used(used, cap), used, k, slots.resets_at(per_slot, now)))
-            rows.sort(key=lambda r: (-r[0], -r[1], r[2] or ""))
-            for pct, used, k, resets in rows[: self.keys_per_window]:
-                entry: dict[str, Any] = {"name": lim.name, "unit": unit_of(lim).value, "used": fmt(used),
-                                         "limit": fmt(cap), "percent": pct, "remaining": fmt(max(cap - used, ZERO))}
-                if k is not None:
-                    entry["key"] = k
-                if resets is not None:
-                    entry["resetsAt"] = k8s_time(resets)
-                entries.append(entry)
-                if fullest is None or pct > fullest[0]:
-                    fullest = (pct, lim.name)
-
-        ladder = list(spec.ladder or [])
-        digest = ladder_digest(ladder, spec.hysteresis_percent)
-        if sums.ladder != digest:
-            sums.ladder, sums.step = digest, -1
+        entries, fullest = usage_status.window_entries(windows, now, self.keys_per_window)
         pct_max = fullest[0] if fullest else 0
-        step = sums.step
-        while step + 1 < len(ladder) and pct_max >= ladder[step + 1].at:
-            step += 1
-        while step >= 0 and pct_max < ladder[step].at - spec.hysteresis_percent:
-            step -= 1
-        sums.step = step
-
         current = consumers.live(cslots, now)
         out: dict[str, Any] = {
             "observedGeneration": view.generation,
-            "stage": Stage(ladder[step].action.value).value if step >= 0 else Stage.NORMAL.value,
+            "stage": usage_status.ladder_stage(sums, view.spec, pct_max),
             "usedPercent": pct_max,
             "windows": entries,
             "topConsumers": current.top(self.top, self._pod_names),
@@ -292,24 +225,10 @@ class Aggregator:
                       ) -> tuple[Limit, Totals, Totals, str | None] | None:
         """What calendar window `window` counted in the period starting at `period_start`, if still kept.
 
-        (limit, totals of every key, totals of the fullest key, that key): the end-of-period summary. The
-        aggregator keeps the previous period of a calendar window (`Slots.keep_after`), so this answers for
-        the period that just ended; None for a rolling window, an unknown window or a pruned period.
+        The end-of-period summary. The aggregator keeps the previous period of a calendar window
+        (`Slots.keep_after`), so this answers for the period that just ended (usage_status.period_totals).
         """
-        _, windows, _ = self._fold(view)
-        for lim, _, ws in windows:
-            if lim.name != window or lim.period is None:
-                continue
-            rows = ws.slots.get(as_utc(period_start), {})
-            total, by_key = Totals(), dict[str | None, Totals]()
-            for (k, _pod), totals in rows.items():
-                total.merge(totals)
-                by_key.setdefault(k, Totals()).merge(totals)
-            if not by_key:
-                return lim, total, total, None
-            key, fullest = max(by_key.items(), key=lambda kv: (kv[1].amount(lim), kv[0] or ""))
-            return lim, total, fullest, key
-        return None
+        return usage_status.period_totals(self._fold(view)[1], window, period_start)
 
     # ----- persistence -----
 
