@@ -2,7 +2,8 @@
 """ThinkTier autoApply's closed loop over simulated days, against a fixed maximum and the declared tiers.
 
 Part of benchmarks/thinktier_savings.py (same sidecar + test upstream in process, same four classes and
-the same rho, the share of budget slack a model thinks through); run with it::
+the same rho, the share of budget slack a model thinks through; the rig both use is
+benchmarks/thinktier_bench.py); run with it::
 
     .venv/bin/python benchmarks/thinktier_savings.py --closed-loop        # adds about 5 minutes
     .venv/bin/python benchmarks/thinktier_closed_loop.py [--quick]        # the closed loop alone
@@ -26,40 +27,20 @@ import random
 import sys
 from typing import Any
 
-import aiohttp
-from thinktier_savings import (
-    CLASSES,
-    HEADROOM,
-    MAX_BUDGET,
-    MIN_SAMPLES,
-    Bench,
-    Outcome,
-    policy,
-    serve,
-    summarize,
-)
+from thinktier_bench import CLASSES, HEADROOM, MAX_BUDGET, MIN_SAMPLES, Bench, Outcome, calls, running, summarize
 
 from tokenbudget_api.thinktier import Calibration
 from tokenbudget_operator.reconciler.thinktier_apply import Applied, step
-from tokenbudget_sidecar.app import create_app, create_state
-from tokenbudget_sidecar.settings import Settings
-from tokenbudget_testing.upstream import create_app as create_upstream
 
 DECLARED = {"lookup": 4096, "support": 8192, "analysis": 8192, "planning": 32768}
 STEP_PERCENT = 25
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 
-def day_calls(rnd: random.Random, n: int) -> list[tuple[str, int]]:
-    names = [k.name for k in CLASSES]
-    by_name = {k.name: k for k in CLASSES}
-    return [(name, by_name[name].need(rnd)) for name in rnd.choices(names, [k.share for k in CLASSES], k=n)]
-
-
 async def closed_loop(bench: Bench, days: int, per_day: int, periods: int, rho: float, seed: int,
                       percentiles: list[int]) -> None:
     rnd = random.Random(seed)
-    schedule = [[day_calls(rnd, per_day // periods) for _ in range(periods)] for _ in range(days)]
+    schedule = [[calls(rnd, per_day // periods) for _ in range(periods)] for _ in range(days)]
     baselines: dict[str, list[dict[str, Any]]] = {"fixed max": [], "declared": []}
     settled: dict[str, list[Outcome]] = {"fixed max": [], "declared": []}  # the second half of the days
     for name, budgets in (("fixed max", {k.name: MAX_BUDGET for k in CLASSES}), ("declared", DECLARED)):
@@ -130,19 +111,9 @@ async def main() -> int:
 
 async def run(quick: bool, rhos: list[float], seed: int, percentiles: list[int]) -> None:
     days, per_day, periods = (3, 1200, 4) if quick else (5, 2400, 6)
-    upstream_app = create_upstream()
-    up_runner, upstream = await serve(upstream_app)
-    settings = Settings(data_port=0, admin_port=0)
-    state = create_state(settings, policy(upstream, DECLARED))
-    side_runner, sidecar = await serve(create_app(settings, state))
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
-            bench = Bench(state, upstream_app, sidecar, upstream, client)
-            for rho in rhos:
-                await closed_loop(bench, days, per_day, periods, rho, seed, percentiles)
-    finally:
-        await side_runner.cleanup()
-        await up_runner.cleanup()
+    async with running(DECLARED) as bench:
+        for rho in rhos:
+            await closed_loop(bench, days, per_day, periods, rho, seed, percentiles)
 
 
 if __name__ == "__main__":

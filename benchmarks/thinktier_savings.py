@@ -50,185 +50,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import math
-import random
 import statistics
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+import thinktier_closed_loop
+from thinktier_bench import (
+    CLASSES,
+    HEADROOM,
+    MAX_BUDGET,
+    MIN_SAMPLES,
+    PERCENTILE,
+    SMALL_BUDGET,
+    provider_budget,
+    request,
+    running,
+    summarize,
+    workload,
+)
 
-from tokenbudget_api.policy import SidecarPolicy
-from tokenbudget_api.thinktier import EffortThresholds
 from tokenbudget_api.tokenbudget import Dialect as DialectName
-from tokenbudget_sidecar.app import create_app, create_state
 from tokenbudget_sidecar.dialects import DIALECTS
-from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.state import State
-from tokenbudget_sidecar.thinking.providers import anthropic_max_output, effort_for, fit_anthropic, gemini_budget_range
-from tokenbudget_testing.upstream import DEFAULT_EFFORT_BUDGETS, LEDGER
-from tokenbudget_testing.upstream import create_app as create_upstream
-
-HOST = "127.0.0.1"
-MAX_BUDGET, SMALL_BUDGET = 65_536, 1024
-ANSWER_TOKENS = 64  # every answer needs this much room
-ANTHROPIC_ROOM = 1024  # the apps' max_tokens: their answer room
-THRESHOLDS = EffortThresholds(low_up_to=1024, medium_up_to=8192)
-MIN_SAMPLES, PERCENTILE, HEADROOM = 100, 95, 20
-PROMPT = "Work it out and answer in one paragraph: how many primes are there below 10^6?"
-
-
-@dataclass(frozen=True)
-class Klass:
-    name: str
-    dialect: str
-    model: str
-    median: float
-    sigma: float
-    share: float
-
-    def need(self, rnd: random.Random) -> int:
-        return max(1, round(rnd.lognormvariate(math.log(self.median), self.sigma)))
-
-    def true_quantile(self, q: float) -> float:
-        return self.median * math.exp(statistics.NormalDist().inv_cdf(q) * self.sigma)
-
-
-CLASSES = [
-    Klass("lookup", "gemini", "gemini-2.5-flash", 700, 0.45, 0.40),
-    Klass("support", "anthropic", "claude-sonnet-4-6", 2500, 0.50, 0.30),
-    Klass("analysis", "openai", "o3", 3000, 0.40, 0.20),
-    Klass("planning", "anthropic", "claude-opus-4-6", 14_000, 0.35, 0.10),
-]
-
-
-def provider_budget(k: Klass, tier_budget: int) -> int:
-    """The thinking budget the provider enforces for a tier (the same mapping the sidecar writes)."""
-    if k.dialect == "anthropic":
-        fitted = fit_anthropic(tier_budget, ANTHROPIC_ROOM, anthropic_max_output(k.model))
-        assert fitted is not None
-        return fitted[0]
-    if k.dialect == "gemini":
-        lo, hi = gemini_budget_range(k.model)
-        return min(max(tier_budget, lo), hi)
-    return DEFAULT_EFFORT_BUDGETS[effort_for(tier_budget, THRESHOLDS)]
-
-
-def policy(upstream: str, budgets: dict[str, int], percentile: int = PERCENTILE) -> SidecarPolicy:
-    tiers = [{"name": f"{k.name}-tier", "budgetTokens": budgets[k.name]} for k in CLASSES]
-    tiers.append({"name": "default", "budgetTokens": 8192})
-    return SidecarPolicy.model_validate({
-        "upstreams": [{"name": d, "baseURL": upstream, "dialect": {"openai": "OpenAI", "anthropic": "Anthropic",
-                                                                     "gemini": "Gemini"}[d]}
-                      for d in ("openai", "anthropic", "gemini")],
-        "thinkTiers": [{"name": "bench", "spec": {
-            "selector": {}, "defaultTier": "default", "tiers": tiers,
-            "classes": [{"name": k.name, "tier": f"{k.name}-tier", "match": {"headerValues": [k.name]}}
-                        for k in CLASSES],
-            "openAIEffort": {"lowUpTo": THRESHOLDS.low_up_to, "mediumUpTo": THRESHOLDS.medium_up_to},
-            "calibration": {"percentile": percentile, "headroomPercent": HEADROOM, "minSamples": MIN_SAMPLES},
-        }}],
-    })
-
-
-def request(k: Klass, sidecar: str) -> tuple[str, dict[str, Any], dict[str, str]]:
-    if k.dialect == "gemini":
-        return (f"{sidecar}/gemini/v1beta/models/{k.model}:generateContent",
-                {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}, {})
-    if k.dialect == "anthropic":
-        return (f"{sidecar}/anthropic/v1/messages",
-                {"model": k.model, "max_tokens": ANTHROPIC_ROOM, "messages": [{"role": "user", "content": PROMPT}]},
-                {"anthropic-version": "2023-06-01"})
-    return (f"{sidecar}/openai/v1/chat/completions",
-            {"model": k.model, "messages": [{"role": "user", "content": PROMPT}]}, {})
-
-
-@dataclass
-class Outcome:
-    klass: str
-    need: int
-    budget: int  # what the provider enforced
-    thinking: int  # what the provider billed as thinking
-
-
-class Bench:
-    def __init__(self, state: State, upstream_app: web.Application, sidecar: str, upstream: str,
-                 client: aiohttp.ClientSession) -> None:
-        self.state, self.upstream_app, self.sidecar, self.upstream, self.client = (
-            state, upstream_app, sidecar, upstream, client)
-        self.by_name = {k.name: k for k in CLASSES}
-
-    def use(self, budgets: dict[str, int], percentile: int = PERCENTILE) -> None:
-        self.state.apply(policy(self.upstream, budgets, percentile))
-
-    async def run(self, calls: list[tuple[str, int]], budgets: dict[str, int], rho: float,
-                  concurrency: int = 8) -> list[Outcome]:
-        ledger = self.upstream_app[LEDGER]
-        ledger.clear()
-        gate = asyncio.Semaphore(concurrency)
-        ids: list[tuple[str, str, int, int]] = []
-
-        async def one(name: str, need: int) -> None:
-            k = self.by_name[name]
-            enforced = provider_budget(k, budgets[name])
-            wants = need if need >= enforced else need + round(rho * (enforced - need))
-            url, body, headers = request(k, self.sidecar)
-            headers = {**headers, "x-tokenbudget-class": name, "x-upstream-reasoning-tokens": str(wants),
-                       "x-upstream-output-tokens": str(ANSWER_TOKENS)}
-            async with gate, self.client.post(url, json=body, headers=headers) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"{name}: HTTP {resp.status}: {(await resp.text())[:300]}")
-                ids.append((resp.headers["x-upstream-request-id"], name, need, enforced))
-
-        await asyncio.gather(*(one(name, need) for name, need in calls))
-        served = {r.request_id: r for r in await ledger.wait_finished_async(len(calls), within=60)}
-        log = self.state.usage_log
-        log.ack(log.last_seq)  # keep the in-memory usage log small
-        return [Outcome(name, need, enforced, served[rid].reasoning_tokens) for rid, name, need, enforced in ids]
-
-    async def calibrate(self, rounds: int, per_class: int, rho: float, seed: int,
-                        percentile: int) -> list[dict[str, int]]:
-        """Learning rounds from the maximum, each applying the sidecar's recommendations (autoApply)."""
-        budgets = {k.name: MAX_BUDGET for k in CLASSES}
-        history = [dict(budgets)]
-        rnd = random.Random(seed)
-        for _ in range(rounds):
-            self.use(budgets, percentile)
-            calls = [(k.name, k.need(rnd)) for k in CLASSES for _ in range(per_class)]
-            rnd.shuffle(calls)
-            await self.run(calls, budgets, rho)
-            snap = self.state.thinking.report().dump()["thinkTiers"][0]  # type: ignore[index]
-            for c in snap["classes"]:
-                if c["name"] in budgets and c["recommendedBudgetTokens"] is not None:
-                    budgets[c["name"]] = c["recommendedBudgetTokens"]
-            history.append(dict(budgets))
-        return history
-
-
-def workload(n: int, seed: int) -> list[tuple[str, int]]:
-    rnd = random.Random(seed)
-    names = [k.name for k in CLASSES]
-    weights = [k.share for k in CLASSES]
-    by_name = {k.name: k for k in CLASSES}
-    return [(name, by_name[name].need(rnd)) for name in rnd.choices(names, weights, k=n)]
-
-
-def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
-    per: dict[str, list[Outcome]] = defaultdict(list)
-    for o in outcomes:
-        per[o.klass].append(o)
-    return {
-        "spend": sum(o.thinking for o in outcomes),
-        "lost": sum(o.need > o.budget for o in outcomes),
-        "trunc": {name: 100 * sum(o.need > o.budget for o in os) / len(os) for name, os in per.items()},
-        "budget": {name: statistics.median(o.budget for o in os) for name, os in per.items()},
-        "spend_by": {name: sum(o.thinking for o in os) for name, os in per.items()},
-    }
 
 
 def print_table(rho: float, results: dict[str, dict[str, Any]], n: int) -> bool:
@@ -273,14 +117,6 @@ async def allocation_time(state: State) -> tuple[float, float]:
     return statistics.median(samples), samples[int(len(samples) * 0.99)]
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    return runner, f"http://{HOST}:{runner.addresses[0][1]}"
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer calls (noisier per-class truncation)")
@@ -293,58 +129,46 @@ async def main() -> int:
     n_eval = 1000 if args.quick else 3000
     rounds, per_class = (3, MIN_SAMPLES) if args.quick else (4, 2 * MIN_SAMPLES)
 
-    upstream_app = create_upstream()
-    up_runner, upstream = await serve(upstream_app)
-    settings = Settings(data_port=0, admin_port=0)
-    state = create_state(settings, policy(upstream, {k.name: MAX_BUDGET for k in CLASSES}))
-    side_runner, sidecar = await serve(create_app(settings, state))
-    print("ThinkTier savings: sidecar + test upstream in process; seeded workload", args.seed)
-    print("classes: " + ", ".join(f"{k.name} ({k.model}, need median {k.median:g}, true P95 "
-                                  f"{k.true_quantile(0.95):.0f}, {k.share:.0%})" for k in CLASSES))
     verdicts = {}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
-            bench = Bench(state, upstream_app, sidecar, upstream, client)
-            calls = workload(n_eval, args.seed)
-            for rho in args.rho:
-                started = time.perf_counter()
-                results = {}
-                for name, budgets in (("fixed max", {k.name: MAX_BUDGET for k in CLASSES}),
-                                      ("fixed small", {k.name: SMALL_BUDGET for k in CLASSES})):
-                    bench.use(budgets)
-                    results[name] = summarize(await bench.run(calls, budgets, rho))
-                learned = {}
-                for pct in args.percentiles:
-                    history = await bench.calibrate(rounds, per_class, rho, args.seed + 1, pct)
-                    bench.use(history[-1], pct)
-                    results[f"cal. P{pct}+{HEADROOM}%"] = summarize(await bench.run(calls, history[-1], rho))
-                    learned[pct] = (history, state.thinking.report().dump()["thinkTiers"][0])  # type: ignore[index]
-                verdicts[rho] = print_table(rho, results, n_eval)
-                for pct, (history, snap) in learned.items():
-                    print(f"calibration at P{pct}+{HEADROOM}% (tier budget per learning round; "
-                          "provider-enforced budget in brackets):")
-                    for k in CLASSES:
-                        steps = " -> ".join(str(h[k.name]) for h in history)
-                        print(f"  {k.name:<9} {steps}  [{provider_budget(k, history[-1][k.name])}]  "
-                              f"(true P{pct} x 1.2 = {k.true_quantile(pct / 100) * 1.2:.0f})")
-                    print("  the sidecar's view of that calibrated evaluation (GET /thinking):")
-                    for c in snap["classes"]:
-                        if c["samples"]:
-                            print(f"    {c['name']:<9} samples {c['samples']:>5}  P50 {c['p50']:>6}  "
-                                  f"P95 {c['p95']:>6}  budget-bound {c['budgetBoundPercent']:>6}%  "
-                                  f"under-use {c['underUsePercent']:>6}%  "
-                                  f"recommends {c['recommendedBudgetTokens']}")
-                    print("    conditions: " + ", ".join(f"{c['type']}={c['status']}" for c in snap["conditions"]))
-                print(f"({time.perf_counter() - started:.0f} s)")
-            median_us, p99_us = await allocation_time(state)
-            print(f"\nallocation (Thinking.apply: classify + rewrite): median {median_us:.0f} us, p99 {p99_us:.0f} us")
-    finally:
-        await side_runner.cleanup()
-        await up_runner.cleanup()
+    async with running({k.name: MAX_BUDGET for k in CLASSES}) as bench:
+        print("ThinkTier savings: sidecar + test upstream in process; seeded workload", args.seed)
+        print("classes: " + ", ".join(f"{k.name} ({k.model}, need median {k.median:g}, true P95 "
+                                      f"{k.true_quantile(0.95):.0f}, {k.share:.0%})" for k in CLASSES))
+        calls = workload(n_eval, args.seed)
+        for rho in args.rho:
+            started = time.perf_counter()
+            results = {}
+            for name, budgets in (("fixed max", {k.name: MAX_BUDGET for k in CLASSES}),
+                                  ("fixed small", {k.name: SMALL_BUDGET for k in CLASSES})):
+                bench.use(budgets)
+                results[name] = summarize(await bench.run(calls, budgets, rho))
+            learned = {}
+            for pct in args.percentiles:
+                history = await bench.calibrate(rounds, per_class, rho, args.seed + 1, pct)
+                bench.use(history[-1], pct)
+                results[f"cal. P{pct}+{HEADROOM}%"] = summarize(await bench.run(calls, history[-1], rho))
+                learned[pct] = (history, bench.state.thinking.report().dump()["thinkTiers"][0])  # type: ignore[index]
+            verdicts[rho] = print_table(rho, results, n_eval)
+            for pct, (history, snap) in learned.items():
+                print(f"calibration at P{pct}+{HEADROOM}% (tier budget per learning round; "
+                      "provider-enforced budget in brackets):")
+                for k in CLASSES:
+                    steps = " -> ".join(str(h[k.name]) for h in history)
+                    print(f"  {k.name:<9} {steps}  [{provider_budget(k, history[-1][k.name])}]  "
+                          f"(true P{pct} x 1.2 = {k.true_quantile(pct / 100) * 1.2:.0f})")
+                print("  the sidecar's view of that calibrated evaluation (GET /thinking):")
+                for c in snap["classes"]:
+                    if c["samples"]:
+                        print(f"    {c['name']:<9} samples {c['samples']:>5}  P50 {c['p50']:>6}  "
+                              f"P95 {c['p95']:>6}  budget-bound {c['budgetBoundPercent']:>6}%  "
+                              f"under-use {c['underUsePercent']:>6}%  "
+                              f"recommends {c['recommendedBudgetTokens']}")
+                print("    conditions: " + ", ".join(f"{c['type']}={c['status']}" for c in snap["conditions"]))
+            print(f"({time.perf_counter() - started:.0f} s)")
+        median_us, p99_us = await allocation_time(bench.state)
+        print(f"\nallocation (Thinking.apply: classify + rewrite): median {median_us:.0f} us, p99 {p99_us:.0f} us")
     print("\nverdict by rho: " + ", ".join(f"{rho:g}: {'met' if met else 'not met'}" for rho, met in verdicts.items()))
     if args.closed_loop:
-        import thinktier_closed_loop  # a sibling script; imports this module's workload and Bench
-
         await thinktier_closed_loop.run(args.quick, args.rho, args.seed + 1, args.percentiles)
     return 0
 

@@ -8,7 +8,8 @@ and no time is checked: at these sizes they mean nothing. The two that start the
 are marked `kube`, so `make test-fast` leaves them out.
 
 benchmarks/aiohttp_floor.py is no benchmark but the bare proxy sidecar_latency.py starts beside the sidecar
-(without --no-floor), so it runs inside that case.
+(without --no-floor), so it runs inside that case; benchmarks/thinktier_bench.py is the rig both ThinkTier
+scripts import, so it runs inside theirs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
-HELPERS = frozenset({"aiohttp_floor.py"})  # started by sidecar_latency.py, not run on its own
+HELPERS = frozenset({"aiohttp_floor.py", "thinktier_bench.py"})  # run by other scripts, not on their own
 
 
 @dataclass(frozen=True)
