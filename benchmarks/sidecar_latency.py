@@ -606,18 +606,24 @@ def added(values: Sequence[float], base: Sequence[float]) -> tuple[float, float]
     return pct(values, 50) - pct(base, 50), pct(values, 99) - pct(base, 99)
 
 
-def verdict(ok: bool) -> str:
+SMOKE_VERDICT = "(smoke: no verdicts)"
+
+
+def verdict(ok: bool, smoke: bool) -> str:
+    """met / MISSED against a target; a smoke run's figures (a handful of calls) say nothing about one."""
+    if smoke:
+        return SMOKE_VERDICT
     return "**met**" if ok else "**MISSED**"
 
 
-def target_note(level: Level, metric: str, add50: float, add99: float) -> str:
+def target_note(level: Level, metric: str, add50: float, add99: float, smoke: bool) -> str:
     if level.kind != "chat" or metric != "latency":
         return ""
     if level.concurrency == 1:
-        return (f"p50 ≤ {TARGET_C1_P50_MS:g} ms: {verdict(add50 * 1000 <= TARGET_C1_P50_MS)}; "
-                f"p99 ≤ {TARGET_C1_P99_MS:g} ms: {verdict(add99 * 1000 <= TARGET_C1_P99_MS)}")
+        return (f"p50 ≤ {TARGET_C1_P50_MS:g} ms: {verdict(add50 * 1000 <= TARGET_C1_P50_MS, smoke)}; "
+                f"p99 ≤ {TARGET_C1_P99_MS:g} ms: {verdict(add99 * 1000 <= TARGET_C1_P99_MS, smoke)}")
     if level.concurrency == 64:
-        return f"p99 ≤ {TARGET_C64_P99_MS:g} ms: {verdict(add99 * 1000 <= TARGET_C64_P99_MS)}"
+        return f"p99 ≤ {TARGET_C64_P99_MS:g} ms: {verdict(add99 * 1000 <= TARGET_C64_P99_MS, smoke)}"
     return ""
 
 
@@ -628,7 +634,7 @@ ROWS: dict[Kind, list[tuple[str, str]]] = {
 }
 
 
-def table(levels: list[Level], others: list[str]) -> list[str]:
+def table(levels: list[Level], others: list[str], smoke: bool) -> list[str]:
     names = ["direct", "sidecar", *others]
     head = ["scenario", "c", "calls/path", "direct p50 / p99", "sidecar p50 / p99", "**added** p50 / p99"]
     head += [f"{OTHERS[o]} added p50 / p99" for o in others]
@@ -647,12 +653,12 @@ def table(levels: list[Level], others: list[str]) -> list[str]:
             last = metric == "latency"
             row.append(" / ".join(f"{res[n].rate:.0f}" for n in names) if last else "")
             row.append(" / ".join(f"{res[n].cpu_per_call * 1e6:.0f}" for n in names) if last else "")
-            row.append(target_note(level, metric, a50, a99))
+            row.append(target_note(level, metric, a50, a99, smoke))
             lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
-def cpu_table(levels: list[Level], others: list[str]) -> list[str]:
+def cpu_table(levels: list[Level], others: list[str], smoke: bool) -> list[str]:
     """The sidecar's CPU per call split into what aiohttp and the loop cost (the floor proxy, same run) and
     what tokenbudget adds on top, beside nginx."""
     if "floor" not in others:
@@ -670,7 +676,7 @@ def cpu_table(levels: list[Level], others: list[str]) -> list[str]:
                f"**{side - res['floor'].cpu_per_call * 1e6:.0f}**"]
         if "nginx" in others:
             row.append(f"{side / (res['nginx'].cpu_per_call * 1e6):.1f}x")
-        row.append(verdict(side <= TARGET_CPU_US) if level.kind == "chat" else "")
+        row.append(verdict(side <= TARGET_CPU_US, smoke) if level.kind == "chat" else "")
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -823,9 +829,10 @@ def report(levels: list[Level], others: list[str], facts: Facts) -> None:
     if facts.profiled:
         print("- **The sidecar ran under cProfile: its latency and CPU figures are inflated by the profiler.**")
     print()
-    print("\n".join(table(levels, others)))
+    smoke = facts.run == SMOKE.name  # met / MISSED mean nothing at its size
+    print("\n".join(table(levels, others, smoke)))
     print()
-    if lines := cpu_table(levels, others):
+    if lines := cpu_table(levels, others, smoke):
         print("\n".join(lines))
         print()
     errors = {f"{lv.kind} c={lv.concurrency} {name}": dict(s.errors)
@@ -836,9 +843,9 @@ def report(levels: list[Level], others: list[str], facts: Facts) -> None:
     rest = facts.idle.get("VmRSS", 0)
     print("- Sidecar RSS idle (after start-up, which loads no encoding unless TOKENBUDGET_PROMPT_COUNT=Exact; "
           f"before any call): {mib(rest)}; target (issue 19) ≤ {TARGET_RSS_REST_MIB:g} MiB: "
-          f"{verdict(rest / 1024 <= TARGET_RSS_REST_MIB)}")
+          f"{verdict(rest / 1024 <= TARGET_RSS_REST_MIB, smoke)}")
     print(f"- Sidecar RSS peak under load (VmRSS sampled every {facts.sample_interval * 1000:.0f} ms): "
-          f"{mib(peak)}; target (issue 3) ≤ {TARGET_RSS_MIB:g} MiB: {verdict(peak / 1024 <= TARGET_RSS_MIB)}")
+          f"{mib(peak)}; target (issue 3) ≤ {TARGET_RSS_MIB:g} MiB: {verdict(peak / 1024 <= TARGET_RSS_MIB, smoke)}")
     print("- Sidecar VmHWM at the end (peak over its whole life, start-up included): "
           f"{mib(facts.after.get('VmHWM', 0))}; VmRSS after the load: {mib(facts.after.get('VmRSS', 0))}")
     if facts.nginx_kib:
