@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -390,6 +391,14 @@ class ControlPlane:
         if check and done.returncode != 0:
             raise KubectlError(done.returncode, cmd, done.stdout, done.stderr)
         return done
+
+    def plugin(self, *args: str, timeout: float = 120.0) -> str:
+        """Run the kubectl plugin (`python -m tokenbudget_cli`, as `kubectl tokenbudget` runs it) against this
+        control plane; asserts it exits 0 (its stderr the message) and returns its stdout."""
+        done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", *args, "--kubeconfig", str(self.kubeconfig)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def apply_crds(self, crd_dir: Path, timeout: float = 60.0) -> list[str]:
         """Apply every crd_dir/*.yaml and wait until each CRD is Established; returns the CRD names.

@@ -129,15 +129,8 @@ def cluster(kube: ControlPlane) -> ControlPlane:
     return kube
 
 
-def plugin(kube: ControlPlane, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", *args, "--kubeconfig", str(kube.kubeconfig)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_status_prints_each_window_with_remaining_and_the_tiers_classes(cluster: ControlPlane) -> None:
-    out = plugin(cluster, "status", "-n", NS)
+    out = cluster.plugin("status", "-n", NS)
     print(out)  # the sample in the report
     assert "TokenBudget tb-cli/support-bot  Enforce  stage Alert  78% of monthly-tokens  2/3 pods synced" in out
     assert "2 selected pod(s) run without the sidecar, unmetered: support-bot-old, support-bot-older (created" in out
@@ -160,7 +153,7 @@ def test_status_prints_each_window_with_remaining_and_the_tiers_classes(cluster:
 
 
 def test_status_json_is_the_same_figures_for_scripts(cluster: ControlPlane) -> None:
-    doc = json.loads(plugin(cluster, "status", "-A", "-o", "json"))
+    doc = json.loads(cluster.plugin("status", "-A", "-o", "json"))
     budgets = {f"{b['namespace']}/{b['name']}": b for b in doc["budgets"]}
     assert set(budgets) >= {"tb-cli/support-bot", "tb-cli/research-dryrun", "tb-cli-b/chat-per-user"}
     monthly = budgets["tb-cli/support-bot"]["windows"][0]
@@ -174,13 +167,13 @@ def test_status_json_is_the_same_figures_for_scripts(cluster: ControlPlane) -> N
     assert budgets["tb-cli/research-dryrun"]["withoutSidecarCount"] == 0
     tiers = {t["name"]: t for t in doc["thinkTiers"]}
     assert tiers["assistant"]["classes"][0]["recommendedBudgetTokens"] == 1280
-    one = yaml.safe_load(plugin(cluster, "status", "-n", NS_B, "chat-per-user", "-o", "yaml"))
+    one = yaml.safe_load(cluster.plugin("status", "-n", NS_B, "chat-per-user", "-o", "yaml"))
     assert [b["name"] for b in one["budgets"]] == ["chat-per-user"]
     assert one["thinkTiers"] == []
 
 
 def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: ControlPlane) -> None:
-    out = plugin(cluster, "insights", "-A")
+    out = cluster.plugin("insights", "-A")
     print(out)  # the sample in the report
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("tb-cli/", "tb-cli-b/"))
             and len(line.split()) > 4 and line.split()[1] in ("CacheMiss", "RepeatedContext", "Retry", "InputGrowth")]
@@ -193,7 +186,7 @@ def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: C
     assert "tb-cli-b/chat-per-user: no call measured in the last day" in out
     pod = next(line.split() for line in out.splitlines() if " support-bot-7d9f " in line)
     assert pod[1:] == ["Pod", "support-bot-7d9f", "700", "71%", "$3.1000", "30", "$0.5000", "$18.9000"]
-    one = json.loads(plugin(cluster, "insights", "-n", NS, "support-bot", "-o", "json"))
+    one = json.loads(cluster.plugin("insights", "-n", NS, "support-bot", "-o", "json"))
     assert [r["insight"] for r in one["rows"]] == ["RepeatedContext", "Retry", "InputGrowth"]
     assert one["budgets"][0]["outcomes"]["costPerAcceptedUSD"] == "0.208"
     done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", "insights", "-n", NS, "nope", "--kubeconfig",
@@ -203,10 +196,10 @@ def test_insights_ranks_waste_across_budgets_by_dollars_with_outcomes(cluster: C
 
 def test_report_by_budget_takes_each_budgets_longest_window_and_says_where_it_comes_from(
         cluster: ControlPlane) -> None:
-    out = plugin(cluster, "report", "-A", "--by", "budget")
+    out = cluster.plugin("report", "-A", "--by", "budget")
     print(out)  # the sample in the report
     assert "Source: the current periods on TokenBudget status" in out
-    csv_out = plugin(cluster, "report", "-A", "--by", "budget", "--format", "csv").splitlines()
+    csv_out = cluster.plugin("report", "-A", "--by", "budget", "--format", "csv").splitlines()
     assert csv_out[0] == "budget,tokens,costUSD,requests,windows"
     table = {line.split(",")[0]: line.split(",") for line in csv_out[1:]}
     # support-bot: monthly tokens, daily dollars, the 5-minute requests window (the longest of each unit)
@@ -216,24 +209,24 @@ def test_report_by_budget_takes_each_budgets_longest_window_and_says_where_it_co
 
 
 def test_report_by_namespace_model_user_and_pod(cluster: ControlPlane) -> None:
-    by_ns = json.loads(plugin(cluster, "report", "-A", "--by", "namespace", "--format", "json"))
+    by_ns = json.loads(cluster.plugin("report", "-A", "--by", "namespace", "--format", "json"))
     assert by_ns["source"] == "status"
     ns_rows = {r["namespace"]: r for r in by_ns["rows"]}
     assert ns_rows[NS]["costUSD"] == "293.7000"  # 31.20 + 262.50
     assert ns_rows[NS_B]["tokens"] == "120000"
-    one_ns = json.loads(plugin(cluster, "report", "-n", NS, "--by", "namespace", "--format", "json"))["rows"]
+    one_ns = json.loads(cluster.plugin("report", "-n", NS, "--by", "namespace", "--format", "json"))["rows"]
     assert [(r["namespace"], r["tokens"], r["costUSD"], r["requests"]) for r in one_ns] == [
         (NS, "3900000", "293.7000", "12"), ("TOTAL", "3900000", "293.7000", "12")]
-    models = {r["model"]: r for r in json.loads(plugin(cluster, "report", "-A", "--by", "model", "--format",
+    models = {r["model"]: r for r in json.loads(cluster.plugin("report", "-A", "--by", "model", "--format",
                                                        "json"))["rows"]}
     assert models["gpt-4o"]["costUSD"] == "1.5000"
     assert models["gpt-4o-mini"]["costUSD"] == "0.2500"
     # Per namespace: with -A, budgets another module left on the shared control plane (tests/monitoring's
     # users) would add to alice's row.
-    users = plugin(cluster, "report", "-n", NS, "--by", "user", "--format", "markdown")
+    users = cluster.plugin("report", "-n", NS, "--by", "user", "--format", "markdown")
     assert "| alice | 900000 | 7.1000 |" in users
-    assert "| bob | 80000 |" in plugin(cluster, "report", "-n", NS_B, "--by", "user", "--format", "markdown")
-    pods = plugin(cluster, "report", "-n", NS, "--by", "pod")
+    assert "| bob | 80000 |" in cluster.plugin("report", "-n", NS_B, "--by", "user", "--format", "markdown")
+    pods = cluster.plugin("report", "-n", NS, "--by", "pod")
     assert "support-bot-x2k4" in pods
     assert "TOTAL" in pods
 
@@ -271,7 +264,7 @@ def test_export_reads_a_pods_sidecar_and_its_trace_replays(cluster: ControlPlane
                                                extra_headers={"x-upstream-output-tokens": "50"})
             port = admin.rsplit(":", 1)[1]
             records = [json.loads(line) for line in
-                       plugin(cluster, "export", "chat-0", "-n", NS, "--admin-port", port).splitlines()]
+                       cluster.plugin("export", "chat-0", "-n", NS, "--admin-port", port).splitlines()]
     assert [r["model"] for r in records] == ["gpt-4o"] * 5
     assert [r["usage"]["output_tokens"] for r in records] == [50] * 5
     # The trace replays: a budget with room for three of these calls admits three.

@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -187,13 +185,6 @@ def events(kube: ControlPlane, name: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in found if e["reason"] == reason]
 
 
-def plugin(kube: ControlPlane, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tokenbudget_cli", *args, "--kubeconfig", str(kube.kubeconfig)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 # ----- tests (in order: the first runs before the Secret exists) ---------------------------------------------
 
 
@@ -350,8 +341,8 @@ def test_status_counts_selected_pods_without_the_sidecar_and_shows_remaining(nst
     missing = condition(tb, "SidecarMissing")
     assert (missing["status"], missing["reason"]) == ("True", "PodsWithoutSidecar")
     assert missing["message"].startswith("1 selected pod(s) run without the sidecar, unmetered: assistant-legacy")
-    print("\n" + plugin(kube, "status", "-n", NS, "bypass"))  # the sample in the report
-    doc = json.loads(plugin(kube, "status", "-n", NS, "bypass", "-o", "json"))["budgets"][0]
+    print("\n" + kube.plugin("status", "-n", NS, "bypass"))  # the sample in the report
+    doc = json.loads(kube.plugin("status", "-n", NS, "bypass", "-o", "json"))["budgets"][0]
     assert (doc["withoutSidecar"], doc["withoutSidecarCount"]) == (["assistant-legacy"], 1)
     assert doc["windows"][0]["remaining"] == str(1_000_000 - used)
 
