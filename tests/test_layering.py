@@ -2,12 +2,14 @@
 
 Imports count in every form: `import x`, `from x import y`, and the string target of
 `importlib.import_module("x")` (how the operator's __main__ loads its handler modules), so a boundary
-cannot be crossed by loading a module by name.
+cannot be crossed by loading a module by name. Inside each package, its modules import one another in layers:
+no cycle, so a module split in two cannot leave its halves importing each other.
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,17 @@ EXCEPT = {
 }
 
 
-def imported(path: Path, root: Path = ROOT) -> set[str]:
-    """Every module `path` imports, relative imports resolved, import_module("...") strings included."""
+def imported(path: Path, root: Path = ROOT, *, runtime: bool = False) -> set[str]:
+    """Every module `path` imports, relative imports resolved, import_module("...") strings included.
+
+    `runtime`: only what runs: not the imports under `if TYPE_CHECKING:` (annotations only), nor module paths
+    kept as plain strings (a logger's name is one; import_module calls still count).
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    if runtime:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
     package = ".".join(path.relative_to(root).with_suffix("").parts[1:-1])
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -52,7 +62,8 @@ def imported(path: Path, root: Path = ROOT) -> set[str]:
               and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             names.add(node.args[0].value)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PRODUCT):
+        elif (not runtime and isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and node.value.startswith(PRODUCT)):
             names.add(node.value)  # a module path kept in a constant, as __main__'s HANDLER_MODULES
     return names
 
@@ -96,3 +107,18 @@ def test_only_simulate_reaches_into_the_sidecar() -> None:
     cli = sorted((ROOT / "cli/tokenbudget_cli").rglob("*.py"))
     users = {str(f.relative_to(ROOT)) for f in cli for name in imported(f) if forbidden(name, ("tokenbudget_sidecar",))}
     assert users == set(EXCEPT)
+
+
+@pytest.mark.parametrize("package", ["api/tokenbudget_api", "cli/tokenbudget_cli", "operator/tokenbudget_operator",
+                                     "sidecar/tokenbudget_sidecar"])
+def test_a_package_imports_its_own_modules_in_layers(package: str) -> None:
+    """No import cycle among a package's modules (lazy imports inside functions count; TYPE_CHECKING ones do
+    not), so each module can be read, tested and moved knowing only what is below it."""
+    files = sorted((ROOT / package).rglob("*.py"))
+    modules = {".".join(f.relative_to(ROOT).with_suffix("").parts[1:]).removesuffix(".__init__"): f for f in files}
+    graph = {name: {dep for dep in imported(f, runtime=True) if dep in modules and dep != name}
+             for name, f in modules.items()}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
