@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pydantic
 
@@ -22,6 +24,8 @@ from tokenbudget_sidecar import intents
 from tokenbudget_sidecar.ledger_segments import SEGMENT_RE
 
 log = logging.getLogger("tokenbudget_sidecar.ledger")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,24 +59,18 @@ def replay(directory: Path, acked: int) -> Found:
             if not line.strip():
                 continue
             if intents.is_marker(line):
-                try:
-                    marker = intents.decode(line)
-                except pydantic.ValidationError as exc:
+                marker = _parse(intents.decode, line, "intent line", path, lineno)
+                if marker is None:
                     skipped += 1
-                    log.warning("ledger intent line does not parse; skipping it", extra={"record": {
-                        "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
                     continue
                 if marker.intent is not None:
                     opened.setdefault(marker.intent.request_id, marker.intent)
                 if marker.close is not None:
                     closed.add(marker.close)
                 continue
-            try:
-                record = UsageRecord.model_validate_json(line)
-            except pydantic.ValidationError as exc:
+            record = _parse(UsageRecord.model_validate_json, line, "line", path, lineno)
+            if record is None:
                 skipped += 1
-                log.warning("ledger line does not parse; skipping it", extra={"record": {
-                    "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
                 continue
             closed.add(record.request_id)
             if record.seq <= last:
@@ -86,3 +84,13 @@ def replay(directory: Path, acked: int) -> Found:
         segments.append((base, path))
     interrupted = [intent for request_id, intent in opened.items() if request_id not in closed]
     return Found(records, last, torn, skipped, interrupted, segments)
+
+
+def _parse(parse: Callable[[bytes], T], line: bytes, what: str, path: Path, lineno: int) -> T | None:
+    """`parse(line)`, or None with a warning for a line that does not parse (the caller counts it skipped)."""
+    try:
+        return parse(line)
+    except pydantic.ValidationError as exc:
+        log.warning(f"ledger {what} does not parse; skipping it", extra={"record": {
+            "path": str(path), "line": lineno, "error": exc.errors()[0]["msg"]}})
+        return None
