@@ -37,6 +37,7 @@ from tokenbudget_api.usage import Usage
 from tokenbudget_sidecar.dialects.base import JSON, as_dict, as_int, as_list
 from tokenbudget_sidecar.dialects.gemini import usage_of as gemini_usage
 from tokenbudget_sidecar.dialects.openai import usage_of as responses_usage
+from tokenbudget_sidecar.dialects.openai_media import media_usage
 
 REALTIME = re.compile(r"^(?:/openai)?(?:/v1)?/realtime$")
 RESPONSES = re.compile(r"^(?:/openai)?(?:/v1)?/responses$")
@@ -112,20 +113,6 @@ def realtime_usage(raw: object) -> Usage | None:
                  output_tokens=as_int(raw.get("output_tokens")), output_audio_tokens=as_int(out.get("audio_tokens")))
 
 
-def transcription_usage(raw: object) -> Usage | None:
-    """A Realtime input transcription's usage: tokens (gpt-4o-*transcribe) or seconds (whisper-1)."""
-    if not isinstance(raw, dict):
-        return None
-    if raw.get("type") == "duration":
-        seconds = raw.get("seconds")
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
-            return Usage(audio_seconds=float(seconds))
-        return None
-    details = as_dict(raw.get("input_token_details"))
-    return Usage(input_tokens=as_int(raw.get("input_tokens")), input_audio_tokens=as_int(details.get("audio_tokens")),
-                 output_tokens=as_int(raw.get("output_tokens")))
-
-
 @dataclass
 class RealtimeMeter(Meter):
     transcription_model: str = ""
@@ -145,7 +132,7 @@ class RealtimeMeter(Meter):
             self._model_from(event)
             return []
         if kind == TRANSCRIBED:
-            usage = transcription_usage(event.get("usage"))
+            usage = media_usage(event.get("usage"))  # tokens (gpt-4o-*transcribe) or seconds
             item = event.get("item_id") if isinstance(event.get("item_id"), str) else None
             if usage is None:
                 return []
