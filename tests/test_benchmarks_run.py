@@ -14,7 +14,9 @@ scripts import, so it runs inside theirs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -78,15 +80,22 @@ def test_benchmark_runs(smoke: Smoke, request: pytest.FixtureRequest) -> None:
     if smoke.kube:
         # The benchmark starts its own control plane; the fixture only finds the binaries (or skips locally).
         env["KUBEBUILDER_ASSETS"] = str(request.getfixturevalue("kube_bin_dir"))
+    # Its own session, so a timeout kills what it started too: killing only the script left its sidecar and
+    # upstream running for the rest of the suite (seen in a CI run of this module).
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / smoke.script), *smoke.args], cwd=REPO_ROOT, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+        errors="replace", start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, str(BENCHMARKS / smoke.script), *smoke.args],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, encoding="utf-8",
-            errors="replace", timeout=smoke.timeout, check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
+        stdout, stderr = proc.communicate(timeout=smoke.timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
         pytest.fail(f"{smoke.script} {' '.join(smoke.args)} still running after {smoke.timeout:.0f} s:\n"
-                    f"{tail(exc.stdout)}\n{tail(exc.stderr)}")
+                    f"{tail(stdout)}\n{tail(stderr)}")
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     output = f"stdout:\n{tail(done.stdout)}\nstderr:\n{tail(done.stderr)}"
     assert done.returncode == 0, f"{smoke.script} {' '.join(smoke.args)} exited {done.returncode}\n{output}"
     missing = [text for text in smoke.expect if text not in done.stdout]
