@@ -165,6 +165,8 @@ class Service:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                print(f"{self.name} (pid {self.pid}) did not stop within {timeout:g} s of {self.stop_signal.name}: "
+                      "killed", file=sys.stderr)
                 self.proc.kill()
                 self.proc.wait(5)
         self.log_file.close()
