@@ -182,9 +182,16 @@ def spawn(name: str, cmd: Sequence[str], env: dict[str, str], workdir: Path,
           stop_signal: signal.Signals = signal.SIGTERM) -> Service:
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("wb")
+    # SIGINT back to its default in the child, so Python turns it into KeyboardInterrupt: a shell's background
+    # job (nohup make test &, a CI runner) inherits SIGINT ignored, and a child stopped by SIGINT then never
+    # stopped (each waited the full stop timeout and was killed: 140 s for a 20-s smoke run).
     proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            env=env, cwd=workdir)
+                            env=env, cwd=workdir, preexec_fn=_default_sigint)
     return Service(name, proc, log_path, log_file, stop_signal)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_ready(service: Service, url: str, timeout: float = 60.0) -> None:

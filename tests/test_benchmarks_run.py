@@ -55,9 +55,7 @@ SMOKES = (
           ("closed loop, rho = 0",), 120),
     # With the aiohttp floor (benchmarks/aiohttp_floor.py) but not nginx, which the machine may lack.
     Smoke("sidecar_latency.py", ("--smoke", "--no-nginx"),
-          # 20 s alone; 140 s of it and a slow exit in two full `make test` runs here (not reproduced with any
-          # subset; the script now says on stderr when a process needed SIGKILL to stop).
-          ("Sidecar memory (VmRSS", "# tokenbudget sidecar latency: smoke run", "| scenario |"), 420),
+          ("Sidecar memory (VmRSS", "# tokenbudget sidecar latency: smoke run", "| scenario |"), 180),
     Smoke("webhook_latency.py", ("--pods", "3", "--warmup", "1"),
           ("Webhook latency, 3 pod admissions per column", "operator RSS:"), 180, kube=True),
     Smoke("operator_propagation.py", ("--sidecars", "2", "--status-sidecars", "2", "--rounds", "1",
