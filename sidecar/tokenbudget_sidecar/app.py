@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -19,6 +20,8 @@ from tokenbudget_sidecar.proxy import Proxy
 from tokenbudget_sidecar.settings import Settings
 from tokenbudget_sidecar.state import STATE, State
 from tokenbudget_sidecar.usage_log import UsageLog
+
+log = logging.getLogger(__name__)
 
 
 def load_policy(settings: Settings) -> SidecarPolicy:
@@ -47,18 +50,22 @@ def data_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _hold_expiry(state: State) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The safety net behind `reservation_ttl_s`: a hold no call settled (a bug, a lost task) is released
-    on a timer, so it cannot keep a window's room forever."""
-    every = min(60.0, state.settings.reservation_ttl_s / 4)
+def _every(name: str, seconds: float, job: Callable[[], object]) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx running `job` every `seconds` for the app's life: the safety nets that must act when no
+    call comes (a hold no call settled, a background Response nobody retrieves). A failing run is logged and
+    the timer goes on, so one bug cannot leave every later hold or deferral in place."""
+    seconds = max(seconds, 0.01)  # a tiny TTL in a test never spins
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(every)
-            state.admission.expire()
+            await asyncio.sleep(seconds)
+            try:
+                job()
+            except Exception:
+                log.exception("timer %s failed", name)
 
     async def run(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(sweep(), name="tokenbudget-hold-expiry")
+        task = asyncio.create_task(sweep(), name=name)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -94,9 +101,12 @@ def create_app(settings: Settings, state: State | None = None) -> web.Applicatio
         await asyncio.to_thread(state.usage_log.close)  # a clean stop leaves every record fsynced
 
     app.cleanup_ctx.append(client_session)
-    app.cleanup_ctx.append(_hold_expiry(state))
+    # The safety net behind reservation_ttl_s: a hold no call settled (a bug, a lost task) is released.
+    app.cleanup_ctx.append(_every("tokenbudget-hold-expiry", min(60.0, settings.reservation_ttl_s / 4),
+                                  lambda: state.admission.expire()))  # the admission in force at each run
     proxy = Proxy(state)
-    app.cleanup_ctx.append(proxy.background.sweeper())  # background Responses nobody retrieves age out
+    app.cleanup_ctx.append(_every("tokenbudget-deferral-expiry", min(60.0, settings.deferral_ttl_s / 4),
+                                  proxy.background.expire))  # background Responses nobody retrieves age out
     app.router.add_post("/outcomes", proxy.features.outcomes)  # acceptance reports (feature_hooks.py)
     app.router.add_route("*", "/{upstream}/{tail:.*}", proxy.handle)
     return app

@@ -23,14 +23,12 @@ intent, so a restart adds nothing. A retrieve afterwards finds nothing deferred:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -137,27 +135,6 @@ class Background:
         metrics.child(metrics.background_expired, record.dialect, reason).inc()
         log.info("background response not seen to end; recorded estimated", extra={"record": {
             "request_id": record.request_id, "response_id": key[1], "reason": reason}})
-
-    def sweeper(self) -> Callable[[web.Application], AsyncIterator[None]]:
-        """A cleanup_ctx running `expire()` on a timer: a deferral ages out even when no call comes."""
-        every = max(min(60.0, self.state.settings.deferral_ttl_s / 4), 0.01)  # seconds; a tiny TTL never spins
-
-        async def sweep() -> None:
-            while True:
-                await asyncio.sleep(every)
-                try:
-                    self.expire()
-                except Exception:  # a bug here must not stop the timer for the deferrals still waiting
-                    log.exception("background deferral expiry failed")
-
-        async def run(_: web.Application) -> AsyncIterator[None]:
-            task = asyncio.create_task(sweep(), name="tokenbudget-deferral-expiry")
-            yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        return run
 
     def waiting(self, request_id: str) -> bool:
         return request_id in self.request_ids
