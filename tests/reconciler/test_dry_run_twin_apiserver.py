@@ -96,7 +96,8 @@ def test_a_dry_run_twin_on_three_sidecars_would_have_refused_what_its_enforcing_
     print(f"\nDryRun twin on 3 sidecars, {CALLS} seeded calls: enforcing refused {refused}, twin would have "
           f"blocked {would}; used {enforce_used} vs twin {twin_used} of {LIMIT} (twin served {served['twin']})")
     # The twin never waits for a grant where enforcement does (README, DryRun), and each fleet's lease
-    # rounds run on their own timer: a few calls apart, not the 15-20 % of counting would-be-refused spend.
-    assert abs(would - refused) <= CALLS // 10
+    # rounds run on their own timer: seen 0-2 calls apart. 5, below the 7-8 that counting the would-be-refused
+    # spend gave (15-20 % more of ~40); that old way also fails the `used` checks (the twin's used was all it served).
+    assert abs(would - refused) <= 5
     assert twin_used <= LIMIT
     assert abs(twin_used - enforce_used) <= LIMIT // 10
