@@ -298,7 +298,7 @@ class Admission:
         ticket.settled = True
         for b, reservation in ticket.holds:
             b.settle(reservation, record.usage.total_tokens, record.cost_usd, record.time,
-                     dry_run_actions(ticket, b.name))
+                     dry_run_actions(ticket, b.name) if b.dry_run else ())
         ticket.holds = []
         record.budgets = [b.name for b in self.budgets]
         record.decisions = list(ticket.decisions)
